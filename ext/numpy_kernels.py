@@ -1,0 +1,97 @@
+"""Pure-NumPy twins of the compiled kernels in `_kernels.pyx`.
+
+Same signatures, same semantics. They are the oracle in the tests (which run every case on
+both) and the fallback where the extension is not built.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+POOLING_MODES = ("mean", "cls", "last", "max")
+
+
+def _check(hidden: np.ndarray, mask: np.ndarray) -> None:
+    if hidden.shape[0] != mask.shape[0] or hidden.shape[1] != mask.shape[1]:
+        raise ValueError(f"hidden {hidden.shape[:3]} and mask {mask.shape[:2]} disagree")
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """IN hidden [B, T, D] float32, mask [B, T] int64. OUT [B, D] float32."""
+    _check(hidden, mask)
+    real = mask != 0
+    B, T, _ = hidden.shape
+    rows = np.arange(B)
+    if mode == "mean":
+        m = real.astype(np.float32)[:, :, None]
+        counts = np.maximum(m.sum(axis=1), np.float32(1e-9))
+        return ((hidden * m).sum(axis=1) / counts).astype(np.float32)
+    if mode == "cls":
+        first = np.where(real.any(axis=1), real.argmax(axis=1), 0)
+        return np.ascontiguousarray(hidden[rows, first], dtype=np.float32)
+    if mode == "last":
+        last = np.where(real.any(axis=1), T - 1 - real[:, ::-1].argmax(axis=1), T - 1)
+        return np.ascontiguousarray(hidden[rows, last], dtype=np.float32)
+    if mode == "max":
+        masked = np.where(real[:, :, None], hidden, -np.inf)
+        out = masked.max(axis=1)
+        out[~real.any(axis=1)] = 0.0
+        return out.astype(np.float32)
+    raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """IN x [B, D] float32. OUT a new [B, D] float32 array with unit-norm rows."""
+    norms = np.sqrt((x.astype(np.float32) ** 2).sum(axis=1, keepdims=True))
+    return (x / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
+
+
+def matryoshka(x: np.ndarray, dims: int, normalize: bool) -> np.ndarray:
+    """IN x [B, D] float32, 0 < dims <= D. OUT [B, dims] float32."""
+    if dims <= 0 or dims > x.shape[1]:
+        raise ValueError(f"dims must be in 1..{x.shape[1]}, got {dims}")
+    out = np.ascontiguousarray(x[:, :dims], dtype=np.float32)
+    return l2_normalize(out) if normalize else out.copy()
+
+
+def pack_batch(flat: np.ndarray, offsets: np.ndarray, seq_len: int, pad_id: int, left: bool):
+    """IN flat ids, offsets [B+1], seq_len, pad_id, left. OUT (ids [B, seq_len], mask [B, seq_len]) int64."""
+    B = len(offsets) - 1
+    if B < 0:
+        raise ValueError("offsets must have at least one element")
+    ids = np.full((B, seq_len), pad_id, dtype=np.int64)
+    mask = np.zeros((B, seq_len), dtype=np.int64)
+    for r in range(B):
+        row = flat[offsets[r]:offsets[r + 1]]
+        n = offsets[r + 1] - offsets[r]
+        if n < 0 or n > seq_len or offsets[r + 1] > len(flat):
+            raise ValueError(f"row {r} has {n} tokens, which does not fit seq_len={seq_len}")
+        if left:
+            ids[r, seq_len - n:] = row
+            mask[r, seq_len - n:] = 1
+        else:
+            ids[r, :n] = row
+            mask[r, :n] = 1
+    return ids, mask
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """IN x [N] float32. OUT [N] float32."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """IN scores [N] float32, n (0 or > N: all). OUT int64 indices, best first, ties by index."""
+    scores = np.asarray(scores, dtype=np.float32)
+    N = len(scores)
+    if n <= 0 or n > N:
+        n = N
+    keyed = np.where(np.isnan(scores), -np.inf, scores)
+    # lexsort: last key is primary. Descending score, then ascending index.
+    order = np.lexsort((np.arange(N), -keyed.astype(np.float64)))
+    return order[:n].astype(np.int64)
