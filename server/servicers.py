@@ -1,0 +1,332 @@
+"""gRPC servicers: proto ⇄ domain, validation, and the unary paths the streams wrap.
+
+Each RPC validates its request, raises `EmberError`s for bad input, and maps them through the
+one table in `errors.py`. Anything else is a bug: logged with the request id, answered INTERNAL.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+import grpc
+import numpy as np
+from grpc_status import rpc_status
+
+from . import domain
+from .domain import EmbedParams, RerankParams
+from .errors import EmberError, InvalidArgument, Unavailable, to_rpc_status
+from .ext import kernels
+from .manifest import Manifest
+from .registry import LoadedModel, Registry
+from .scheduler import BULK, REALTIME
+from .settings import Settings
+from .v1 import ember_pb2 as pb
+from .v1 import ember_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    draining: bool = False
+
+
+# ---- proto → domain -----------------------------------------------------------------------
+def embed_params(req: pb.EmbedRequest, settings: Settings, request_id: str) -> EmbedParams:
+    inputs = list(req.inputs)
+    domain.check_texts("inputs", inputs, settings.max_inputs_per_request)
+    domain.check_enum("input_type", req.input_type, range(0, 3))
+    domain.check_enum("priority", req.priority, range(0, 3))
+    domain.check_enum("encoding", req.encoding, range(0, 3))
+    return EmbedParams(
+        model=req.model, inputs=inputs, input_type=req.input_type, prompt_name=req.prompt_name,
+        normalize=req.normalize if req.HasField("normalize") else True, dimensions=req.dimensions,
+        truncate=req.truncate if req.HasField("truncate") else True,
+        direction=domain.direction_of(req.truncation_direction), bulk=req.priority == pb.PRIORITY_BULK,
+        packed=req.encoding == pb.ENCODING_FLOAT32_BYTES, request_id=request_id,
+    )
+
+
+def rerank_params(req: pb.RerankRequest, settings: Settings, request_id: str) -> RerankParams:
+    if not req.query:
+        raise InvalidArgument("query", "is an empty string; a query needs text")
+    documents = list(req.documents)
+    domain.check_texts("documents", documents, settings.max_inputs_per_request, what="document")
+    domain.check_enum("priority", req.priority, range(0, 3))
+    if req.top_n > len(documents):
+        raise InvalidArgument("top_n", f"is {req.top_n}, more than the {len(documents)} documents given "
+                                       "(0 = all)")
+    return RerankParams(
+        model=req.model, query=req.query, documents=documents, top_n=req.top_n,
+        return_documents=req.return_documents, raw_scores=req.raw_scores,
+        truncate=req.truncate if req.HasField("truncate") else True,
+        direction=domain.direction_of(req.truncation_direction), bulk=req.priority == pb.PRIORITY_BULK,
+        request_id=request_id,
+    )
+
+
+def resolve_prompt(m: Manifest, input_type: int, prompt_name: str) -> str:
+    """The prompt text to prepend, as sentence-transformers chooses it."""
+    if prompt_name:
+        if prompt_name not in m.prompts:
+            known = ", ".join(sorted(m.prompts)) or "none"
+            raise InvalidArgument("prompt_name", f"unknown prompt {prompt_name!r} for model {m.name} (known: {known})")
+        return m.prompts[prompt_name]
+    name = {domain.QUERY: m.query_prompt_name, domain.DOCUMENT: m.document_prompt_name}.get(input_type, "")
+    name = name or m.default_prompt_name
+    return m.prompts.get(name, "") if name else ""
+
+
+def check_dimensions(m: Manifest, dims: int) -> int:
+    """0 → the full dimension; else a Matryoshka size the model allows."""
+    if dims == 0:
+        return m.dimensions
+    if dims > m.dimensions:
+        raise InvalidArgument("dimensions", f"is {dims}, larger than the model's {m.dimensions}")
+    if m.matryoshka_dimensions and dims not in m.matryoshka_dimensions:
+        allowed = ", ".join(str(d) for d in m.matryoshka_dimensions)
+        raise InvalidArgument("dimensions", f"is {dims}; model {m.name} allows {allowed} (or 0 = {m.dimensions})")
+    return dims
+
+
+def finish_embeddings(vectors: np.ndarray, dims: int, normalize: bool) -> np.ndarray:
+    if dims < vectors.shape[1]:
+        return kernels.matryoshka(vectors, dims, normalize)
+    return kernels.l2_normalize(vectors) if normalize else vectors
+
+
+def _timing(t0: int, tokenize_s: float, queue_s: float, inference_s: float) -> pb.Timing:
+    return pb.Timing(queue_ns=int(queue_s * 1e9), tokenize_ns=int(tokenize_s * 1e9),
+                     inference_ns=int(inference_s * 1e9), total_ns=time.perf_counter_ns() - t0)
+
+
+def embeddings_pb(vectors: np.ndarray, toks, packed: bool) -> list[pb.Embedding]:
+    if packed:
+        rows = vectors.astype("<f4", copy=False)
+        return [pb.Embedding(packed=rows[i].tobytes(), tokens=t.tokens, truncated=t.truncated)
+                for i, t in enumerate(toks)]
+    return [pb.Embedding(values=pb.FloatVector(values=row), tokens=t.tokens, truncated=t.truncated)
+            for row, t in zip(vectors.tolist(), toks)]
+
+
+class Core:
+    """The unary paths, shared by the three services and their streams."""
+
+    def __init__(self, registry: Registry, settings: Settings, state: ServerState):
+        self.registry = registry
+        self.settings = settings
+        self.state = state
+        self.tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="ember-tokenize")
+
+    def accepting(self) -> None:
+        if self.state.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+
+    @staticmethod
+    def deadline(context: grpc.aio.ServicerContext) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else time.monotonic() + remaining
+
+    async def tokenize(self, fn: Callable, *args, **kwargs):
+        t = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self.tokenize_pool, functools.partial(fn, *args, **kwargs))
+        return out, time.perf_counter() - t
+
+    async def embed(self, req: pb.EmbedRequest, context, request_id: str) -> pb.EmbedResponse:
+        t0 = time.perf_counter_ns()
+        self.accepting()
+        p = embed_params(req, self.settings, request_id)
+        model = self.registry.get(p.model, "embed")
+        m = model.manifest
+        prompt = resolve_prompt(m, p.input_type, p.prompt_name)
+        dims = check_dimensions(m, p.dimensions)
+        texts = [prompt + t for t in p.inputs] if prompt else p.inputs
+        toks, tok_s = await self.tokenize(model.tokenizer.encode, texts, truncate=p.truncate, direction=p.direction)
+        job = model.scheduler.submit(toks, priority=BULK if p.bulk else REALTIME, deadline=self.deadline(context))
+        vectors = finish_embeddings(await job.future, dims, p.normalize)
+        n_tokens = sum(t.tokens for t in toks)
+        return pb.EmbedResponse(
+            model=model.name, embeddings=embeddings_pb(vectors, toks, p.packed), dimensions=dims,
+            request_id=request_id, usage=pb.Usage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+            timing=_timing(t0, tok_s, job.queue_s(), job.inference_s),
+        )
+
+    async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
+        t0 = time.perf_counter_ns()
+        self.accepting()
+        p = rerank_params(req, self.settings, request_id)
+        model = self.registry.get(p.model, "rerank")
+        priority = BULK if p.bulk else REALTIME
+        if model.manifest.task == "rerank":
+            toks, tok_s = await self.tokenize(model.tokenizer.encode_pairs, p.query, p.documents,
+                                              truncate=p.truncate, direction=p.direction)
+            job = model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
+            logits = await job.future
+            scores = logits if p.raw_scores else kernels.sigmoid(logits)
+            doc_toks = toks
+        else:
+            scores, toks, tok_s, job = await self._cosine_scores(model, p, priority, context)
+            doc_toks = toks[1:]
+        order = kernels.top_n(np.ascontiguousarray(scores, dtype=np.float32), p.top_n)
+        results = []
+        for i in order.tolist():
+            r = pb.RerankResult(index=i, score=float(scores[i]), tokens=doc_toks[i].tokens,
+                                truncated=doc_toks[i].truncated)
+            if p.return_documents:
+                r.document = p.documents[i]
+            results.append(r)
+        n_tokens = sum(t.tokens for t in toks)
+        return pb.RerankResponse(
+            model=model.name, results=results, request_id=request_id,
+            usage=pb.Usage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+            timing=_timing(t0, tok_s, job.queue_s(), job.inference_s),
+        )
+
+    async def _cosine_scores(self, model: LoadedModel, p: RerankParams, priority: int, context):
+        """An embedding model reranks by cosine similarity of query and document embeddings."""
+        m = model.manifest
+        q_prompt = resolve_prompt(m, domain.QUERY, "")
+        d_prompt = resolve_prompt(m, domain.DOCUMENT, "")
+
+        def encode():
+            tok = model.tokenizer
+            q = tok.encode([q_prompt + p.query], truncate=p.truncate, direction=p.direction, field="query")
+            # A too-long query is reported as `query[0]`: name it `query`.
+            return q + tok.encode([d_prompt + d for d in p.documents], truncate=p.truncate, direction=p.direction,
+                                  field="documents")
+
+        toks, tok_s = await self.tokenize(encode)
+        job = model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
+        vectors = kernels.l2_normalize(await job.future)
+        scores = vectors[1:] @ vectors[0]
+        return scores.astype(np.float32), toks, tok_s, job
+
+    async def tokenize_rpc(self, req: pb.TokenizeRequest, context, request_id: str) -> pb.TokenizeResponse:
+        self.accepting()
+        inputs = list(req.inputs)
+        domain.check_texts("inputs", inputs, self.settings.max_inputs_per_request)
+        domain.check_enum("input_type", req.input_type, range(0, 3))
+        model = self.registry.get(req.model, "any")
+        prompt = resolve_prompt(model.manifest, req.input_type, req.prompt_name) \
+            if model.manifest.task == "embed" else ""
+        texts = [prompt + t for t in inputs] if prompt else inputs
+        toks, _ = await self.tokenize(model.tokenizer.encode, texts,
+                                      truncate=req.truncate if req.HasField("truncate") else True,
+                                      direction=domain.direction_of(req.truncation_direction))
+        return pb.TokenizeResponse(model=model.name, inputs=[
+            pb.TokenizedInput(tokens=t.tokens, truncated=t.truncated, ids=t.ids.tolist() if req.return_ids else [])
+            for t in toks
+        ])
+
+    def list_models(self) -> pb.ListModelsResponse:
+        d_embed, d_rerank = self.registry.default_name("embed"), self.registry.default_name("rerank")
+        out = []
+        for name in sorted(self.registry.models):
+            model = self.registry.models[name]
+            m = model.manifest
+            out.append(pb.ModelInfo(
+                name=name, task=pb.MODEL_TASK_EMBED if m.task == "embed" else pb.MODEL_TASK_RERANK,
+                dimensions=m.dimensions, max_tokens=m.max_tokens, pooling=m.pooling if m.task == "embed" else "",
+                normalize=m.normalize, matryoshka_dimensions=list(m.matryoshka_dimensions), prompts=m.prompts,
+                dtype=m.dtype, providers=model.engine.providers, unavailable_providers=model.engine.unavailable,
+                is_default_embed=name == d_embed, is_default_rerank=name == d_rerank, ready=model.ready,
+                architecture=m.architecture,
+            ))
+        return pb.ListModelsResponse(models=out)
+
+
+# ---- error handling -----------------------------------------------------------------------
+def request_id_of(req_id: str, context) -> str:
+    if req_id:
+        return req_id
+    for k, v in context.invocation_metadata() or ():
+        if k == "x-request-id" and v:
+            return v
+    return uuid.uuid4().hex[:16]
+
+
+async def guarded(context, request_id: str, rpc: str, work: Awaitable):
+    """Run one unary path; answer EmberErrors by the table, anything else INTERNAL (a bug)."""
+    try:
+        return await work
+    except EmberError as e:
+        status = rpc_status.to_status(to_rpc_status(e))
+        log.debug("%s %s -> %s: %s", rpc, request_id, e.code.name, e.message)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception:
+        log.exception("%s %s failed with an internal error", rpc, request_id)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+
+
+async def stream(requests: AsyncIterator, context, limit: int, rpc: str,
+                 one: Callable[[object, str], Awaitable]) -> AsyncIterator:
+    """A stream as a thin wrapper over the unary path: one response per request, in order.
+
+    At most `limit` messages are in flight; while that many are, the stream stops reading, so
+    HTTP/2 flow control pushes back on a fast client instead of the server buffering. The first
+    failing message ends the stream with its status, after every earlier response was sent.
+    """
+    pending: deque[tuple[str, asyncio.Task]] = deque()
+    try:
+        async for req in requests:
+            rid = request_id_of(req.request_id, context)
+            pending.append((rid, asyncio.ensure_future(one(req, rid))))
+            while pending and (len(pending) >= limit or pending[0][1].done()):
+                rid0, task = pending.popleft()
+                yield await guarded(context, rid0, rpc, task)
+        while pending:
+            rid0, task = pending.popleft()
+            yield await guarded(context, rid0, rpc, task)
+    finally:
+        for _, task in pending:
+            task.cancel()
+
+
+class EmbedderServicer(pb_grpc.EmbedderServicer):
+    def __init__(self, core: Core):
+        self.core = core
+
+    async def Embed(self, request, context):
+        rid = request_id_of(request.request_id, context)
+        return await guarded(context, rid, "Embed", self.core.embed(request, context, rid))
+
+    async def EmbedStream(self, request_iterator, context):
+        async for resp in stream(request_iterator, context, self.core.settings.stream_max_in_flight, "EmbedStream",
+                                 lambda req, rid: self.core.embed(req, context, rid)):
+            yield resp
+
+
+class RerankerServicer(pb_grpc.RerankerServicer):
+    def __init__(self, core: Core):
+        self.core = core
+
+    async def Rerank(self, request, context):
+        rid = request_id_of(request.request_id, context)
+        return await guarded(context, rid, "Rerank", self.core.rerank(request, context, rid))
+
+    async def RerankStream(self, request_iterator, context):
+        async for resp in stream(request_iterator, context, self.core.settings.stream_max_in_flight, "RerankStream",
+                                 lambda req, rid: self.core.rerank(req, context, rid)):
+            yield resp
+
+
+class ModelsServicer(pb_grpc.ModelsServicer):
+    def __init__(self, core: Core):
+        self.core = core
+
+    async def ListModels(self, request, context):
+        return self.core.list_models()
+
+    async def Tokenize(self, request, context):
+        rid = request_id_of("", context)
+        return await guarded(context, rid, "Tokenize", self.core.tokenize_rpc(request, context, rid))
