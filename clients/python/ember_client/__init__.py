@@ -1,0 +1,13 @@
+"""Python client for ember (sync and asyncio). Needs grpcio and numpy, not onnxruntime.
+
+    from ember_client import Client
+    with Client("localhost:50051") as c:
+        c.wait_until_serving()
+        vectors = c.embed(["hello", "world"])          # numpy float32 [2, D]
+        ranked = c.rerank("query", ["doc a", "doc b"])  # [RerankHit(index, score, document)]
+"""
+from __future__ import annotations
+
+from ._client import AsyncClient, Client, ModelFacts, RerankHit
+
+__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts"]

@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ember.v1 import ember_pb2 as pb
+from ember.v1 import ember_pb2_grpc as pb_grpc
+
+_INPUT_TYPE = {None: pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
+_PRIORITY = {"realtime": pb.PRIORITY_REALTIME, "bulk": pb.PRIORITY_BULK}
+_DIRECTION = {"right": pb.TRUNCATION_DIRECTION_RIGHT, "left": pb.TRUNCATION_DIRECTION_LEFT}
+_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+@dataclass(frozen=True)
+class RerankHit:
+    index: int
+    score: float
+    document: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    task: str
+    dimensions: int
+    max_tokens: int
+    providers: tuple[str, ...]
+    prompts: dict[str, str]
+    matryoshka_dimensions: tuple[int, ...]
+    is_default_embed: bool
+    is_default_rerank: bool
+    ready: bool
+
+
+def _embed_request(texts: Sequence[str], model: str, input_type: str | None, prompt_name: str,
+                   normalize: bool | None, dimensions: int, truncate: bool | None, truncation_direction: str,
+                   priority: str, request_id: str) -> pb.EmbedRequest:
+    req = pb.EmbedRequest(model=model, inputs=list(texts), input_type=_INPUT_TYPE[input_type],
+                          prompt_name=prompt_name, dimensions=dimensions,
+                          truncation_direction=_DIRECTION[truncation_direction], priority=_PRIORITY[priority],
+                          encoding=pb.ENCODING_FLOAT32_BYTES, request_id=request_id)
+    if normalize is not None:
+        req.normalize = normalize
+    if truncate is not None:
+        req.truncate = truncate
+    return req
+
+
+def _stream_request(chunk: list[str], i: int, options: dict) -> pb.EmbedRequest:
+    """One EmbedStream message; streams default to BULK priority, request_id = chunk number."""
+    return _embed_request(chunk, options.get("model", ""), options.get("input_type"),
+                          options.get("prompt_name", ""), options.get("normalize"), options.get("dimensions", 0),
+                          options.get("truncate"), options.get("truncation_direction", "right"),
+                          options.get("priority", "bulk"), str(i))
+
+
+def embeddings_array(resp: pb.EmbedResponse) -> np.ndarray:
+    """An EmbedResponse's vectors as a float32 [n, dimensions] array (either encoding)."""
+    if not resp.embeddings:
+        return np.zeros((0, resp.dimensions), dtype=np.float32)
+    if resp.embeddings[0].WhichOneof("data") == "packed":
+        buf = b"".join(e.packed for e in resp.embeddings)
+        return np.frombuffer(buf, dtype="<f4").reshape(len(resp.embeddings), resp.dimensions).astype(np.float32)
+    return np.array([e.values.values for e in resp.embeddings], dtype=np.float32)
+
+
+def _hits(resp: pb.RerankResponse) -> list[RerankHit]:
+    return [RerankHit(r.index, r.score, r.document if r.HasField("document") else None) for r in resp.results]
+
+
+def _facts(resp: pb.ListModelsResponse) -> list[ModelFacts]:
+    return [ModelFacts(m.name, pb.ModelTask.Name(m.task).removeprefix("MODEL_TASK_").lower(), m.dimensions,
+                       m.max_tokens, tuple(m.providers), dict(m.prompts), tuple(m.matryoshka_dimensions),
+                       m.is_default_embed, m.is_default_rerank, m.ready) for m in resp.models]
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+class Client:
+    """Blocking client. `target` is any gRPC target: "host:port", "dns:///name:port", …"""
+
+    def __init__(self, target: str = "localhost:50051", *, channel: grpc.Channel | None = None,
+                 api_key: str | None = None, timeout: float | None = 60.0):
+        self.channel = channel or grpc.insecure_channel(target, options=_OPTIONS)
+        self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._embedder = pb_grpc.EmbedderStub(self.channel)
+        self._reranker = pb_grpc.RerankerStub(self.channel)
+        self._models = pb_grpc.ModelsStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def embed(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None, prompt_name: str = "",
+              normalize: bool | None = None, dimensions: int = 0, truncate: bool | None = None,
+              truncation_direction: str = "right", priority: str = "realtime", request_id: str = "") -> np.ndarray:
+        """Embed texts; returns float32 [len(texts), dimensions]."""
+        req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
+                             truncation_direction, priority, request_id)
+        return embeddings_array(self._embedder.Embed(req, timeout=self.timeout, metadata=self.metadata))
+
+    def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, **options) -> Iterator[np.ndarray]:
+        """Feed an iterable of any size through EmbedStream; yields one array per batch, in order."""
+        requests = (_stream_request(chunk, i, options) for i, chunk in enumerate(_chunks(texts, batch_size)))
+        for resp in self._embedder.EmbedStream(requests, metadata=self.metadata):
+            yield embeddings_array(resp)
+
+    def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
+               return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
+               priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
+        """Score documents against query; best first."""
+        req = pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n,
+                               return_documents=return_documents, raw_scores=raw_scores,
+                               priority=_PRIORITY[priority], request_id=request_id)
+        if truncate is not None:
+            req.truncate = truncate
+        return _hits(self._reranker.Rerank(req, timeout=self.timeout, metadata=self.metadata))
+
+    def list_models(self) -> list[ModelFacts]:
+        return _facts(self._models.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata))
+
+    def health(self, service: str = "") -> str:
+        """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN for a service ("" = the server, model/<name>)."""
+        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_until_serving(self, service: str = "", timeout: float = 120.0, poll: float = 0.1) -> None:
+        """Block until `service` reports SERVING (TimeoutError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = self.health(service)
+                if last == "SERVING":
+                    return
+            except grpc.RpcError as e:
+                last = e.code().name
+            time.sleep(poll)
+        raise TimeoutError(f"{service or 'server'} not SERVING after {timeout}s (last: {last})")
+
+
+class AsyncClient:
+    """asyncio client with the same methods as `Client`, awaitable."""
+
+    def __init__(self, target: str = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
+                 api_key: str | None = None, timeout: float | None = 60.0):
+        self.channel = channel or grpc.aio.insecure_channel(target, options=_OPTIONS)
+        self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._embedder = pb_grpc.EmbedderStub(self.channel)
+        self._reranker = pb_grpc.RerankerStub(self.channel)
+        self._models = pb_grpc.ModelsStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def embed(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None,
+                    prompt_name: str = "", normalize: bool | None = None, dimensions: int = 0,
+                    truncate: bool | None = None, truncation_direction: str = "right", priority: str = "realtime",
+                    request_id: str = "") -> np.ndarray:
+        req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
+                             truncation_direction, priority, request_id)
+        return embeddings_array(await self._embedder.Embed(req, timeout=self.timeout, metadata=self.metadata))
+
+    async def embed_stream(self, texts: Iterable[str] | AsyncIterable[str], *, batch_size: int = 64,
+                           **options) -> AsyncIterator[np.ndarray]:
+        async def requests():
+            if isinstance(texts, AsyncIterable):
+                chunk, i = [], 0
+                async for t in texts:
+                    chunk.append(t)
+                    if len(chunk) == batch_size:
+                        yield _stream_request(chunk, i, options)
+                        chunk, i = [], i + 1
+                if chunk:
+                    yield _stream_request(chunk, i, options)
+            else:
+                for i, chunk in enumerate(_chunks(texts, batch_size)):
+                    yield _stream_request(chunk, i, options)
+
+        async for resp in self._embedder.EmbedStream(requests(), metadata=self.metadata):
+            yield embeddings_array(resp)
+
+    async def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
+                     return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
+                     priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
+        req = pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n,
+                               return_documents=return_documents, raw_scores=raw_scores,
+                               priority=_PRIORITY[priority], request_id=request_id)
+        if truncate is not None:
+            req.truncate = truncate
+        return _hits(await self._reranker.Rerank(req, timeout=self.timeout, metadata=self.metadata))
+
+    async def list_models(self) -> list[ModelFacts]:
+        return _facts(await self._models.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
+                                                    metadata=self.metadata))
+
+    async def health(self, service: str = "") -> str:
+        resp = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def wait_until_serving(self, service: str = "", timeout: float = 120.0, poll: float = 0.1) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = await self.health(service)
+                if last == "SERVING":
+                    return
+            except grpc.RpcError as e:
+                last = e.code().name
+            await asyncio.sleep(poll)
+        raise TimeoutError(f"{service or 'server'} not SERVING after {timeout}s (last: {last})")

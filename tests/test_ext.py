@@ -1,0 +1,137 @@
+"""The compiled kernels and their NumPy twin run the same cases; each is checked against a
+plain reference written out here, so a bug shared by both twins still fails."""
+import numpy as np
+import pytest
+
+from ember.ext import COMPILED, numpy_kernels
+
+try:
+    from ember.ext import _kernels as compiled
+except ImportError:  # pragma: no cover
+    compiled = None
+
+IMPLS = [pytest.param(numpy_kernels, id="numpy"),
+         pytest.param(compiled, id="cython", marks=pytest.mark.skipif(compiled is None, reason="not built"))]
+
+
+def test_extension_is_built():
+    assert COMPILED, "ember.ext._kernels should be compiled by `pip install -e .`"
+
+
+def _batch(rng, left: bool):
+    B, T, D = 5, 9, 7
+    hidden = rng.standard_normal((B, T, D)).astype(np.float32)
+    lengths = [9, 1, 4, 6, 3]
+    mask = np.zeros((B, T), dtype=np.int64)
+    for b, n in enumerate(lengths):
+        if left:
+            mask[b, T - n:] = 1
+        else:
+            mask[b, :n] = 1
+    return hidden, mask, lengths
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("left", [False, True])
+def test_pooling_matches_reference(k, left):
+    rng = np.random.default_rng(0)
+    hidden, mask, lengths = _batch(rng, left)
+    T = hidden.shape[1]
+    for b, n in enumerate(lengths):
+        rows = hidden[b, T - n:] if left else hidden[b, :n]
+        np.testing.assert_allclose(k.pool(hidden, mask, "mean")[b], rows.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(k.pool(hidden, mask, "cls")[b], rows[0])
+        np.testing.assert_array_equal(k.pool(hidden, mask, "last")[b], rows[-1])
+        np.testing.assert_array_equal(k.pool(hidden, mask, "max")[b], rows.max(axis=0))
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_pooling_all_masked_row_and_bad_input(k):
+    hidden = np.ones((1, 3, 2), dtype=np.float32)
+    mask = np.zeros((1, 3), dtype=np.int64)
+    np.testing.assert_array_equal(k.pool(hidden, mask, "mean"), [[0.0, 0.0]])
+    np.testing.assert_array_equal(k.pool(hidden, mask, "max"), [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="pooling mode"):
+        k.pool(hidden, mask, "median")
+    with pytest.raises(ValueError):
+        k.pool(hidden, np.zeros((2, 3), dtype=np.int64), "mean")
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_l2_normalize(k):
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]], dtype=np.float32)
+    out = k.l2_normalize(x)
+    np.testing.assert_allclose(out[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(out[1], [0.0, 0.0])  # no NaN from a zero vector
+    assert np.isfinite(out).all()
+    assert x[0, 0] == 3.0, "input must not be modified"
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_matryoshka_truncates_then_renormalizes(k):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    out = k.matryoshka(x, 8, True)
+    assert out.shape == (4, 8)
+    ref = x[:, :8] / np.linalg.norm(x[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(k.matryoshka(x, 8, False), x[:, :8])
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="dims"):
+            k.matryoshka(x, bad, True)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("left", [False, True])
+def test_pack_batch(k, left):
+    rows = [[101, 7, 102], [101, 102], [101, 5, 6, 7, 102]]
+    flat = np.array([t for r in rows for t in r], dtype=np.int64)
+    offsets = np.array([0, 3, 5, 10], dtype=np.int64)
+    ids, mask = k.pack_batch(flat, offsets, 6, 0, left)
+    assert ids.shape == mask.shape == (3, 6) and ids.dtype == mask.dtype == np.int64
+    for r, row in enumerate(rows):
+        pad = 6 - len(row)
+        if left:
+            assert ids[r].tolist() == [0] * pad + row and mask[r].tolist() == [0] * pad + [1] * len(row)
+        else:
+            assert ids[r].tolist() == row + [0] * pad and mask[r].tolist() == [1] * len(row) + [0] * pad
+    with pytest.raises(ValueError, match="does not fit"):
+        k.pack_batch(flat, offsets, 4, 0, left)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_sigmoid_is_stable(k):
+    x = np.array([-1000.0, -2.0, 0.0, 2.0, 1000.0], dtype=np.float32)
+    out = k.sigmoid(x)
+    np.testing.assert_allclose(out, [0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-2.0)), 1.0], rtol=1e-6)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_top_n(k):
+    rng = np.random.default_rng(2)
+    scores = rng.standard_normal(1000).astype(np.float32)
+    full = sorted(range(1000), key=lambda i: (-scores[i], i))
+    assert k.top_n(scores, 0).tolist() == full
+    assert k.top_n(scores, 10).tolist() == full[:10]
+    assert k.top_n(scores, 5000).tolist() == full
+    ties = np.array([0.5, 0.9, 0.5, np.nan, 0.9], dtype=np.float32)
+    assert k.top_n(ties, 0).tolist() == [1, 4, 0, 2, 3]  # ties by index, NaN last
+    assert k.top_n(np.zeros(0, dtype=np.float32), 3).tolist() == []
+
+
+def test_twins_agree_on_random_batches():
+    if compiled is None:
+        pytest.skip("not built")
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        B, T, D = rng.integers(1, 9), rng.integers(1, 40), rng.integers(1, 64)
+        hidden = rng.standard_normal((B, T, D)).astype(np.float32)
+        mask = (rng.random((B, T)) > 0.3).astype(np.int64)
+        for mode in ("mean", "cls", "last", "max"):
+            np.testing.assert_allclose(compiled.pool(hidden, mask, mode), numpy_kernels.pool(hidden, mask, mode),
+                                       rtol=1e-5, atol=1e-6)
+        x = rng.standard_normal((B, D)).astype(np.float32)
+        np.testing.assert_allclose(compiled.l2_normalize(x), numpy_kernels.l2_normalize(x), rtol=1e-5, atol=1e-7)
+        s = rng.standard_normal(int(T)).astype(np.float32)
+        assert compiled.top_n(s, 3).tolist() == numpy_kernels.top_n(s, 3).tolist()
