@@ -56,6 +56,7 @@ class EmberServer:
         self.loaded = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._load_task: asyncio.Future | None = None
+        self._loading_done = False
         self.port = 0
 
     async def start(self) -> int:
@@ -68,9 +69,16 @@ class EmberServer:
         await self.server.start()
         log.info("ember listening on %s:%d", self.settings.host, self.port)
         self.registry.on_change = self._schedule_health_update
-        self._load_task = self._loop.run_in_executor(None, self._load_models)
-        self._load_task.add_done_callback(lambda _: self.loaded.set())
+        self._load_task = asyncio.ensure_future(self._load())
         return self.port
+
+    async def _load(self) -> None:
+        try:
+            await self._loop.run_in_executor(None, self._load_models)
+        finally:
+            self._loading_done = True
+            await self._update_health()
+            self.loaded.set()
 
     # ---- model loading (a worker thread) ----------------------------------------------------
     def _models_dir(self) -> Path:
@@ -97,7 +105,6 @@ class EmberServer:
                     self.registry.errors[model.name] = f"warm-up failed: {e}"
         if not self.registry.models:
             log.error("no model could be loaded from %s", models_dir)
-        self._schedule_health_update()
 
     # ---- health -----------------------------------------------------------------------------
     def _schedule_health_update(self) -> None:
@@ -121,8 +128,7 @@ class EmberServer:
         await self.health.set(SERVICES["Embedder"], SERVING if ready("embed") else NOT_SERVING)
         await self.health.set(SERVICES["Reranker"], SERVING if ready("rerank") else NOT_SERVING)
         await self.health.set(SERVICES["Models"], SERVING)
-        done = self.loaded.is_set() or (self._load_task is not None and self._load_task.done())
-        await self.health.set("", SERVING if done and reg.ready() else NOT_SERVING)
+        await self.health.set("", SERVING if self._loading_done and reg.ready() else NOT_SERVING)
 
     # ---- shutdown ---------------------------------------------------------------------------
     async def drain(self, grace: float | None = None) -> None:

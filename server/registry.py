@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .engine import Engine
-from .errors import ModelLoadError, NotFound, Unavailable
+from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .manifest import Manifest, read_manifest
 from .scheduler import ModelScheduler
 from .settings import Settings
@@ -143,7 +143,7 @@ class Registry:
         if not model.ready:
             raise Unavailable(f"model {model.name!r} is still loading")
         if task == "embed" and model.manifest.task != "embed":
-            raise NotFound(f"model {model.name!r} is a {model.manifest.task} model; it cannot embed")
+            raise InvalidArgument("model", f"{model.name!r} is a {model.manifest.task} model; it cannot embed")
         return model
 
     def ready(self) -> bool:

@@ -131,8 +131,6 @@ class ServerThread:
 
     def wait_loaded(self, timeout: float = 300) -> None:
         self.call(asyncio.wait_for(self.server.loaded.wait(), timeout), timeout + 5)
-        # Health updates are scheduled on the loop; let them run.
-        self.call(self.server._update_health())
 
     def stop(self, grace: float = 5.0) -> None:
         self.channel.close()
