@@ -69,3 +69,12 @@ def test_cross_encoder_matches_transformers(tiny_server, hf_sources):
     sig = tiny_server.reranker.Rerank(pb.RerankRequest(model="tiny-rerank", query=query, documents=docs))
     for x in sig.results:
         assert x.score == pytest.approx(1 / (1 + np.exp(-ref[x.index])), abs=1e-4)
+
+
+def test_embedded_default_serves_rerank_by_cosine(minilm_server):
+    docs = ["The weather is sunny today.", "A cat is sleeping on the sofa.", "Stock markets fell sharply."]
+    r = minilm_server.reranker.Rerank(pb.RerankRequest(query="Where is the kitten resting?", documents=docs,
+                                                       return_documents=True))
+    assert r.model == "all-MiniLM-L6-v2"
+    assert r.results[0].index == 1 and r.results[0].document == docs[1]
+    assert r.results[0].score > r.results[1].score > -1.0
