@@ -284,3 +284,48 @@ def top_n(const f32[::1] scores, Py_ssize_t n):
         for i in range(n):
             out[i] = heap[i].index
     return out_arr
+
+
+def plan_batches(const i64[::1] lengths, i64 max_tokens, i64 max_size, i64 overhead):
+    """Split length-sorted items into contiguous batches of least total cost.
+
+    Cost of a batch = overhead + count × its longest length (the padded tokens it runs). An exact
+    dynamic program over the sorted list; a batch never exceeds max_size items, nor max_tokens
+    padded tokens unless it holds a single item.
+    IN  lengths [N] int64 sorted descending; max_tokens, max_size >= 1; overhead >= 0 (in tokens)
+    OUT ends [K] int64: batch k holds items ends[k-1]..ends[k]-1 (ends[-1] = N)
+    """
+    cdef Py_ssize_t N = lengths.shape[0]
+    cdef Py_ssize_t i, j, lo, k
+    cdef i64 c
+    if max_size < 1 or max_tokens < 1:
+        raise ValueError("max_tokens and max_size must be >= 1")
+    for i in range(1, N):
+        if lengths[i] > lengths[i - 1]:
+            raise ValueError("lengths must be sorted in descending order")
+    best_arr = np.zeros(N + 1, dtype=np.int64)
+    cut_arr = np.zeros(N + 1, dtype=np.int64)
+    cdef i64[::1] best = best_arr
+    cdef i64[::1] cut = cut_arr
+    with nogil:
+        for i in range(1, N + 1):
+            best[i] = -1
+            lo = i - max_size
+            if lo < 0:
+                lo = 0
+            j = i - 1
+            while j >= lo:
+                # items j..i-1; the longest is lengths[j]
+                if (i - j) > 1 and (i - j) * lengths[j] > max_tokens:
+                    break  # going further back only makes the batch longer and larger
+                c = best[j] + overhead + (i - j) * lengths[j]
+                if best[i] < 0 or c < best[i]:
+                    best[i] = c
+                    cut[i] = j
+                j -= 1
+    ends = []
+    k = N
+    while k > 0:
+        ends.append(k)
+        k = cut[k]
+    return np.array(ends[::-1], dtype=np.int64)

@@ -95,3 +95,28 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     # lexsort: last key is primary. Descending score, then ascending index.
     order = np.lexsort((np.arange(N), -keyed.astype(np.float64)))
     return order[:n].astype(np.int64)
+
+
+def plan_batches(lengths: np.ndarray, max_tokens: int, max_size: int, overhead: int) -> np.ndarray:
+    """IN lengths [N] sorted descending. OUT batch end indices, least total (overhead + padded tokens)."""
+    if max_size < 1 or max_tokens < 1:
+        raise ValueError("max_tokens and max_size must be >= 1")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) > 1 and (np.diff(lengths) > 0).any():
+        raise ValueError("lengths must be sorted in descending order")
+    N = len(lengths)
+    best = [0] + [None] * N
+    cut = [0] * (N + 1)
+    for i in range(1, N + 1):
+        for j in range(i - 1, max(0, i - max_size) - 1, -1):
+            n = i - j
+            if n > 1 and n * lengths[j] > max_tokens:
+                break
+            c = best[j] + overhead + n * int(lengths[j])
+            if best[i] is None or c < best[i]:
+                best[i], cut[i] = c, j
+    ends, k = [], N
+    while k > 0:
+        ends.append(k)
+        k = cut[k]
+    return np.array(ends[::-1], dtype=np.int64)

@@ -1,10 +1,13 @@
 """Scheduler stage: merges items of all requests into token-budget batches for one model.
 
 Each request becomes a `Job` of tokenized items. A worker thread per model forms batches:
-REALTIME items before BULK ones; within a window at the head of the queue items are sorted by
-length so a batch holds similar lengths (little padding), and a batch's padded size
-(longest × count) stays within `max_batch_tokens`. Items of cancelled or expired jobs are
-dropped before inference. The queue is bounded: a job that does not fit is refused at once.
+REALTIME items before BULK ones. A window at the head of the queue is sorted by length and cut
+into the batches of least cost (`ext.plan_batches`: a fixed per-run overhead plus the padded
+tokens), so similar lengths run together and padding stays small; a batch's padded size
+(longest × count) stays within `max_batch_tokens` (`bulk_max_batch_tokens` for BULK, smaller, so
+a REALTIME item never waits long behind one). The batch holding the oldest item runs next, so
+every item makes progress. Items of cancelled or expired jobs are dropped before inference. The
+queue is bounded: a job that does not fit is refused at once.
 """
 from __future__ import annotations
 
@@ -65,9 +68,13 @@ class ModelScheduler:
     """Batching worker(s) for one engine."""
 
     def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
-                 pad_left: bool, pad_id: int, workers: int = 1):
+                 pad_left: bool, pad_id: int, bulk_max_batch_tokens: int | None = None, batch_overhead_tokens: int = 32,
+                 max_wait_us: int = 0, workers: int = 1):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
+        self.bulk_max_batch_tokens = bulk_max_batch_tokens or max_batch_tokens
+        self.batch_overhead_tokens = batch_overhead_tokens
+        self.max_wait_s = max_wait_us / 1e6
         self.max_batch_size = max_batch_size
         self.max_queue_items = max_queue_items
         self.pad_left = pad_left
@@ -130,12 +137,26 @@ class ModelScheduler:
             while True:
                 if self._stopping and not self.queued():
                     return None
-                q = self._queues[REALTIME] if self._queues[REALTIME] else self._queues[BULK]
+                bulk = not self._queues[REALTIME]
+                q = self._queues[BULK] if bulk else self._queues[REALTIME]
                 self._drop_dead(q)
                 if q:
-                    return self._take(q)
+                    wait = self._fill_wait(q, bulk)
+                    if wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                    return self._take(q, bulk)
                 if not self.queued():
                     self._cond.wait()
+
+    def _fill_wait(self, q: deque[_Item], bulk: bool) -> float:
+        """Seconds to wait for more items (max_wait): only while the batch would be far from full."""
+        if self.max_wait_s <= 0 or self._stopping:
+            return 0.0
+        budget = self.bulk_max_batch_tokens if bulk else self.max_batch_tokens
+        if len(q) >= self.max_batch_size or sum(it.length for it in q) * 2 >= budget:
+            return 0.0
+        return q[0].job.enqueued + self.max_wait_s - time.monotonic()
 
     def _drop_dead(self, q: deque[_Item]) -> None:
         """Remove items of cancelled, failed or expired jobs from the head window of the queue."""
@@ -155,24 +176,20 @@ class ModelScheduler:
         q.clear()
         q.extend(keep)
 
-    def _take(self, q: deque[_Item]) -> list[_Item]:
-        """Take one length-bucketed batch from the head window of q."""
-        window: list[_Item] = []
-        budget = self.max_batch_tokens * 4
-        while q and len(window) < self.max_batch_size * 4 and budget > 0:
-            it = q.popleft()
-            budget -= it.length
-            window.append(it)
-        window.sort(key=lambda it: it.length, reverse=True)
-        longest = window[0].length
-        n = 1
-        while n < len(window) and n < self.max_batch_size and longest * (n + 1) <= self.max_batch_tokens:
-            n += 1
-        batch, rest = window[:n], window[n:]
+    def _take(self, q: deque[_Item], bulk: bool) -> list[_Item]:
+        """Take the least-cost batch holding the oldest item from the head window of q."""
+        window = [q.popleft() for _ in range(min(len(q), self.max_batch_size * 4))]
+        order = sorted(range(len(window)), key=lambda i: -window[i].length)  # stable: ties keep arrival order
+        lengths = np.fromiter((window[i].length for i in order), dtype=np.int64, count=len(order))
+        budget = self.bulk_max_batch_tokens if bulk else self.max_batch_tokens
+        ends = kernels.plan_batches(lengths, budget, self.max_batch_size, self.batch_overhead_tokens)
+        rank_of_oldest = order.index(0)
+        g = int(np.searchsorted(ends, rank_of_oldest, side="right"))
+        start = int(ends[g - 1]) if g else 0
+        chosen = set(order[start:int(ends[g])])
         # Put what was not taken back at the head, in arrival order.
-        rest.sort(key=lambda it: (it.job.enqueued, id(it.job), it.index), reverse=True)
-        q.extendleft(rest)
-        return batch
+        q.extendleft(window[i] for i in reversed(range(len(window))) if i not in chosen)
+        return [window[i] for i in sorted(chosen)]
 
     def _execute(self, batch: list[_Item]) -> None:
         t0 = time.monotonic()

