@@ -3,7 +3,7 @@ plain reference written out here, so a bug shared by both twins still fails."""
 import numpy as np
 import pytest
 
-from ember.ext import COMPILED, numpy_kernels
+from ember.ext import COMPILED, kernels, numpy_kernels
 
 try:
     from ember.ext import _kernels as compiled
@@ -135,3 +135,40 @@ def test_twins_agree_on_random_batches():
         np.testing.assert_allclose(compiled.l2_normalize(x), numpy_kernels.l2_normalize(x), rtol=1e-5, atol=1e-7)
         s = rng.standard_normal(int(T)).astype(np.float32)
         assert compiled.top_n(s, 3).tolist() == numpy_kernels.top_n(s, 3).tolist()
+
+
+def _brute_best(lengths, max_tokens, max_size, overhead):
+    """Least total cost over every contiguous partition (small inputs only)."""
+    N = len(lengths)
+    best = {0: 0}
+    for i in range(1, N + 1):
+        cands = [best[j] + overhead + (i - j) * lengths[j] for j in range(i)
+                 if i - j <= max_size and ((i - j) == 1 or (i - j) * lengths[j] <= max_tokens)]
+        best[i] = min(cands)
+    return best[N]
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_plan_batches_is_least_cost_and_within_limits(k):
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        n = int(rng.integers(1, 12))
+        lengths = np.sort(rng.integers(1, 100, n))[::-1].astype(np.int64).copy()
+        max_tokens, max_size, overhead = int(rng.integers(50, 400)), int(rng.integers(1, 6)), int(rng.integers(0, 40))
+        ends = k.plan_batches(lengths, max_tokens, max_size, overhead).tolist()
+        assert ends[-1] == n and ends == sorted(set(ends))
+        starts = [0] + ends[:-1]
+        cost = 0
+        for s, e in zip(starts, ends):
+            assert e - s <= max_size and ((e - s) == 1 or (e - s) * lengths[s] <= max_tokens)
+            cost += overhead + (e - s) * int(lengths[s])
+        assert cost == _brute_best(lengths.tolist(), max_tokens, max_size, overhead)
+    assert k.plan_batches(np.zeros(0, dtype=np.int64), 10, 2, 1).tolist() == []
+    with pytest.raises(ValueError, match="descending"):
+        k.plan_batches(np.array([1, 5], dtype=np.int64), 10, 2, 1)
+
+
+def test_plan_batches_splits_mixed_lengths_to_avoid_padding():
+    lengths = np.array([200, 190, 30, 28, 27, 25, 5, 5, 4, 4], dtype=np.int64)
+    ends = kernels.plan_batches(lengths, 4096, 64, 16)
+    assert list(ends) == [2, 6, 10]  # long, medium and short texts run apart

@@ -1,0 +1,209 @@
+"""The scheduler's behaviour (not its timings): budgets, priorities, dropping dead work, bounds.
+
+The engine is the real tiny model's, wrapped so a test can hold a batch and record every batch.
+"""
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from ember.engine import Engine
+from ember.errors import DeadlineExceeded, ResourceExhausted
+from ember.manifest import read_manifest
+from ember.scheduler import BULK, REALTIME, ModelScheduler
+from ember.servicers import stream
+from ember.tokenization import ModelTokenizer
+from ember.v1 import ember_pb2 as pb
+
+
+class RecordingEngine:
+    """The real engine; records each batch's padded shape and item lengths, and can hold a batch."""
+
+    def __init__(self, engine: Engine):
+        self.real = engine
+        self.manifest = engine.manifest
+        self.needs_type_ids = engine.needs_type_ids
+        self.batches: list[tuple[int, int, list[int]]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()
+
+    def infer(self, ids, mask, type_ids):
+        self.entered.set()
+        self.hold.wait(30)
+        self.batches.append((ids.shape[0], ids.shape[1], mask.sum(axis=1).tolist()))
+        return self.real.infer(ids, mask, type_ids)
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_models_dir):
+    d = tiny_models_dir / "tiny-embed"
+    m = read_manifest(d)
+    engine = Engine(d, m, ("cpu",))
+    return engine, ModelTokenizer(d, m, with_type_ids=engine.needs_type_ids)
+
+
+def make(parts, **kw):
+    engine, tok = parts
+    rec = RecordingEngine(engine)
+    opts = dict(max_batch_tokens=64, max_batch_size=8, max_queue_items=1000, pad_left=False, pad_id=0)
+    opts.update(kw)
+    return ModelScheduler(rec, **opts), rec, tok
+
+
+def texts_of_lengths(tok, lengths):
+    # "a" is one token: n-2 of them plus [CLS]/[SEP] give exactly n tokens
+    out = tok.encode([" ".join(["a"] * (n - 2)) for n in lengths], truncate=True, direction="right")
+    assert [t.tokens for t in out] == list(lengths)
+    return out
+
+
+def test_batches_respect_token_budget_and_size(parts):
+    async def run():
+        sched, rec, tok = make(parts)
+        rec.hold.clear()
+        first = sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        lengths = [3, 30, 7, 12, 40, 9, 3, 25, 16, 60, 4, 11, 8, 6, 33, 5, 19, 3, 3, 3]
+        job = sched.submit(texts_of_lengths(tok, lengths), priority=REALTIME, deadline=None)
+        rec.hold.set()
+        await first.future
+        out = await job.future
+        sched.stop()
+        return rec.batches[1:], out, lengths
+
+    batches, out, lengths = asyncio.run(run())
+    assert sorted(n for _, _, ns in batches for n in ns) == sorted(lengths)  # every item exactly once
+    for rows, seq, ns in batches:
+        assert rows <= 8 and seq == max(ns)
+        assert rows * seq <= 64 or rows == 1
+    assert out.shape == (20, 32)
+
+
+def test_results_land_in_input_order(parts):
+    async def run():
+        sched, rec, tok = make(parts, max_batch_tokens=40)
+        lengths = [30, 3, 12, 3, 25, 7]
+        toks = texts_of_lengths(tok, lengths)
+        out = await sched.submit(toks, priority=REALTIME, deadline=None).future
+        singles = [await sched.submit([t], priority=REALTIME, deadline=None).future for t in toks]
+        sched.stop()
+        return out, np.concatenate(singles)
+
+    out, singles = asyncio.run(run())
+    np.testing.assert_allclose(out, singles, rtol=1e-4, atol=1e-5)
+
+
+def test_realtime_runs_before_bulk(parts):
+    async def run():
+        sched, rec, tok = make(parts)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=BULK, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        bulk = sched.submit(texts_of_lengths(tok, [10] * 12), priority=BULK, deadline=None)
+        realtime = sched.submit(texts_of_lengths(tok, [20] * 3), priority=REALTIME, deadline=None)
+        rec.hold.set()
+        await asyncio.gather(blocker.future, bulk.future, realtime.future)
+        sched.stop()
+        return rec.batches
+
+    batches = asyncio.run(run())
+    assert batches[0][2] == [4]  # the batch already running
+    assert batches[1][2] == [20, 20, 20]  # REALTIME, queued after BULK, runs first
+    assert all(set(ns) == {10} for _, _, ns in batches[2:])
+
+
+def test_bulk_batches_use_the_bulk_budget(parts):
+    async def run():
+        sched, rec, tok = make(parts, max_batch_tokens=200, bulk_max_batch_tokens=30)
+        await sched.submit(texts_of_lengths(tok, [10] * 9), priority=BULK, deadline=None).future
+        await sched.submit(texts_of_lengths(tok, [10] * 9), priority=REALTIME, deadline=None).future
+        sched.stop()
+        return rec.batches
+
+    batches = asyncio.run(run())
+    assert [rows for rows, _, _ in batches[:3]] == [3, 3, 3]  # 30 tokens each
+    assert batches[3][0] == 8  # REALTIME: up to max_batch_size (80 tokens ≤ 200)
+
+
+def test_cancelled_and_expired_items_never_reach_inference(parts):
+    async def run():
+        sched, rec, tok = make(parts)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        cancelled = sched.submit(texts_of_lengths(tok, [11] * 5), priority=REALTIME, deadline=None)
+        cancelled.future.cancel()
+        expired = sched.submit(texts_of_lengths(tok, [13] * 5), priority=REALTIME, deadline=0.0)
+        live = sched.submit(texts_of_lengths(tok, [17] * 2), priority=REALTIME, deadline=None)
+        rec.hold.set()
+        await blocker.future
+        await live.future
+        with pytest.raises(DeadlineExceeded):
+            await expired.future
+        sched.stop()
+        return rec.batches
+
+    batches = asyncio.run(run())
+    seen = [n for _, _, ns in batches for n in ns]
+    assert 11 not in seen and 13 not in seen and seen.count(17) == 2
+
+
+def test_full_queue_is_refused_at_once_with_a_retry_hint(parts):
+    async def run():
+        sched, rec, tok = make(parts, max_queue_items=10)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        accepted = sched.submit(texts_of_lengths(tok, [5] * 8), priority=REALTIME, deadline=None)
+        with pytest.raises(ResourceExhausted) as e:
+            sched.submit(texts_of_lengths(tok, [5] * 3), priority=BULK, deadline=None)
+        rec.hold.set()
+        out = await accepted.future  # what was accepted is not lost
+        await blocker.future
+        sched.stop()
+        return e.value, out
+
+    err, out = asyncio.run(run())
+    assert err.retry_after_s > 0 and "limit 10" in err.message
+    assert out.shape == (8, 32)
+
+
+def test_stream_stops_reading_at_its_in_flight_bound():
+    async def run():
+        pulled = 0
+        release = asyncio.Event()
+
+        async def requests():
+            nonlocal pulled
+            for i in range(100):
+                pulled += 1
+                yield pb.EmbedRequest(request_id=str(i))
+
+        async def one(req, rid):
+            await release.wait()
+            return rid
+
+        class Ctx:
+            def invocation_metadata(self):
+                return ()
+
+        out = []
+        gen = stream(requests(), Ctx(), 4, "test", lambda r, rid: one(r, rid))
+
+        async def consume():
+            async for r in gen:
+                out.append(r)
+
+        task = asyncio.ensure_future(consume())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        at_bound = pulled
+        release.set()
+        await task
+        return at_bound, out
+
+    at_bound, out = asyncio.run(run())
+    assert at_bound == 4  # four in flight, nothing more read
+    assert out == [str(i) for i in range(100)]  # every message answered once, in order
