@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 
@@ -33,11 +34,16 @@ def _export_parser(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--optimize", default="", choices=["", "O1", "O2", "O3", "O4"])
     p.add_argument("--matryoshka-dims", default="", help="comma-separated allowed Matryoshka dimensions")
+    p.add_argument("--isa", default="", help="int8: instruction set of the serving machine "
+                                             "(amx, vnni, avx512, avx2, arm64, generic; default: this machine's)")
 
 
 async def _serve(settings: settings_mod.Settings) -> None:
     from .app import create_server
 
+    # The inference thread needs the GIL briefly between ONNX Runtime runs; with the default 5 ms
+    # switch interval it can sit idle that long behind the event loop. 0.5 ms keeps ORT fed.
+    sys.setswitchinterval(0.0005)
     server, port = await create_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
+        # ember's tokenizer threads are the parallelism; HF tokenizers' own thread pool would only
+        # compete with ONNX Runtime for the cores.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             cfg = settings_mod.from_sources(vars(args))
         except ValueError as e:
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             dims = tuple(int(d) for d in args.matryoshka_dims.split(",") if d.strip())
             m = export_model(args.src, args.out, args.task, dtype=args.dtype, optimize=args.optimize,
-                             matryoshka_dimensions=dims)
+                             matryoshka_dimensions=dims, isa=args.isa)
         except (ExportError, ValueError) as e:
             print(f"ember export: {e}", file=sys.stderr)
             return 2

@@ -29,7 +29,8 @@ SHORT_NAME = {v: k for k, v in ORT_PROVIDER.items()}
 class Engine:
     """Runs padded batches through the model's graph and returns pooled vectors or scores."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0):
+    def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
+                 spinning: bool = False):
         self.manifest = manifest
         available = set(ort.get_available_providers())
         wanted = [ORT_PROVIDER[p] for p in providers]
@@ -42,6 +43,8 @@ class Engine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_dir / manifest.onnx_file), opts, providers=chosen)
         active = self.session.get_providers()
         self.providers = [SHORT_NAME.get(p, p) for p in active]

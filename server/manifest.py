@@ -37,6 +37,7 @@ class Manifest:
     default_prompt_name: str = ""
     matryoshka_dimensions: tuple[int, ...] = ()
     dtype: str = "fp32"
+    quantization: str = ""  # how an int8 graph was quantized, and for which instruction set
     optimize: str = ""
     source: str = ""
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256

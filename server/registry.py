@@ -71,7 +71,8 @@ class Registry:
             manifest = read_manifest(path)
             if manifest.name != name:
                 manifest = Manifest.from_dict({**manifest.__dict__, "name": name})
-            engine = Engine(path, manifest, self.settings.providers, self.settings.intra_op_threads)
+            engine = Engine(path, manifest, self.settings.providers, self.settings.intra_op_threads,
+                            self.settings.ort_spinning)
             tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
         except ModelLoadError as e:
             self.errors[name] = str(e)

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from grpc_status import rpc_status
 
-from . import domain
+from . import domain, wire
 from .domain import EmbedParams, RerankParams
 from .errors import EmberError, InvalidArgument, Unavailable, to_rpc_status
 from .ext import kernels
@@ -107,15 +107,6 @@ def _timing(t0: int, tokenize_s: float, queue_s: float, inference_s: float) -> p
                      inference_ns=int(inference_s * 1e9), total_ns=time.perf_counter_ns() - t0)
 
 
-def embeddings_pb(vectors: np.ndarray, toks, packed: bool) -> list[pb.Embedding]:
-    if packed:
-        rows = vectors.astype("<f4", copy=False)
-        return [pb.Embedding(packed=rows[i].tobytes(), tokens=t.tokens, truncated=t.truncated)
-                for i, t in enumerate(toks)]
-    return [pb.Embedding(values=pb.FloatVector(values=row), tokens=t.tokens, truncated=t.truncated)
-            for row, t in zip(vectors.tolist(), toks)]
-
-
 class Core:
     """The unary paths, shared by the three services and their streams."""
 
@@ -134,10 +125,14 @@ class Core:
         remaining = context.time_remaining()
         return None if remaining is None else time.monotonic() + remaining
 
-    async def tokenize(self, fn: Callable, *args, **kwargs):
+    async def tokenize(self, fn: Callable, *args, chars: int, **kwargs):
+        """Tokenize in the tokenizer pool; small requests inline (a thread hop costs more than they do)."""
         t = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self.tokenize_pool, functools.partial(fn, *args, **kwargs))
+        if chars <= self.settings.inline_tokenize_chars:
+            out = fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self.tokenize_pool, functools.partial(fn, *args, **kwargs))
         return out, time.perf_counter() - t
 
     async def embed(self, req: pb.EmbedRequest, context, request_id: str) -> pb.EmbedResponse:
@@ -149,15 +144,16 @@ class Core:
         prompt = resolve_prompt(m, p.input_type, p.prompt_name)
         dims = check_dimensions(m, p.dimensions)
         texts = [prompt + t for t in p.inputs] if prompt else p.inputs
-        toks, tok_s = await self.tokenize(model.tokenizer.encode, texts, truncate=p.truncate, direction=p.direction)
+        toks, tok_s = await self.tokenize(model.tokenizer.encode, texts, truncate=p.truncate, direction=p.direction,
+                                          chars=sum(map(len, texts)))
         job = model.scheduler.submit(toks, priority=BULK if p.bulk else REALTIME, deadline=self.deadline(context))
         vectors = finish_embeddings(await job.future, dims, p.normalize)
-        n_tokens = sum(t.tokens for t in toks)
-        return pb.EmbedResponse(
-            model=model.name, embeddings=embeddings_pb(vectors, toks, p.packed), dimensions=dims,
-            request_id=request_id, usage=pb.Usage(prompt_tokens=n_tokens, total_tokens=n_tokens),
-            timing=_timing(t0, tok_s, job.queue_s(), job.inference_s),
-        )
+        counts = [t.tokens for t in toks]
+        resp = wire.embed_response(vectors, counts, [t.truncated for t in toks], p.packed)
+        resp.model, resp.dimensions, resp.request_id = model.name, dims, request_id
+        resp.usage.prompt_tokens = resp.usage.total_tokens = sum(counts)
+        resp.timing.CopyFrom(_timing(t0, tok_s, job.queue_s(), job.inference_s))
+        return resp
 
     async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
         t0 = time.perf_counter_ns()
@@ -167,7 +163,8 @@ class Core:
         priority = BULK if p.bulk else REALTIME
         if model.manifest.task == "rerank":
             toks, tok_s = await self.tokenize(model.tokenizer.encode_pairs, p.query, p.documents,
-                                              truncate=p.truncate, direction=p.direction)
+                                              truncate=p.truncate, direction=p.direction,
+                                              chars=len(p.query) * len(p.documents) + sum(map(len, p.documents)))
             job = model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
             logits = await job.future
             scores = logits if p.raw_scores else kernels.sigmoid(logits)
@@ -203,7 +200,7 @@ class Core:
             return q + tok.encode([d_prompt + d for d in p.documents], truncate=p.truncate, direction=p.direction,
                                   field="documents")
 
-        toks, tok_s = await self.tokenize(encode)
+        toks, tok_s = await self.tokenize(encode, chars=len(p.query) + sum(map(len, p.documents)))
         job = model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
         vectors = kernels.l2_normalize(await job.future)
         scores = vectors[1:] @ vectors[0]
@@ -220,7 +217,8 @@ class Core:
         texts = [prompt + t for t in inputs] if prompt else inputs
         toks, _ = await self.tokenize(model.tokenizer.encode, texts,
                                       truncate=req.truncate if req.HasField("truncate") else True,
-                                      direction=domain.direction_of(req.truncation_direction))
+                                      direction=domain.direction_of(req.truncation_direction),
+                                      chars=sum(map(len, texts)))
         return pb.TokenizeResponse(model=model.name, inputs=[
             pb.TokenizedInput(tokens=t.tokens, truncated=t.truncated, ids=t.ids.tolist() if req.return_ids else [])
             for t in toks

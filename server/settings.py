@@ -52,6 +52,13 @@ class Settings:
     stream_max_in_flight: int = field(default=16, metadata={"help": "messages in flight per stream"})
     intra_op_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0 = cores)"})
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
+    inline_tokenize_chars: int = field(
+        default=2000, metadata={"help": "requests with fewer characters are tokenized on the event loop"}
+    )
+    ort_spinning: bool = field(
+        default=True, metadata={"help": "let ONNX Runtime's idle intra-op threads spin (faster ops, but they "
+                                         "take CPU from the rest of the server)"}
+    )
     drain_seconds: float = field(default=20.0, metadata={"help": "grace period for in-flight work on SIGTERM"})
     reflection: bool = field(default=True, metadata={"help": "enable gRPC server reflection"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
@@ -66,6 +73,8 @@ class Settings:
                      "max_queue_items", "stream_max_in_flight", "tokenizer_threads"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.inline_tokenize_chars < 0:
+            raise bad("inline_tokenize_chars", "must be >= 0")
         if self.batch_overhead_tokens < 0 or self.max_wait_us < 0:
             raise bad("batch_overhead_tokens" if self.batch_overhead_tokens < 0 else "max_wait_us", "must be >= 0")
         if self.intra_op_threads < 0:

@@ -72,3 +72,29 @@ def test_export_refusals_are_clear(hf_sources, tmp_path, capsys):
     (tmp_path / "y" / "f").write_text("x")
     assert cli.main(["export", str(hf_sources["rerank"]), str(tmp_path / "y"), "--task", "rerank"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_int8_export_quantizes_for_the_named_isa(hf_sources, tiny_models_dir, tmp_path):
+    import numpy as np
+    import onnx
+
+    from ember.engine import Engine
+    from ember.export import cpu_isa
+
+    out = tmp_path / "tiny-int8"
+    assert cli.main(["export", str(hf_sources["embed"]), str(out), "--task", "embed", "--dtype", "int8",
+                     "--isa", "avx2"]) == 0
+    m = read_manifest(out)
+    assert m.dtype == "int8" and m.onnx_file == "model_int8.onnx"
+    assert "isa=avx2" in m.quantization and "reduce_range=True" in m.quantization
+    ops = {n.op_type for n in onnx.load(str(out / m.onnx_file)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops, ops
+    assert cpu_isa() in ("amx", "vnni", "avx512", "avx2", "arm64", "generic")
+    # int8 stays close to fp32 on the same batch
+    fp32_dir = tiny_models_dir / "tiny-embed"
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102, 0, 0], [101, 7592, 2088, 2003, 2307, 1012, 2009, 102]])
+    mask = (ids != 0).astype(np.int64)
+    a = Engine(out, m, ("cpu",)).infer(ids, mask, np.zeros_like(ids))
+    b = Engine(fp32_dir, read_manifest(fp32_dir), ("cpu",)).infer(ids, mask, np.zeros_like(ids))
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98, cos
