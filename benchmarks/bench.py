@@ -238,7 +238,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--port", type=int, default=50571)
     ap.add_argument("--skip-st", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="redraw the plots from out/results.json")
     args = ap.parse_args()
+    if args.replot:
+        plot({k: np.array(v) if isinstance(v, list) else v
+              for k, v in json.loads((OUT / "results.json").read_text()).items()})
+        return 0
     OUT.mkdir(parents=True, exist_ok=True)
     q = args.quick
     n_tp = 1024 if q else 4096  # texts per throughput measurement
@@ -459,6 +464,7 @@ def plot(res: dict) -> None:
     if "st_tps" in res:
         ax.axhline(res["st_tps"], color="tab:red", ls=":", label="sentence-transformers")
     ax.axhline(res["ember_stream_tps"], color="tab:green", ls="-.", label="ember EmbedStream")
+    ax.set_ylim(bottom=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(cs, [str(c) for c in cs])
     ax.set_xlabel("concurrent requests")

@@ -54,6 +54,16 @@ def _embed_request(texts: Sequence[str], model: str, input_type: str | None, pro
     return req
 
 
+def _rerank_request(query: str, documents: Sequence[str], model: str, top_n: int, return_documents: bool,
+                    raw_scores: bool, truncate: bool | None, priority: str, request_id: str) -> pb.RerankRequest:
+    req = pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n,
+                           return_documents=return_documents, raw_scores=raw_scores, priority=_PRIORITY[priority],
+                           request_id=request_id)
+    if truncate is not None:
+        req.truncate = truncate
+    return req
+
+
 def _stream_request(chunk: list[str], i: int, options: dict) -> pb.EmbedRequest:
     """One EmbedStream message; streams default to BULK priority, request_id = chunk number."""
     return _embed_request(chunk, options.get("model", ""), options.get("input_type"),
@@ -88,18 +98,23 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _attach(client, channel, api_key: str | None, timeout: float | None) -> None:
+    """The channel, call options and stubs that Client and AsyncClient share."""
+    client.channel = channel
+    client.timeout = timeout
+    client.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    client._embedder = pb_grpc.EmbedderStub(channel)
+    client._reranker = pb_grpc.RerankerStub(channel)
+    client._models = pb_grpc.ModelsStub(channel)
+    client._health = health_pb2_grpc.HealthStub(channel)
+
+
 class Client:
     """Blocking client. `target` is any gRPC target: "host:port", "dns:///name:port", …"""
 
     def __init__(self, target: str = "localhost:50051", *, channel: grpc.Channel | None = None,
                  api_key: str | None = None, timeout: float | None = 60.0):
-        self.channel = channel or grpc.insecure_channel(target, options=_OPTIONS)
-        self.timeout = timeout
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._embedder = pb_grpc.EmbedderStub(self.channel)
-        self._reranker = pb_grpc.RerankerStub(self.channel)
-        self._models = pb_grpc.ModelsStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        _attach(self, channel or grpc.insecure_channel(target, options=_OPTIONS), api_key, timeout)
 
     def __enter__(self) -> "Client":
         return self
@@ -128,11 +143,8 @@ class Client:
                return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
                priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
         """Score documents against query; best first."""
-        req = pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n,
-                               return_documents=return_documents, raw_scores=raw_scores,
-                               priority=_PRIORITY[priority], request_id=request_id)
-        if truncate is not None:
-            req.truncate = truncate
+        req = _rerank_request(query, documents, model, top_n, return_documents, raw_scores, truncate, priority,
+                              request_id)
         return _hits(self._reranker.Rerank(req, timeout=self.timeout, metadata=self.metadata))
 
     def list_models(self) -> list[ModelFacts]:
@@ -163,13 +175,7 @@ class AsyncClient:
 
     def __init__(self, target: str = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
                  api_key: str | None = None, timeout: float | None = 60.0):
-        self.channel = channel or grpc.aio.insecure_channel(target, options=_OPTIONS)
-        self.timeout = timeout
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._embedder = pb_grpc.EmbedderStub(self.channel)
-        self._reranker = pb_grpc.RerankerStub(self.channel)
-        self._models = pb_grpc.ModelsStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        _attach(self, channel or grpc.aio.insecure_channel(target, options=_OPTIONS), api_key, timeout)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -210,11 +216,8 @@ class AsyncClient:
     async def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
                      return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
                      priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
-        req = pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n,
-                               return_documents=return_documents, raw_scores=raw_scores,
-                               priority=_PRIORITY[priority], request_id=request_id)
-        if truncate is not None:
-            req.truncate = truncate
+        req = _rerank_request(query, documents, model, top_n, return_documents, raw_scores, truncate, priority,
+                              request_id)
         return _hits(await self._reranker.Rerank(req, timeout=self.timeout, metadata=self.metadata))
 
     async def list_models(self) -> list[ModelFacts]:
