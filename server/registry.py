@@ -87,7 +87,7 @@ class Registry:
             engine, max_batch_tokens=s.max_batch_tokens, max_batch_size=s.max_batch_size,
             max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
             pad_id=manifest.pad_token_id, bulk_max_batch_tokens=s.bulk_max_batch_tokens,
-            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us,
+            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=s.inference_workers,
         )
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
         with self._lock:

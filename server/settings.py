@@ -51,6 +51,10 @@ class Settings:
     max_queue_items: int = field(default=65536, metadata={"help": "items waiting for inference per model"})
     stream_max_in_flight: int = field(default=16, metadata={"help": "messages in flight per stream"})
     intra_op_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0 = cores)"})
+    inference_workers: int = field(
+        default=1, metadata={"help": "inference threads per model sharing its session (1 suits a CPU: ORT "
+                                     "already uses every core inside one run)"}
+    )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(
         default=2000, metadata={"help": "requests with fewer characters are tokenized on the event loop"}
@@ -70,7 +74,7 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise bad("port", f"{self.port} is not a port number")
         for name in ("max_inputs_per_request", "max_batch_tokens", "bulk_max_batch_tokens", "max_batch_size",
-                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads"):
+                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads", "inference_workers"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.inline_tokenize_chars < 0:
