@@ -16,10 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from .export import ensure_default_model
 from .registry import Registry
-from .servicers import Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState
+from .servicers import Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState, add_to_server
 from .settings import Settings
 from .v1 import ember_pb2 as pb
-from .v1 import ember_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +44,9 @@ class EmberServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_EmbedderServicer_to_server(EmbedderServicer(self.core), self.server)
-        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.core), self.server)
-        pb_grpc.add_ModelsServicer_to_server(ModelsServicer(self.core), self.server)
+        add_to_server(EmbedderServicer(self.core), "Embedder", self.server)
+        add_to_server(RerankerServicer(self.core), "Reranker", self.server)
+        add_to_server(ModelsServicer(self.core), "Models", self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             names = (*SERVICES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from . import domain, wire
@@ -36,6 +37,32 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServerState:
     draining: bool = False
+
+
+@dataclass(frozen=True)
+class CorruptMessage:
+    """What a request body that does not parse becomes, so it is answered INVALID_ARGUMENT."""
+
+    type_name: str
+    error: str
+    request_id: str = ""
+
+
+def safe_parser(message_class) -> Callable[[bytes], object]:
+    """A request deserializer that never raises (gRPC would answer UNKNOWN with the exception)."""
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as e:
+            return CorruptMessage(message_class.DESCRIPTOR.full_name, str(e))
+
+    return parse
+
+
+def parsed(req):
+    if isinstance(req, CorruptMessage):
+        raise InvalidArgument("request", f"the body is not a valid {req.type_name}: {req.error}")
+    return req
 
 
 # ---- proto → domain -----------------------------------------------------------------------
@@ -138,7 +165,7 @@ class Core:
     async def embed(self, req: pb.EmbedRequest, context, request_id: str) -> pb.EmbedResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
-        p = embed_params(req, self.settings, request_id)
+        p = embed_params(parsed(req), self.settings, request_id)
         model = self.registry.get(p.model, "embed")
         m = model.manifest
         prompt = resolve_prompt(m, p.input_type, p.prompt_name)
@@ -158,7 +185,7 @@ class Core:
     async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
-        p = rerank_params(req, self.settings, request_id)
+        p = rerank_params(parsed(req), self.settings, request_id)
         model = self.registry.get(p.model, "rerank")
         priority = BULK if p.bulk else REALTIME
         if model.manifest.task == "rerank":
@@ -208,6 +235,7 @@ class Core:
 
     async def tokenize_rpc(self, req: pb.TokenizeRequest, context, request_id: str) -> pb.TokenizeResponse:
         self.accepting()
+        parsed(req)
         inputs = list(req.inputs)
         domain.check_texts("inputs", inputs, self.settings.max_inputs_per_request)
         domain.check_enum("input_type", req.input_type, range(0, 3))
@@ -290,6 +318,27 @@ async def stream(requests: AsyncIterator, context, limit: int, rpc: str,
             task.cancel()
 
 
+def add_to_server(servicer, service_name: str, server) -> None:
+    """Register a servicer from the service's descriptor, with request parsers that never raise.
+
+    Same RPC names and shapes as the generated `add_*Servicer_to_server`; only the request
+    deserializer differs, so a corrupt body is answered INVALID_ARGUMENT instead of UNKNOWN.
+    """
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
+    for method in service.methods:
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler}[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=safe_parser(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 class EmbedderServicer(pb_grpc.EmbedderServicer):
     def __init__(self, core: Core):
         self.core = core
@@ -323,7 +372,11 @@ class ModelsServicer(pb_grpc.ModelsServicer):
         self.core = core
 
     async def ListModels(self, request, context):
-        return self.core.list_models()
+        async def answer():
+            parsed(request)
+            return self.core.list_models()
+
+        return await guarded(context, request_id_of("", context), "ListModels", answer())
 
     async def Tokenize(self, request, context):
         rid = request_id_of("", context)
