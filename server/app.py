@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .export import ensure_default_model
+from .fallback import FallbackEngine
 from .registry import Registry
 from .servicers import Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState, add_to_server
 from .settings import Settings
@@ -116,6 +117,10 @@ class EmberServer:
         reg = self.registry
         for name, model in list(reg.models.items()):
             await self.health.set(model_health_name(name), SERVING if model.ready else NOT_SERVING)
+            if isinstance(model.engine, FallbackEngine):
+                # The model keeps serving (on CPU) while degraded; this status tells the degradation.
+                await self.health.set(model_health_name(name) + "/accelerator",
+                                      NOT_SERVING if model.engine.degraded else SERVING)
         for name in list(reg.errors):
             if name != "*" and name not in reg.models:
                 await self.health.set(model_health_name(name), NOT_SERVING)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .engine import Engine
+from .fallback import CircuitBreaker, FallbackEngine
 from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .manifest import Manifest, read_manifest
 from .scheduler import ModelScheduler
@@ -71,8 +72,7 @@ class Registry:
             manifest = read_manifest(path)
             if manifest.name != name:
                 manifest = Manifest.from_dict({**manifest.__dict__, "name": name})
-            engine = Engine(path, manifest, self.settings.providers, self.settings.intra_op_threads,
-                            self.settings.ort_spinning)
+            engine = self._engine(path, manifest)
             tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
         except ModelLoadError as e:
             self.errors[name] = str(e)
@@ -95,6 +95,16 @@ class Registry:
             self.errors.pop(name, None)
         self._changed()
         return model
+
+    def _engine(self, path: Path, manifest: Manifest):
+        """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker."""
+        s = self.settings
+        engine = Engine(path, manifest, s.providers, s.intra_op_threads, s.ort_spinning)
+        if engine.providers == ["cpu"]:
+            return engine
+        cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning)
+        breaker = CircuitBreaker(s.breaker_threshold, s.breaker_recovery_seconds, on_change=self._changed)
+        return FallbackEngine(engine, cpu, breaker)
 
     def warm_up(self, model: LoadedModel) -> None:
         """Run one batch per length bucket so the first requests do not pay for graph set-up."""

@@ -264,7 +264,9 @@ class Core:
                 normalize=m.normalize, matryoshka_dimensions=list(m.matryoshka_dimensions), prompts=m.prompts,
                 dtype=m.dtype, providers=model.engine.providers, unavailable_providers=model.engine.unavailable,
                 is_default_embed=name == d_embed, is_default_rerank=name == d_rerank, ready=model.ready,
-                architecture=m.architecture,
+                architecture=m.architecture, degraded=getattr(model.engine, "degraded", False),
+                fallback_batches=getattr(model.engine, "fallback_batches", 0),
+                accelerator_errors=getattr(model.engine, "primary_errors", 0),
             ))
         return pb.ListModelsResponse(models=out)
 

@@ -33,6 +33,12 @@ class Settings:
     providers: tuple[str, ...] = field(
         default=KNOWN_PROVIDERS, metadata={"help": "execution providers in priority order (tensorrt,cuda,cpu)"}
     )
+    breaker_threshold: int = field(
+        default=3, metadata={"help": "consecutive accelerator errors that open a model's circuit breaker"}
+    )
+    breaker_recovery_seconds: float = field(
+        default=300.0, metadata={"help": "seconds on CPU before one trial batch goes back to the accelerator"}
+    )
     cache_dir: str = field(
         default="", metadata={"help": "where the embedded default model is exported (empty = ~/.cache/ember)"}
     )
@@ -83,6 +89,10 @@ class Settings:
             raise bad("batch_overhead_tokens" if self.batch_overhead_tokens < 0 else "max_wait_us", "must be >= 0")
         if self.intra_op_threads < 0:
             raise bad("intra_op_threads", "must be >= 0")
+        if self.breaker_threshold < 1:
+            raise bad("breaker_threshold", "must be >= 1")
+        if self.breaker_recovery_seconds < 0:
+            raise bad("breaker_recovery_seconds", "must be >= 0")
         if self.drain_seconds < 0:
             raise bad("drain_seconds", "must be >= 0")
         unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]

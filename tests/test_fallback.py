@@ -1,0 +1,122 @@
+"""Circuit breaker states, and retry-on-CPU through a fault-injection wrapper around the real session."""
+import numpy as np
+import pytest
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ember.engine import Engine
+from ember.fallback import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, FallbackEngine
+from ember.manifest import read_manifest
+
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(server, name):
+    return health_pb2_grpc.HealthStub(server.channel).Check(health_pb2.HealthCheckRequest(service=name)).status
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_breaker_transitions():
+    clock = Clock()
+    b = CircuitBreaker(threshold=3, recovery_s=300, clock=clock)
+    assert b.state == CLOSED and b.allow_primary()
+    b.record_failure()
+    b.record_failure()
+    b.record_success()  # a success resets the consecutive count
+    for _ in range(2):
+        b.record_failure()
+    assert b.state == CLOSED
+    b.record_failure()
+    assert b.state == OPEN and not b.allow_primary()
+    clock.t += 299
+    assert not b.allow_primary()
+    clock.t += 1
+    assert b.allow_primary() and b.state == HALF_OPEN
+    assert not b.allow_primary()  # one trial at a time
+    b.record_failure()
+    assert b.state == OPEN and not b.allow_primary()  # a failed trial opens it again, for a new period
+    clock.t += 300
+    assert b.allow_primary()
+    b.record_success()
+    assert b.state == CLOSED and b.allow_primary()
+    with pytest.raises(ValueError):
+        CircuitBreaker(threshold=0)
+
+
+class FaultyEngine:
+    """The real engine, failing on command (as a GPU session would with OOM or a driver error)."""
+
+    def __init__(self, real):
+        self.real = real
+        self.manifest, self.needs_type_ids = real.manifest, real.needs_type_ids
+        self.providers, self.unavailable = ["cuda", "cpu"], []
+        self.fail = False
+        self.calls = 0
+
+    def infer(self, *a):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("CUDA error: out of memory (injected)")
+        return self.real.infer(*a)
+
+
+def test_failed_batches_are_retried_on_cpu_and_the_breaker_opens(tiny_models_dir):
+    d = tiny_models_dir / "tiny-embed"
+    m = read_manifest(d)
+    cpu = Engine(d, m, ("cpu",))
+    gpu = FaultyEngine(Engine(d, m, ("cpu",)))
+    clock = Clock()
+    eng = FallbackEngine(gpu, cpu, CircuitBreaker(threshold=3, recovery_s=300, clock=clock))
+    ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    want = cpu.infer(ids, mask, np.zeros_like(ids))
+
+    np.testing.assert_array_equal(eng.infer(ids, mask, np.zeros_like(ids)), want)
+    assert not eng.degraded and eng.fallback_batches == 0
+    gpu.fail = True
+    for i in range(3):  # each failing batch still answers, from the CPU
+        np.testing.assert_array_equal(eng.infer(ids, mask, np.zeros_like(ids)), want)
+    assert eng.degraded and eng.breaker.state == OPEN and eng.primary_errors == 3 and gpu.calls == 4
+    assert eng.last_switch_s > 0
+    eng.infer(ids, mask, np.zeros_like(ids))
+    assert gpu.calls == 4 and eng.fallback_batches == 4  # open: the accelerator is not tried
+    gpu.fail = False
+    clock.t += 300
+    np.testing.assert_array_equal(eng.infer(ids, mask, np.zeros_like(ids)), want)  # the half-open trial
+    assert gpu.calls == 5 and not eng.degraded
+
+
+def test_no_client_visible_failure_when_the_accelerator_fails(tiny_models_dir):
+    from conftest import start_server
+    from ember.v1 import ember_pb2 as pb
+
+    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), breaker_threshold=2)
+    try:
+        model = s.server.registry.models["tiny-embed"]
+        faulty = FaultyEngine(model.engine)
+        breaker = CircuitBreaker(threshold=2, recovery_s=300, on_change=s.server.registry._changed)
+        eng = FallbackEngine(faulty, model.engine, breaker)
+        model.engine = model.scheduler.engine = eng  # the real fallback path, behind the real server
+        s.call(s.server._update_health())
+        assert health(s, "model/tiny-embed/accelerator") == SERVING
+        before = s.embedder.Embed(pb.EmbedRequest(inputs=["hello", "world"]))
+        faulty.fail = True
+        for _ in range(4):
+            during = s.embedder.Embed(pb.EmbedRequest(inputs=["hello", "world"]))
+            assert [list(e.values.values) for e in during.embeddings] == \
+                [list(e.values.values) for e in before.embeddings]
+        info = {m.name: m for m in s.models.ListModels(pb.ListModelsRequest()).models}["tiny-embed"]
+        assert info.degraded and info.accelerator_errors == 2 and info.fallback_batches == 4
+        s.call(s.server._update_health())  # flush the update the breaker scheduled
+        assert health(s, "model/tiny-embed") == SERVING and health(s, "") == SERVING
+        assert health(s, "model/tiny-embed/accelerator") == NOT_SERVING
+    finally:
+        s.stop()
