@@ -222,13 +222,21 @@ class ModelScheduler:
                 job.inference_s += elapsed
             job.remaining -= 1
             if job.remaining == 0:
-                job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
+                _post(job.loop, _resolve, job.future, job.results)
 
     def _fail(self, job: Job, err: Exception) -> None:
         if job.failed:
             return
         job.failed = True
-        job.loop.call_soon_threadsafe(_reject, job.future, err)
+        _post(job.loop, _reject, job.future, err)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """Hand a result to the caller's loop; a loop already closed (server gone) has no one to tell."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _resolve(fut: asyncio.Future, value) -> None:
