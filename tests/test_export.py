@@ -98,3 +98,17 @@ def test_int8_export_quantizes_for_the_named_isa(hf_sources, tiny_models_dir, tm
     b = Engine(fp32_dir, read_manifest(fp32_dir), ("cpu",)).infer(ids, mask, np.zeros_like(ids))
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.98, cos
+
+
+def test_optimized_export_records_the_level_and_serves(hf_sources, tmp_path):
+    import numpy as np
+
+    from ember.engine import Engine
+
+    out = tmp_path / "tiny-o1"
+    assert cli.main(["export", str(hf_sources["embed"]), str(out), "--task", "embed", "--optimize", "O1"]) == 0
+    m = read_manifest(out)
+    assert m.optimize == "O1" and m.dtype == "fp32"
+    ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
+    v = Engine(out, m, ("cpu",)).infer(ids, np.ones_like(ids), np.zeros_like(ids))
+    assert v.shape == (1, 32) and np.isfinite(v).all()
