@@ -24,7 +24,6 @@ class EmbedParams:
     direction: str
     bulk: bool
     packed: bool
-    request_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +37,6 @@ class RerankParams:
     truncate: bool
     direction: str
     bulk: bool
-    request_id: str
 
 
 def check_enum(field: str, value: int, allowed: range) -> int:

@@ -6,6 +6,7 @@ message and the others still load.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -71,7 +72,7 @@ class Registry:
         try:
             manifest = read_manifest(path)
             if manifest.name != name:
-                manifest = Manifest.from_dict({**manifest.__dict__, "name": name})
+                manifest = dataclasses.replace(manifest, name=name)
             engine = self._engine(path, manifest)
             tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
         except ModelLoadError as e:

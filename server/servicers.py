@@ -66,7 +66,12 @@ def parsed(req):
 
 
 # ---- proto → domain -----------------------------------------------------------------------
-def embed_params(req: pb.EmbedRequest, settings: Settings, request_id: str) -> EmbedParams:
+def optional_bool(req, field: str, default: bool) -> bool:
+    """An `optional bool` field's value, or its documented default when the client left it unset."""
+    return getattr(req, field) if req.HasField(field) else default
+
+
+def embed_params(req: pb.EmbedRequest, settings: Settings) -> EmbedParams:
     inputs = list(req.inputs)
     domain.check_texts("inputs", inputs, settings.max_inputs_per_request)
     domain.check_enum("input_type", req.input_type, range(0, 3))
@@ -74,14 +79,14 @@ def embed_params(req: pb.EmbedRequest, settings: Settings, request_id: str) -> E
     domain.check_enum("encoding", req.encoding, range(0, 3))
     return EmbedParams(
         model=req.model, inputs=inputs, input_type=req.input_type, prompt_name=req.prompt_name,
-        normalize=req.normalize if req.HasField("normalize") else True, dimensions=req.dimensions,
-        truncate=req.truncate if req.HasField("truncate") else True,
+        normalize=optional_bool(req, "normalize", True), dimensions=req.dimensions,
+        truncate=optional_bool(req, "truncate", True),
         direction=domain.direction_of(req.truncation_direction), bulk=req.priority == pb.PRIORITY_BULK,
-        packed=req.encoding == pb.ENCODING_FLOAT32_BYTES, request_id=request_id,
+        packed=req.encoding == pb.ENCODING_FLOAT32_BYTES,
     )
 
 
-def rerank_params(req: pb.RerankRequest, settings: Settings, request_id: str) -> RerankParams:
+def rerank_params(req: pb.RerankRequest, settings: Settings) -> RerankParams:
     if not req.query:
         raise InvalidArgument("query", "is an empty string; a query needs text")
     documents = list(req.documents)
@@ -93,9 +98,8 @@ def rerank_params(req: pb.RerankRequest, settings: Settings, request_id: str) ->
     return RerankParams(
         model=req.model, query=req.query, documents=documents, top_n=req.top_n,
         return_documents=req.return_documents, raw_scores=req.raw_scores,
-        truncate=req.truncate if req.HasField("truncate") else True,
+        truncate=optional_bool(req, "truncate", True),
         direction=domain.direction_of(req.truncation_direction), bulk=req.priority == pb.PRIORITY_BULK,
-        request_id=request_id,
     )
 
 
@@ -165,7 +169,7 @@ class Core:
     async def embed(self, req: pb.EmbedRequest, context, request_id: str) -> pb.EmbedResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
-        p = embed_params(parsed(req), self.settings, request_id)
+        p = embed_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "embed")
         m = model.manifest
         prompt = resolve_prompt(m, p.input_type, p.prompt_name)
@@ -185,7 +189,7 @@ class Core:
     async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
-        p = rerank_params(parsed(req), self.settings, request_id)
+        p = rerank_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "rerank")
         priority = BULK if p.bulk else REALTIME
         if model.manifest.task == "rerank":
@@ -244,7 +248,7 @@ class Core:
             if model.manifest.task == "embed" else ""
         texts = [prompt + t for t in inputs] if prompt else inputs
         toks, _ = await self.tokenize(model.tokenizer.encode, texts,
-                                      truncate=req.truncate if req.HasField("truncate") else True,
+                                      truncate=optional_bool(req, "truncate", True),
                                       direction=domain.direction_of(req.truncation_direction),
                                       chars=sum(map(len, texts)))
         return pb.TokenizeResponse(model=model.name, inputs=[
