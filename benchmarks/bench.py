@@ -301,10 +301,16 @@ def main() -> int:
 
         lat_texts = texts[-n_lat:]
         models_stub = pb_grpc.ModelsStub(ch)
-        res["grpc_roundtrip_ms"] = single_latencies(lambda t: models_stub.ListModels(pb.ListModelsRequest()),
-                                                    lat_texts)
-        res["raw_ort_single_ms"] = single_latencies(raw.one, lat_texts)
-        res["ember_single_ms"] = single_latencies(lambda t: stub.Embed(_req([t])), lat_texts)
+        # Blocks of 25 texts, alternating raw ORT / ember / a bare gRPC round trip (ListModels, no
+        # model work): the machine's drift over minutes falls on all three alike.
+        lat: dict[str, list] = {"raw_ort_single_ms": [], "ember_single_ms": [], "grpc_roundtrip_ms": []}
+        for b in range(0, len(lat_texts), 25):
+            block = lat_texts[b:b + 25]
+            for key, fn in (("raw_ort_single_ms", raw.one), ("ember_single_ms", lambda t: stub.Embed(_req([t]))),
+                            ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()))):
+                lat[key].append(single_latencies(fn, block))
+                time.sleep(0.05)  # let the last run's spinning threads settle before the next block
+        res.update({k: np.concatenate(v) for k, v in lat.items()})
 
         # REALTIME single texts while a BULK stream saturates the server.
         stop, counter = threading.Event(), [0]

@@ -69,7 +69,7 @@ class ModelScheduler:
 
     def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
                  pad_left: bool, pad_id: int, bulk_max_batch_tokens: int | None = None, batch_overhead_tokens: int = 32,
-                 max_wait_us: int = 0, workers: int = 1):
+                 max_wait_us: int = 0, workers: int = 1, inline_max_tokens: int = 0):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
         self.bulk_max_batch_tokens = bulk_max_batch_tokens or max_batch_tokens
@@ -82,6 +82,9 @@ class ModelScheduler:
         self._queues: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
         self._cond = threading.Condition()
         self._stopping = False
+        self._busy = 0  # batches running now (workers and the inline path)
+        self.idle_since = time.monotonic()  # when the last batch ended (valid while _busy == 0)
+        self.inline_max_tokens = inline_max_tokens
         self._threads = [
             threading.Thread(target=self._run, name=f"ember-infer-{engine.manifest.name}-{i}", daemon=True)
             for i in range(workers)
@@ -92,6 +95,10 @@ class ModelScheduler:
     # ---- submission (event loop side) -------------------------------------------------------
     def queued(self) -> int:
         return len(self._queues[0]) + len(self._queues[1])
+
+    def idle(self) -> bool:
+        """Nothing queued and no batch running."""
+        return not self._busy and not self.queued()
 
     def submit(self, items: list[Tokenized], *, priority: int, deadline: float | None) -> Job:
         """Queue a job; `job.future` resolves to its results array (rows in input order)."""
@@ -112,6 +119,38 @@ class ModelScheduler:
             self._cond.notify()
         return job
 
+    def run_inline(self, items: list[Tokenized], *, priority: int, min_idle_s: float = 0.0) -> Job | None:
+        """Run a small REALTIME job on the calling (event loop) thread when the model is idle.
+
+        With nothing queued and nothing running there is nothing to batch with, and the two thread
+        hops of the queue (to the worker and back to the loop) are pure latency. The caller decides
+        that no other request is in flight; this checks the model's side and claims it. Returns the
+        finished job, or None when the job must take the queue.
+        """
+        if priority != REALTIME or not items or \
+                max(t.tokens for t in items) * len(items) > self.inline_max_tokens:
+            return None
+        loop = asyncio.get_running_loop()
+        job = Job(items=items, priority=priority, deadline=None, loop=loop, future=loop.create_future(),
+                  remaining=len(items))
+        with self._cond:
+            if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
+                return None
+            self._busy += 1
+        try:
+            self._execute([_Item(job, i) for i in range(len(items))], _deliver_here)
+        except Exception as e:
+            log.exception("inference failed for model %s", self.engine.manifest.name)
+            job.failed = True
+            job.future.set_exception(e)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self.idle_since = time.monotonic()
+                if self.queued():
+                    self._cond.notify()
+        return job
+
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
@@ -126,11 +165,15 @@ class ModelScheduler:
             if batch is None:
                 return
             try:
-                self._execute(batch)
+                self._execute(batch, _deliver_threadsafe)
             except Exception as e:  # a failed batch fails its jobs, never the worker
                 log.exception("inference failed for model %s", self.engine.manifest.name)
                 for it in batch:
                     self._fail(it.job, e)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self.idle_since = time.monotonic()
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
@@ -145,6 +188,7 @@ class ModelScheduler:
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
+                    self._busy += 1
                     return self._take(q, bulk)
                 if not self.queued():
                     self._cond.wait()
@@ -191,7 +235,7 @@ class ModelScheduler:
         q.extendleft(window[i] for i in reversed(range(len(window))) if i not in chosen)
         return [window[i] for i in sorted(chosen)]
 
-    def _execute(self, batch: list[_Item]) -> None:
+    def _execute(self, batch: list[_Item], deliver) -> None:
         t0 = time.monotonic()
         toks = [it.job.items[it.index] for it in batch]
         seq_len = max(t.tokens for t in toks)
@@ -222,7 +266,7 @@ class ModelScheduler:
                 job.inference_s += elapsed
             job.remaining -= 1
             if job.remaining == 0:
-                _post(job.loop, _resolve, job.future, job.results)
+                deliver(job)
 
     def _fail(self, job: Job, err: Exception) -> None:
         if job.failed:
@@ -237,6 +281,14 @@ def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
         loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:
         pass
+
+
+def _deliver_threadsafe(job: Job) -> None:
+    _post(job.loop, _resolve, job.future, job.results)
+
+
+def _deliver_here(job: Job) -> None:
+    job.future.set_result(job.results)
 
 
 def _resolve(fut: asyncio.Future, value) -> None:

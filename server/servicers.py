@@ -26,7 +26,7 @@ from .errors import EmberError, InvalidArgument, Unavailable, to_rpc_status
 from .ext import kernels
 from .manifest import Manifest
 from .registry import LoadedModel, Registry
-from .scheduler import BULK, REALTIME
+from .scheduler import BULK, REALTIME, Job
 from .settings import Settings
 from .v1 import ember_pb2 as pb
 from .v1 import ember_pb2_grpc as pb_grpc
@@ -138,6 +138,19 @@ def _timing(t0: int, tokenize_s: float, queue_s: float, inference_s: float) -> p
                      inference_ns=int(inference_s * 1e9), total_ns=time.perf_counter_ns() - t0)
 
 
+def counted(method):
+    """Count a Core coroutine in `in_flight` while it runs."""
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        self.in_flight += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self.in_flight -= 1
+
+    return wrapper
+
+
 class Core:
     """The unary paths, shared by the three services and their streams."""
 
@@ -146,6 +159,23 @@ class Core:
         self.settings = settings
         self.state = state
         self.tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="ember-tokenize")
+        self.in_flight = 0  # Embed/Rerank calls (and stream messages) being answered now
+
+    async def infer(self, model: LoadedModel, toks: list, priority: int, context) -> Job:
+        """Hand tokenized items to the model: on the loop when nothing else is in flight, else queued.
+
+        The inline path is only taken by a call that is alone: the yield lets every call that
+        arrived with it reach this point first, so concurrent calls still meet in the queue and
+        batch together.
+        """
+        if self.settings.inline_max_tokens and self.in_flight == 1:
+            await asyncio.sleep(0)
+            if self.in_flight == 1:
+                job = model.scheduler.run_inline(toks, priority=priority,
+                                                 min_idle_s=self.settings.inline_idle_us / 1e6)
+                if job is not None:
+                    return job
+        return model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
 
     def accepting(self) -> None:
         if self.state.draining:
@@ -166,6 +196,7 @@ class Core:
             out = await loop.run_in_executor(self.tokenize_pool, functools.partial(fn, *args, **kwargs))
         return out, time.perf_counter() - t
 
+    @counted
     async def embed(self, req: pb.EmbedRequest, context, request_id: str) -> pb.EmbedResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
@@ -177,7 +208,7 @@ class Core:
         texts = [prompt + t for t in p.inputs] if prompt else p.inputs
         toks, tok_s = await self.tokenize(model.tokenizer.encode, texts, truncate=p.truncate, direction=p.direction,
                                           chars=sum(map(len, texts)))
-        job = model.scheduler.submit(toks, priority=BULK if p.bulk else REALTIME, deadline=self.deadline(context))
+        job = await self.infer(model, toks, BULK if p.bulk else REALTIME, context)
         vectors = finish_embeddings(await job.future, dims, p.normalize)
         counts = [t.tokens for t in toks]
         resp = wire.embed_response(vectors, counts, [t.truncated for t in toks], p.packed)
@@ -186,6 +217,7 @@ class Core:
         resp.timing.CopyFrom(_timing(t0, tok_s, job.queue_s(), job.inference_s))
         return resp
 
+    @counted
     async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
@@ -196,7 +228,7 @@ class Core:
             toks, tok_s = await self.tokenize(model.tokenizer.encode_pairs, p.query, p.documents,
                                               truncate=p.truncate, direction=p.direction,
                                               chars=len(p.query) * len(p.documents) + sum(map(len, p.documents)))
-            job = model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
+            job = await self.infer(model, toks, priority, context)
             logits = await job.future
             scores = logits if p.raw_scores else kernels.sigmoid(logits)
             doc_toks = toks
@@ -232,7 +264,7 @@ class Core:
                                   field="documents")
 
         toks, tok_s = await self.tokenize(encode, chars=len(p.query) + sum(map(len, p.documents)))
-        job = model.scheduler.submit(toks, priority=priority, deadline=self.deadline(context))
+        job = await self.infer(model, toks, priority, context)
         vectors = kernels.l2_normalize(await job.future)
         scores = vectors[1:] @ vectors[0]
         return scores.astype(np.float32), toks, tok_s, job

@@ -65,6 +65,15 @@ class Settings:
     inline_tokenize_chars: int = field(
         default=2000, metadata={"help": "requests with fewer characters are tokenized on the event loop"}
     )
+    inline_max_tokens: int = field(
+        default=512, metadata={"help": "a REALTIME request of at most this many padded tokens that arrives while "
+                                       "the server has nothing else to do runs on the event loop, skipping the "
+                                       "queue's two thread hops (0 = never)"}
+    )
+    inline_idle_us: int = field(
+        default=1000, metadata={"help": "the inline path needs the model to have been idle this long (a call "
+                                        "arriving right after a run is likely one of a burst that should batch)"}
+    )
     ort_spinning: bool = field(
         default=True, metadata={"help": "let ONNX Runtime's idle intra-op threads spin (faster ops, but they "
                                          "take CPU from the rest of the server)"}
@@ -83,8 +92,9 @@ class Settings:
                      "max_queue_items", "stream_max_in_flight", "tokenizer_threads", "inference_workers"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.inline_tokenize_chars < 0:
-            raise bad("inline_tokenize_chars", "must be >= 0")
+        for name in ("inline_tokenize_chars", "inline_max_tokens", "inline_idle_us"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         if self.batch_overhead_tokens < 0 or self.max_wait_us < 0:
             raise bad("batch_overhead_tokens" if self.batch_overhead_tokens < 0 else "max_wait_us", "must be >= 0")
         if self.intra_op_threads < 0:

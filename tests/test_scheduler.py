@@ -25,6 +25,7 @@ class RecordingEngine:
         self.manifest = engine.manifest
         self.needs_type_ids = engine.needs_type_ids
         self.batches: list[tuple[int, int, list[int]]] = []
+        self.threads: list[str] = []  # the thread that ran each batch
         self.hold = threading.Event()
         self.hold.set()
         self.entered = threading.Event()
@@ -33,6 +34,7 @@ class RecordingEngine:
         self.entered.set()
         self.hold.wait(30)
         self.batches.append((ids.shape[0], ids.shape[1], mask.sum(axis=1).tolist()))
+        self.threads.append(threading.current_thread().name)
         return self.real.infer(ids, mask, type_ids)
 
 
@@ -170,6 +172,52 @@ def test_full_queue_is_refused_at_once_with_a_retry_hint(parts):
     assert out.shape == (8, 32)
 
 
+def test_idle_model_runs_a_small_realtime_job_on_the_callers_thread(parts):
+    async def run():
+        sched, rec, tok = make(parts, inline_max_tokens=64)
+        toks = texts_of_lengths(tok, [9, 4, 7])
+        inline = sched.run_inline(toks, priority=REALTIME)
+        assert inline is not None and inline.future.done()  # finished before returning: no thread hop
+        queued = await sched.submit(toks, priority=REALTIME, deadline=None).future
+        sched.stop()
+        return inline.future.result(), queued, rec.threads
+
+    inline, queued, threads = asyncio.run(run())
+    np.testing.assert_array_equal(inline, queued)  # same batch, same numbers
+    assert threads[0] == threading.current_thread().name and threads[1].startswith("ember-infer-")
+
+
+def test_inline_path_is_refused_unless_the_model_is_idle_and_the_job_small_and_realtime(parts):
+    async def run():
+        sched, rec, tok = make(parts, inline_max_tokens=40)
+        small = texts_of_lengths(tok, [8, 8])
+        refused = {
+            "bulk": sched.run_inline(small, priority=BULK),
+            "over the token limit": sched.run_inline(texts_of_lengths(tok, [21, 3]), priority=REALTIME),
+        }
+        rec.hold.clear()
+        running = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        refused["a batch running"] = sched.run_inline(small, priority=REALTIME)
+        waiting = sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None)
+        rec.hold.set()
+        await running.future
+        if not waiting.future.done():
+            refused["items queued"] = sched.run_inline(small, priority=REALTIME)
+        await waiting.future
+        while not sched.idle():  # the worker posts results just before it counts itself done
+            await asyncio.sleep(0.001)
+        refused["idle for less than min_idle_s"] = sched.run_inline(small, priority=REALTIME, min_idle_s=60)
+        accepted = sched.run_inline(small, priority=REALTIME)
+        sched.stop()
+        refused["stopped"] = sched.run_inline(small, priority=REALTIME)
+        return refused, accepted
+
+    refused, accepted = asyncio.run(run())
+    assert {k: v for k, v in refused.items() if v is not None} == {}
+    assert accepted is not None and accepted.future.result().shape == (2, 32)
+
+
 def test_stream_stops_reading_at_its_in_flight_bound():
     async def run():
         pulled = 0
@@ -207,3 +255,39 @@ def test_stream_stops_reading_at_its_in_flight_bound():
     at_bound, out = asyncio.run(run())
     assert at_bound == 4  # four in flight, nothing more read
     assert out == [str(i) for i in range(100)]  # every message answered once, in order
+
+
+class _Context:
+    """The two things Core asks of a grpc ServicerContext."""
+
+    def time_remaining(self):
+        return None
+
+    def invocation_metadata(self):
+        return ()
+
+
+def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server):
+    """A lone call skips the queue; calls that arrive together still meet in the queue and batch."""
+    model = tiny_server.server.registry.models["tiny-embed"]
+    rec = RecordingEngine(model.scheduler.engine)
+    model.scheduler.engine = rec
+    core = tiny_server.server.core
+    try:
+        async def alone():
+            await asyncio.sleep(0.01)  # longer than inline_idle_us since any earlier batch
+            return await core.embed(pb.EmbedRequest(inputs=["one text alone"]), _Context(), "r")
+
+        async def together():
+            reqs = [pb.EmbedRequest(inputs=[f"text number {i}"]) for i in range(6)]
+            return await asyncio.gather(*(core.embed(r, _Context(), str(i)) for i, r in enumerate(reqs)))
+
+        tiny_server.call(alone())
+        assert len(rec.batches) == 1 and not rec.threads[0].startswith("ember-infer-")
+        rec.batches.clear(), rec.threads.clear()
+        answers = tiny_server.call(together())
+    finally:
+        model.scheduler.engine = rec.real
+    assert len(answers) == 6 and sum(rows for rows, _, _ in rec.batches) == 6
+    assert all(t.startswith("ember-infer-") for t in rec.threads)
+    assert len(rec.batches) < 6  # merged: they were all queued before the worker woke for the first
