@@ -31,7 +31,10 @@ def _export_parser(sub) -> None:
     p.add_argument("src", help="a Hugging Face model directory (or hub id where the hub is reachable)")
     p.add_argument("out", help="the model directory to write (its name is the model's name)")
     p.add_argument("--task", required=True, choices=["embed", "rerank"])
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="longest input in tokens (default: sentence-transformers' max_seq_length, else the "
+                        "model's positions); e.g. up to 32768 for Qwen3-Embedding")
     p.add_argument("--optimize", default="", choices=["", "O1", "O2", "O3", "O4"])
     p.add_argument("--matryoshka-dims", default="", help="comma-separated allowed Matryoshka dimensions")
     p.add_argument("--isa", default="", help="int8: instruction set of the serving machine "
@@ -79,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             dims = tuple(int(d) for d in args.matryoshka_dims.split(",") if d.strip())
             m = export_model(args.src, args.out, args.task, dtype=args.dtype, optimize=args.optimize,
-                             matryoshka_dimensions=dims, isa=args.isa)
+                             matryoshka_dimensions=dims, isa=args.isa, max_tokens=args.max_tokens)
         except (ExportError, ValueError) as e:
             print(f"ember export: {e}", file=sys.stderr)
             return 2
-        print(f"exported {m.name}: task={m.task} dims={m.dimensions} pooling={m.pooling or '-'} "
+        print(f"exported {m.name}: family={m.family} task={m.task} dims={m.dimensions} pooling={m.pooling or '-'} "
               f"max_tokens={m.max_tokens} dtype={m.dtype} -> {args.out}")
         return 0
     return 2

@@ -37,6 +37,7 @@ class RerankParams:
     truncate: bool
     direction: str
     bulk: bool
+    instruction: str = ""
 
 
 def check_enum(field: str, value: int, allowed: range) -> int:

@@ -72,4 +72,6 @@ class Engine:
         if self.manifest.task == "rerank":
             return np.ascontiguousarray(out.reshape(out.shape[0], -1)[:, 0], dtype=np.float32)
         hidden = np.ascontiguousarray(out, dtype=np.float32)
+        if self.manifest.pooling == "none":  # pooled (and projected) in the graph: [B, D]
+            return hidden
         return kernels.pool(hidden, mask, self.manifest.pooling)

@@ -9,12 +9,14 @@ Needs the `export` extra (PyTorch, transformers, optimum-onnx); the server does 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+from . import families
 from .manifest import MANIFEST, Manifest, checksum_files
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,12 @@ OPTIMUM_TASK = {"embed": "feature-extraction", "rerank": "text-classification"}
 OUTPUT = {"embed": "last_hidden_state", "rerank": "logits"}
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "doc", "corpus")
 # Files the served model directory keeps (the tokenizer's and the model's description).
+GEMMA_MATRYOSHKA = (768, 512, 256, 128)
+# sentence-transformers pooling modes → ember's (the flag names of the older config form, in the
+# order sentence-transformers itself checks them)
+ST_POOLING = {"cls": "cls", "cls_token": "cls", "lasttoken": "last", "mean": "mean", "mean_tokens": "mean",
+              "max": "max", "max_tokens": "max"}
+ST_POOLING_FLAGS = ("cls_token", "max_tokens", "mean_tokens", "lasttoken", "mean_sqrt_len_tokens", "weightedmean_tokens")
 KEEP = ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -39,30 +47,33 @@ def sentence_transformers_config(src: Path) -> dict:
     out: dict = {}
     modules = _read_json(src / "modules.json") if (src / "modules.json").is_file() else []
     for mod in modules:
-        kind = mod.get("type", "")
+        # "sentence_transformers.models.Pooling" (the hub's files) or, as sentence-transformers 5
+        # saves them, "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+        kind = mod.get("type", "").rsplit(".", 1)[-1]
         path = src / mod.get("path", "")
-        if kind.endswith("models.Pooling"):
+        if kind == "Pooling":
             cfg = _read_json(path / "config.json")
-            if cfg.get("pooling_mode_cls_token"):
-                out["pooling"] = "cls"
-            elif cfg.get("pooling_mode_lasttoken"):
-                out["pooling"] = "last"
-            elif cfg.get("pooling_mode_max_tokens"):
-                out["pooling"] = "max"
-            elif cfg.get("pooling_mode_mean_tokens"):
-                out["pooling"] = "mean"
-            else:
-                modes = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v)
-                raise ExportError(f"{path}/config.json: pooling {modes} is not supported (mean, cls, last, max)")
-            if cfg.get("word_embedding_dimension"):
-                out["dimensions"] = int(cfg["word_embedding_dimension"])
+            mode = cfg.get("pooling_mode")  # the newer single-string form
+            if mode is None:
+                flags = [m for m in ST_POOLING_FLAGS if cfg.get(f"pooling_mode_{m}")]
+                if len(flags) > 1:  # sentence-transformers would concatenate them
+                    raise ExportError(f"{path}/config.json: several pooling modes {flags} (concatenated) "
+                                      "are not supported")
+                mode = flags[0] if flags else ""
+            if mode not in ST_POOLING:
+                raise ExportError(f"{path}/config.json: pooling {mode or cfg} is not supported (mean, cls, last, max)")
+            out["pooling"] = ST_POOLING[mode]
+            dims = cfg.get("word_embedding_dimension") or cfg.get("embedding_dimension")
+            if dims:
+                out["dimensions"] = int(dims)
             if cfg.get("include_prompt") is False:
                 raise ExportError(f"{path}/config.json: include_prompt=false is not supported yet")
-        elif kind.endswith("models.Normalize"):
+        elif kind == "Normalize":
             out["normalize"] = True
-        elif kind.endswith("models.Dense"):
-            raise ExportError(f"{path}: Dense modules after pooling are not supported yet")
+        elif kind == "Dense":
+            out.setdefault("dense", []).append(mod.get("path", ""))
     if modules:
+        out["modules"] = modules
         out.setdefault("normalize", False)
     sbert = _read_json(src / "sentence_bert_config.json")
     if sbert.get("max_seq_length"):
@@ -104,13 +115,20 @@ def _pad_id(out_dir: Path, config: dict) -> int:
 
 
 def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "fp32", optimize: str = "",
-                 name: str = "", matryoshka_dimensions: tuple[int, ...] = (), isa: str = "") -> Manifest:
+                 name: str = "", matryoshka_dimensions: tuple[int, ...] = (), isa: str = "",
+                 max_tokens: int = 0) -> Manifest:
     """Export `src` (a model directory, or a hub id where the hub is reachable) into `out`.
 
     int8: `isa` names the instruction set of the machine that will serve it (default: this one).
     """
     if task not in OPTIMUM_TASK:
         raise ExportError(f"--task must be embed or rerank, got {task!r}")
+    src_path = Path(src)
+    try:
+        family = families.detect(_read_json(src_path / "config.json"), task)
+        families.check_dtype(family, dtype)
+    except families.FamilyError as e:
+        raise ExportError(f"{src}: {e}") from e
     if dtype not in ("fp32", "int8"):
         raise ExportError(f"--dtype {dtype} is not supported by this version (fp32, int8)")
     if isa and isa not in ISAS:
@@ -122,15 +140,29 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ExportError("export needs the export extra: pip install 'ember[export]'") from e
 
-    src_path = Path(src)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty")
     st = sentence_transformers_config(src_path) if src_path.is_dir() else {}
     with tempfile.TemporaryDirectory(prefix="ember-export-") as tmp:
         tmp_path = Path(tmp)
-        main_export(str(src), tmp_path, task=OPTIMUM_TASK[task], library_name="transformers",
-                    optimize=optimize or None, do_validation=False)
+        fields: dict = {}
+        if family in families.CUSTOM:
+            if optimize:
+                raise ExportError(f"--optimize is for Optimum-exported encoders, not the {family} graph")
+            for f in KEEP:
+                if (src_path / f).is_file():
+                    shutil.copy2(src_path / f, tmp_path / f)
+            try:
+                fields = families.export(src_path, tmp_path, family, st.get("modules", []))
+            except families.FamilyError as e:
+                raise ExportError(f"{src}: {e}") from e
+        else:
+            if st.get("dense"):
+                raise ExportError(f"{src}: Dense modules after pooling ({', '.join(st['dense'])}) are supported "
+                                  "for EmbeddingGemma only")
+            main_export(str(src), tmp_path, task=OPTIMUM_TASK[task], library_name="transformers",
+                        optimize=optimize or None, do_validation=False)
         onnx_file, quantization = "model.onnx", ""
         if dtype == "int8":
             onnx_file, quantization = _quantize_int8(tmp_path / "model.onnx", isa or cpu_isa())
@@ -147,17 +179,24 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
             shutil.copy2(extra, out / extra.name)
     tok_config = _read_json(out / "tokenizer_config.json")
     prompts = st.get("prompts", {})
+    limit = _max_tokens(config, tok_config)
+    positions = _max_tokens(config, {})  # the hard limit; the tokenizer's model_max_length is advice
+    if max_tokens > positions:
+        raise ExportError(f"--max-tokens {max_tokens} is more than the model's {positions} positions")
+    if task == "embed" and family == "qwen3-embedding" and "pooling" not in st:
+        st["pooling"] = "last"  # Qwen3-Embedding pools the last token; its Pooling module says so when present
     manifest = Manifest(
         name=name or out.name,
         task=task,
         architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
         onnx_file=onnx_file,
-        output=OUTPUT[task],
-        dimensions=int(st.get("dimensions") or config.get("hidden_size", 0)) if task == "embed" else 0,
-        pooling=st.get("pooling", "mean") if task == "embed" else "",
+        output=fields.get("output", OUTPUT[task]),
+        dimensions=int(fields.get("dimensions") or st.get("dimensions") or config.get("hidden_size", 0))
+        if task == "embed" else 0,
+        pooling=fields.get("pooling", st.get("pooling", "mean")) if task == "embed" else "",
         normalize=bool(st.get("normalize", True)) if task == "embed" else False,
-        max_tokens=min(st.get("max_tokens", 1 << 30), _max_tokens(config, tok_config)),
-        padding_side=tok_config.get("padding_side", "right"),
+        max_tokens=max_tokens or min(st.get("max_tokens", 1 << 30), limit),
+        padding_side=fields.get("padding_side", tok_config.get("padding_side", "right")),
         pad_token_id=_pad_id(out, config),
         prompts=prompts,
         query_prompt_name="query" if "query" in prompts else "",
@@ -168,8 +207,12 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         quantization=quantization,
         optimize=optimize,
         source=str(src),
+        family=family or config.get("model_type", ""),
+        rerank_template=fields.get("rerank_template", {}),
         files=checksum_files(out),
     )
+    if family == "embeddinggemma" and not matryoshka_dimensions and manifest.dimensions == 768:
+        manifest = dataclasses.replace(manifest, matryoshka_dimensions=GEMMA_MATRYOSHKA)  # as trained
     manifest.validate()
     (out / MANIFEST).write_text(manifest.to_json())
     log.info("exported %s → %s (%s, %s, %s pooling, max %d tokens)", src, out, task, dtype,

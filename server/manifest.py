@@ -16,6 +16,7 @@ MANIFEST = "ember.json"
 FORMAT_VERSION = 1
 TASKS = ("embed", "rerank")
 DTYPES = ("fp32", "fp16", "int8", "bf16")
+POOLINGS = ("mean", "cls", "last", "max", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,7 +27,7 @@ class Manifest:
     onnx_file: str = "model.onnx"
     output: str = "last_hidden_state"  # graph output the engine reads
     dimensions: int = 0  # embedding size; 0 for rerank
-    pooling: str = "mean"  # mean | cls | last | max (embed only)
+    pooling: str = "mean"  # mean | cls | last | max | none (the graph's output is already pooled; embed only)
     normalize: bool = True
     max_tokens: int = 512
     padding_side: str = "right"
@@ -40,6 +41,10 @@ class Manifest:
     quantization: str = ""  # how an int8 graph was quantized, and for which instruction set
     optimize: str = ""
     source: str = ""
+    family: str = ""  # bert, xlm-roberta, qwen3-embedding, qwen3-reranker, embeddinggemma, …
+    # A reranker scored on one templated sequence (Qwen3-Reranker): prefix + body + suffix, the body
+    # formatted with {instruction}, {query}, {document}; only the body is truncated.
+    rerank_template: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     format_version: int = FORMAT_VERSION
 
@@ -64,6 +69,10 @@ class Manifest:
             raise ModelLoadError(f"{MANIFEST}: dtype {self.dtype!r} is not one of {DTYPES}")
         if self.task == "embed" and self.dimensions <= 0:
             raise ModelLoadError(f"{MANIFEST}: an embedding model needs dimensions > 0")
+        if self.task == "embed" and self.pooling not in POOLINGS:
+            raise ModelLoadError(f"{MANIFEST}: pooling {self.pooling!r} is not one of {POOLINGS}")
+        if self.rerank_template and set(self.rerank_template) != {"prefix", "suffix", "body", "instruction"}:
+            raise ModelLoadError(f"{MANIFEST}: rerank_template needs exactly prefix, suffix, body, instruction")
         if self.padding_side not in ("left", "right"):
             raise ModelLoadError(f"{MANIFEST}: padding_side must be left or right")
         if self.max_tokens < 2:

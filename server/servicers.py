@@ -100,6 +100,7 @@ def rerank_params(req: pb.RerankRequest, settings: Settings) -> RerankParams:
         return_documents=req.return_documents, raw_scores=req.raw_scores,
         truncate=optional_bool(req, "truncate", True),
         direction=domain.direction_of(req.truncation_direction), bulk=req.priority == pb.PRIORITY_BULK,
+        instruction=req.instruction,
     )
 
 
@@ -224,9 +225,12 @@ class Core:
         p = rerank_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "rerank")
         priority = BULK if p.bulk else REALTIME
+        if p.instruction and not model.manifest.rerank_template:
+            raise InvalidArgument("instruction", f"model {model.name} takes no instruction (only rerankers with a "
+                                                 "prompt template do); leave it empty")
         if model.manifest.task == "rerank":
             toks, tok_s = await self.tokenize(model.tokenizer.encode_pairs, p.query, p.documents,
-                                              truncate=p.truncate, direction=p.direction,
+                                              truncate=p.truncate, direction=p.direction, instruction=p.instruction,
                                               chars=len(p.query) * len(p.documents) + sum(map(len, p.documents)))
             job = await self.infer(model, toks, priority, context)
             logits = await job.future

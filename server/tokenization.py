@@ -37,9 +37,18 @@ class ModelTokenizer:
         serialized = base.to_str()
         self._full = base
         self._by_direction: dict[str, Tokenizer] = {}
+        self.template = manifest.rerank_template
+        budget = self.max_tokens
+        if self.template:
+            # prefix + body + suffix: the prefix and suffix are kept whole, only the body is cut
+            self._prefix = np.array(base.encode(self.template["prefix"], add_special_tokens=False).ids, dtype=np.int64)
+            self._suffix = np.array(base.encode(self.template["suffix"], add_special_tokens=False).ids, dtype=np.int64)
+            budget = self.max_tokens - len(self._prefix) - len(self._suffix)
+            if budget < 1:
+                raise ValueError(f"the rerank template alone is longer than max_tokens={self.max_tokens}")
         for direction in ("right", "left"):
             tok = Tokenizer.from_str(serialized)
-            tok.enable_truncation(self.max_tokens, strategy="longest_first", direction=direction)
+            tok.enable_truncation(budget, strategy="longest_first", direction=direction)
             self._by_direction[direction] = tok
 
     def _convert(self, enc: Encoding) -> Tokenized:
@@ -66,9 +75,12 @@ class ModelTokenizer:
         return out
 
     def encode_pairs(
-        self, query: str, documents: list[str], *, truncate: bool, direction: str
+        self, query: str, documents: list[str], *, truncate: bool, direction: str, instruction: str = ""
     ) -> list[Tokenized]:
-        """Tokenize (query, document) pairs for a cross-encoder."""
+        """Tokenize (query, document) pairs for a cross-encoder (or into the model's rerank template)."""
+        if self.template:
+            return self._encode_template(query, documents, truncate=truncate, direction=direction,
+                                         instruction=instruction or self.template["instruction"])
         pairs = [(query, d) for d in documents]
         encs = self._by_direction[direction].encode_batch(pairs)
         out = [self._convert(e) for e in encs]
@@ -78,3 +90,20 @@ class ModelTokenizer:
                     raise self._too_long("documents", i, pairs[i])
         return out
 
+
+    def _encode_template(self, query: str, documents: list[str], *, truncate: bool, direction: str,
+                         instruction: str) -> list[Tokenized]:
+        body = self.template["body"]
+        texts = [body.format(instruction=instruction, query=query, document=d) for d in documents]
+        encs = self._by_direction[direction].encode_batch(texts, add_special_tokens=False)
+        out = []
+        for i, e in enumerate(encs):
+            if e.overflowing and not truncate:
+                n = len(self._full.encode(texts[i], add_special_tokens=False).ids)
+                raise InvalidArgument(f"documents[{i}]", f"has {n + len(self._prefix) + len(self._suffix)} tokens "
+                                      f"with the query and the model's prompt template, more than the limit of "
+                                      f"{self.max_tokens} (set truncate=true to cut it)")
+            ids = np.concatenate([self._prefix, np.array(e.ids, dtype=np.int64), self._suffix])
+            out.append(Tokenized(ids, np.zeros_like(ids) if self.with_type_ids else None, len(ids),
+                                 bool(e.overflowing)))
+        return out
