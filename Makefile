@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
 
-.PHONY: serve test install install-test clean
+.PHONY: serve test install install-test clean soak reliability bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Mixed traffic against a real server for SOAK_MINUTES (default 30); RSS, fds and threads must
+# stay flat. Writes benchmarks/out/soak.md.
+SOAK_MINUTES ?= 30
+soak: install-test
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
+
+# The reliability suite with the long profile: many more fuzz cases, plus the slow tests.
+reliability: install-test
+	EMBER_FUZZ_EXAMPLES=$${EMBER_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest -m '' tests/test_fuzz.py tests/test_reliability.py $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf build $(VENV) server/v1 ext/*.c ext/*.so *.egg-info
