@@ -29,6 +29,50 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+class DrainingHealth(health.aio.HealthServicer):
+    """The standard health service, except that Watch streams end when the server drains.
+
+    A Watch stream never ends by itself; left open it would hold the drain for its whole grace
+    period and then be cancelled. On drain each watcher is sent NOT_SERVING, then its stream ends
+    with OK. (Statuses live in the parent's `_server_status`; change notification is our own.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond: asyncio.Condition | None = None
+        self._ending = False
+
+    def _changes(self) -> asyncio.Condition:
+        if self._cond is None:  # created on the server's loop, at first use
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def _set(self, service: str, status) -> None:
+        async with self._changes():
+            self._server_status[service] = status
+            self._changes().notify_all()
+
+    async def Watch(self, request, context):
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        last = None
+        while True:
+            async with self._changes():
+                while self._server_status.get(request.service, unknown) == last and not self._ending:
+                    await self._changes().wait()
+                status, ending = self._server_status.get(request.service, unknown), self._ending
+            if status != last:  # written outside the lock: a slow watcher holds up no one
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if ending:
+                return
+
+    async def end_watches(self) -> None:
+        await self.enter_graceful_shutdown()  # every status NOT_SERVING
+        async with self._changes():
+            self._ending = True
+            self._changes().notify_all()
+
+
 def model_health_name(name: str) -> str:
     return f"model/{name}"
 
@@ -39,7 +83,7 @@ class EmberServer:
         self.state = ServerState()
         self.registry = Registry(settings)
         self.core = Core(self.registry, settings, self.state)
-        self.health = health.aio.HealthServicer()
+        self.health = DrainingHealth()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -140,7 +184,7 @@ class EmberServer:
         grace = self.settings.drain_seconds if grace is None else grace
         log.info("draining (grace %.1fs)", grace)
         self.state.draining = True
-        await self.health.enter_graceful_shutdown()
+        await self.health.end_watches()
         await self.server.stop(grace)
         self.registry.stop()
         self.core.tokenize_pool.shutdown(wait=False, cancel_futures=True)

@@ -32,6 +32,7 @@ class Engine:
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
                  spinning: bool = False):
         self.manifest = manifest
+        self.creation_error = ""
         available = set(ort.get_available_providers())
         wanted = [ORT_PROVIDER[p] for p in providers]
         chosen = [p for p in wanted if p in available]
@@ -45,7 +46,18 @@ class Engine:
         opts.inter_op_num_threads = 1
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_dir / manifest.onnx_file), opts, providers=chosen)
+        graph = str(model_dir / manifest.onnx_file)
+        try:
+            self.session = ort.InferenceSession(graph, opts, providers=chosen)
+        except Exception as e:
+            if chosen == ["CPUExecutionProvider"]:
+                raise
+            # An accelerator provider that throws while building the session (driver, out of
+            # memory, an engine build failure) must not take the model down: serve it on the CPU.
+            log.warning("model %s: creating the session with %s failed (%s); falling back to the CPU",
+                        manifest.name, ",".join(SHORT_NAME.get(p, p) for p in chosen), e)
+            self.creation_error = str(e)
+            self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         active = self.session.get_providers()
         self.providers = [SHORT_NAME.get(p, p) for p in active]
         self.unavailable = [p for p in providers if ORT_PROVIDER[p] not in active]

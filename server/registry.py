@@ -147,7 +147,8 @@ class Registry:
         if not name:
             model = self._default(task) if task != "any" else (self._default("embed") or self._default("rerank"))
             if model is None:
-                raise Unavailable(f"no {task} model is loaded")
+                why = f": {self.errors['*']}" if "*" in self.errors else ""
+                raise Unavailable(f"no {task} model is loaded{why}")
         else:
             model = self.models.get(name)
             if model is None:

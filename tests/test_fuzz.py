@@ -1,7 +1,8 @@
 """Property-based requests against a live server: every answer is OK or a documented error with a
 message, never INTERNAL, and the server keeps answering health checks (the start of issue #7).
 
-CI runs a few hundred cases; `EMBER_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py` runs longer.
+CI runs 2,500 generated cases (500 per test); `make reliability` (EMBER_FUZZ_EXAMPLES=2000 by default,
+10,000 cases) or `EMBER_FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py` runs longer.
 """
 import os
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from ember.v1 import ember_pb2 as pb
 
-EXAMPLES = int(os.environ.get("EMBER_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("EMBER_FUZZ_EXAMPLES", "500"))  # × 5 generated tests = 2,500 cases in CI
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
               grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -100,6 +101,35 @@ def test_fuzz_random_bytes_on_the_wire(tiny_server, body, method):
     _, err = answered(lambda: call(body, timeout=30))
     if err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid" in err.details():
         assert "request" in err.details()
+    healthy(tiny_server)
+
+
+embed_requests = st.builds(
+    lambda inputs, dims, model, enc, prio: pb.EmbedRequest(inputs=inputs, dimensions=dims, model=model, encoding=enc,
+                                                         priority=prio),
+    st.lists(texts, max_size=70), st.one_of(st.integers(0, 40), st.integers(0, 2**32 - 1)), model, enum, enum)
+rerank_requests = st.builds(
+    lambda q, docs, top_n, model: pb.RerankRequest(query=q, documents=docs, top_n=top_n, model=model),
+    texts, st.lists(texts, max_size=20), st.integers(0, 25), model)
+
+
+@FUZZ
+@given(embeds=st.lists(embed_requests, min_size=1, max_size=5), reranks=st.lists(rerank_requests, min_size=1,
+       max_size=5))
+def test_fuzz_streams(tiny_server, embeds, reranks):
+    """Both bidirectional streams: responses come in order, one per message, until the first bad
+    message ends the stream with a documented code."""
+    for rpc, reqs in ((tiny_server.embedder.EmbedStream, embeds), (tiny_server.reranker.RerankStream, reranks)):
+        got = []
+
+        def run():
+            got.extend(rpc(iter(reqs), timeout=60))
+
+        answered(run)
+        assert len(got) <= len(reqs)
+        for req, resp in zip(reqs, got):
+            n = len(resp.embeddings) if hasattr(resp, "embeddings") else len(resp.results)
+            assert n == (len(req.inputs) if hasattr(req, "inputs") else (req.top_n or len(req.documents)))
     healthy(tiny_server)
 
 
