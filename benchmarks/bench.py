@@ -146,7 +146,8 @@ class EmberProcess:
     def __init__(self, models_dir: Path, port: int, extra: list[str]):
         t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port",
-                                      str(port), "--models-dir", str(models_dir), "--log-level", "warning", *extra])
+                                      str(port), "--models-dir", str(models_dir), "--log-level", "warning",
+                                      "--metrics-port", "0", *extra])
         self.address = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(self.address)
         stub = health_pb2_grpc.HealthStub(channel)

@@ -16,7 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from .export import ensure_default_model
 from .fallback import FallbackEngine
+from .metrics import Metrics
 from .registry import Registry
+from .security import ApiKeyInterceptor, server_credentials
 from .servicers import Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState, add_to_server
 from .settings import Settings
 from .v1 import ember_pb2 as pb
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 SERVICES = {name: pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Embedder", "Reranker", "Models")}
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_SEND_BYTES = 256 * 1024 * 1024  # responses: 1024 inputs × 8192 float32 dimensions fit
 
 
 class DrainingHealth(health.aio.HealthServicer):
@@ -84,11 +86,17 @@ class EmberServer:
         self.registry = Registry(settings)
         self.core = Core(self.registry, settings, self.state)
         self.health = DrainingHealth()
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ])
+        keys = settings.all_api_keys()
+        self.server = grpc.aio.server(
+            interceptors=[ApiKeyInterceptor(keys)] if keys else [],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
+                ("grpc.so_reuseport", 0),
+            ])
+        self.metrics = Metrics(self.registry) if settings.metrics else None
+        self.core.metrics = self.registry.metrics = self.metrics
+        self.metrics_port = 0
         add_to_server(EmbedderServicer(self.core), "Embedder", self.server)
         add_to_server(RerankerServicer(self.core), "Reranker", self.server)
         add_to_server(ModelsServicer(self.core), "Models", self.server)
@@ -105,13 +113,21 @@ class EmberServer:
 
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        creds = server_credentials(self.settings)
+        self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         for name in ("", *SERVICES.values()):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
-        log.info("ember listening on %s:%d", self.settings.host, self.port)
+        log.info("ember listening on %s:%d (%s%s)", self.settings.host, self.port,
+                 "mutual TLS" if self.settings.tls_client_ca else "TLS" if creds else "plaintext",
+                 ", API keys required" if self.settings.all_api_keys() else "")
+        log.info("settings: %s", self.settings.describe())
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         self.registry.on_change = self._schedule_health_update
         self._load_task = asyncio.ensure_future(self._load())
         return self.port
@@ -188,6 +204,8 @@ class EmberServer:
         await self.server.stop(grace)
         self.registry.stop()
         self.core.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped")
 
 

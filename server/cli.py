@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"ember: {e}", file=sys.stderr)
             return 2
-        logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from . import logs
+
+        logs.setup(cfg.log_level, cfg.log_format)
         asyncio.run(_serve(cfg))
         return 0
     if args.command == "export":

@@ -46,15 +46,25 @@ def check_enum(field: str, value: int, allowed: range) -> int:
     return value
 
 
-def check_texts(field: str, texts: list[str], limit: int, what: str = "input") -> None:
-    """Refuse an empty list, an empty text, and more than `limit` texts, naming the index."""
+def check_texts(field: str, texts: list[str], limit: int, what: str = "input", max_chars: int = 0,
+                max_total_chars: int = 0, already: int = 0) -> int:
+    """Refuse an empty list, an empty text, more than `limit` texts, a text over `max_chars`
+    characters, and more than `max_total_chars` in all (counting `already`), naming the index.
+    Returns the characters counted."""
     if not texts:
         raise InvalidArgument(field, f"must contain at least one {what}")
     if len(texts) > limit:
         raise InvalidArgument(field, f"has {len(texts)} {what}s; the limit is {limit} per request")
+    total = already
     for i, t in enumerate(texts):
         if not t:
             raise InvalidArgument(f"{field}[{i}]", f"is an empty string; every {what} needs text")
+        if max_chars and len(t) > max_chars:
+            raise InvalidArgument(f"{field}[{i}]", f"has {len(t)} characters; the limit is {max_chars} per {what}")
+        total += len(t)
+    if max_total_chars and total > max_total_chars:
+        raise InvalidArgument(field, f"has {total} characters in all; the limit is {max_total_chars} per request")
+    return total
 
 
 def direction_of(value: int, field: str = "truncation_direction") -> str:

@@ -47,6 +47,7 @@ class Registry:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     on_change: Callable[[], None] | None = None
+    metrics: object | None = None  # ember.metrics.Metrics, handed to each model's scheduler
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- discovery and loading --------------------------------------------------------------
@@ -91,6 +92,7 @@ class Registry:
             batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=s.inference_workers,
             inline_max_tokens=s.inline_max_tokens,
         )
+        scheduler.metrics = self.metrics
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
         with self._lock:
             self.models[name] = model

@@ -85,6 +85,8 @@ class ModelScheduler:
         self._busy = 0  # batches running now (workers and the inline path)
         self.idle_since = time.monotonic()  # when the last batch ended (valid while _busy == 0)
         self.inline_max_tokens = inline_max_tokens
+        self.metrics = None  # ember.metrics.Metrics, when the server has metrics on
+        self.name = engine.manifest.name
         self._threads = [
             threading.Thread(target=self._run, name=f"ember-infer-{engine.manifest.name}-{i}", daemon=True)
             for i in range(workers)
@@ -210,10 +212,14 @@ class ModelScheduler:
         for _ in range(window):
             it = q.popleft()
             job = it.job
-            if job.cancelled or job.failed:
-                continue
-            if job.deadline is not None and now > job.deadline:
-                self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
+            expired = job.deadline is not None and now > job.deadline
+            if job.cancelled or job.failed or expired:
+                if expired and not job.cancelled:
+                    self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
+                if self.metrics is not None and (expired or job.cancelled):
+                    # gRPC cancels a call whose deadline passed: count those as expired, not cancelled
+                    (self.metrics.deadline_dropped if expired else self.metrics.cancelled_dropped).labels(
+                        self.name).inc()
                 continue
             keep.append(it)
         keep.extend(q)
@@ -253,6 +259,10 @@ class ModelScheduler:
                 it.job.started = t0
         out = self.engine.infer(ids, mask, type_ids)
         elapsed = time.monotonic() - t0
+        if self.metrics is not None:
+            self.metrics.inference_seconds.labels(self.name).observe(elapsed)
+            self.metrics.batch_size.labels(self.name).observe(len(batch))
+            self.metrics.batch_tokens.labels(self.name).observe(ids.size)
         seen: set[int] = set()
         for row, it in enumerate(batch):
             job = it.job

@@ -6,6 +6,7 @@ one table in `errors.py`. Anything else is a bug: logged with the request id, an
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from . import domain, wire
+from .cache import EmbeddingCache, Entry
 from .domain import EmbedParams, RerankParams
 from .errors import EmberError, InvalidArgument, Unavailable, to_rpc_status
 from .ext import kernels
@@ -73,7 +75,8 @@ def optional_bool(req, field: str, default: bool) -> bool:
 
 def embed_params(req: pb.EmbedRequest, settings: Settings) -> EmbedParams:
     inputs = list(req.inputs)
-    domain.check_texts("inputs", inputs, settings.max_inputs_per_request)
+    domain.check_texts("inputs", inputs, settings.max_inputs_per_request, max_chars=settings.max_input_chars,
+                       max_total_chars=settings.max_request_chars)
     domain.check_enum("input_type", req.input_type, range(0, 3))
     domain.check_enum("priority", req.priority, range(0, 3))
     domain.check_enum("encoding", req.encoding, range(0, 3))
@@ -89,8 +92,12 @@ def embed_params(req: pb.EmbedRequest, settings: Settings) -> EmbedParams:
 def rerank_params(req: pb.RerankRequest, settings: Settings) -> RerankParams:
     if not req.query:
         raise InvalidArgument("query", "is an empty string; a query needs text")
+    if len(req.query) > settings.max_input_chars:
+        raise InvalidArgument("query", f"has {len(req.query)} characters; the limit is {settings.max_input_chars}")
     documents = list(req.documents)
-    domain.check_texts("documents", documents, settings.max_inputs_per_request, what="document")
+    domain.check_texts("documents", documents, settings.max_documents_per_request, what="document",
+                       max_chars=settings.max_input_chars, max_total_chars=settings.max_request_chars,
+                       already=len(req.query))
     domain.check_enum("priority", req.priority, range(0, 3))
     if req.top_n > len(documents):
         raise InvalidArgument("top_n", f"is {req.top_n}, more than the {len(documents)} documents given "
@@ -139,17 +146,44 @@ def _timing(t0: int, tokenize_s: float, queue_s: float, inference_s: float) -> p
                      inference_ns=int(inference_s * 1e9), total_ns=time.perf_counter_ns() - t0)
 
 
-def counted(method):
-    """Count a Core coroutine in `in_flight` while it runs."""
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        self.in_flight += 1
-        try:
-            return await method(self, *args, **kwargs)
-        finally:
-            self.in_flight -= 1
+_model = contextvars.ContextVar("ember_model", default="")  # the model a call resolved to, for metrics
+request_id_var = contextvars.ContextVar("ember_request_id", default="")  # for every log line of the call
 
-    return wrapper
+
+def counted(rpc: str, in_flight: bool = True):
+    """Wrap a Core coroutine: count it in `in_flight` while it runs, and in the metrics when done."""
+    def wrap(method):
+        @functools.wraps(method)
+        async def wrapper(self, req, context, request_id: str):
+            t0 = time.perf_counter()
+            code, detail = "OK", ""
+            request_id_var.set(request_id)
+            self.in_flight += in_flight
+            try:
+                return await method(self, req, context, request_id)
+            except EmberError as e:
+                code, detail = e.code.name, e.message
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                raise
+            finally:
+                self.in_flight -= in_flight
+                elapsed = time.perf_counter() - t0
+                if self.metrics is not None:
+                    self.metrics.requests.labels(rpc, _model.get(), code).inc()
+                    self.metrics.request_seconds.labels(rpc).observe(elapsed)
+                if code == "OK":
+                    log.debug("%s model=%s ok in %.2f ms", rpc, _model.get(), elapsed * 1e3)
+                elif code != "INTERNAL":  # INTERNAL is logged with its traceback by `guarded`
+                    log.warning("%s model=%s %s in %.2f ms: %s", rpc, _model.get() or "-", code, elapsed * 1e3,
+                                detail or "the client went away")
+
+        return wrapper
+    return wrap
 
 
 class Core:
@@ -161,6 +195,8 @@ class Core:
         self.state = state
         self.tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="ember-tokenize")
         self.in_flight = 0  # Embed/Rerank calls (and stream messages) being answered now
+        self.metrics = None  # set by the server when metrics are on
+        self.cache = EmbeddingCache(settings.cache_bytes, settings.cache_ttl_seconds) if settings.cache_bytes else None
 
     async def infer(self, model: LoadedModel, toks: list, priority: int, context) -> Job:
         """Hand tokenized items to the model: on the loop when nothing else is in flight, else queued.
@@ -197,33 +233,70 @@ class Core:
             out = await loop.run_in_executor(self.tokenize_pool, functools.partial(fn, *args, **kwargs))
         return out, time.perf_counter() - t
 
-    @counted
+    @counted("Embed")
     async def embed(self, req: pb.EmbedRequest, context, request_id: str) -> pb.EmbedResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
         p = embed_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "embed")
+        _model.set(model.name)
         m = model.manifest
         prompt = resolve_prompt(m, p.input_type, p.prompt_name)
         dims = check_dimensions(m, p.dimensions)
         texts = [prompt + t for t in p.inputs] if prompt else p.inputs
-        toks, tok_s = await self.tokenize(model.tokenizer.encode, texts, truncate=p.truncate, direction=p.direction,
-                                          chars=sum(map(len, texts)))
-        job = await self.infer(model, toks, BULK if p.bulk else REALTIME, context)
-        vectors = finish_embeddings(await job.future, dims, p.normalize)
-        counts = [t.tokens for t in toks]
-        resp = wire.embed_response(vectors, counts, [t.truncated for t in toks], p.packed)
+        raw, counts, cut, tok_s, job = await self._pooled(model, p, prompt, texts, context)
+        vectors = finish_embeddings(raw, dims, p.normalize)
+        resp = wire.embed_response(vectors, counts, cut, p.packed)
         resp.model, resp.dimensions, resp.request_id = model.name, dims, request_id
         resp.usage.prompt_tokens = resp.usage.total_tokens = sum(counts)
-        resp.timing.CopyFrom(_timing(t0, tok_s, job.queue_s(), job.inference_s))
+        resp.timing.CopyFrom(_timing(t0, tok_s, job.queue_s() if job else 0.0, job.inference_s if job else 0.0))
+        self._observe(model.name, tok_s, job, resp.usage.total_tokens)
         return resp
 
-    @counted
+    async def _pooled(self, model: LoadedModel, p: EmbedParams, prompt: str, texts: list[str], context):
+        """Pooled vectors (before truncation/normalization), token counts and truncation flags for
+        `texts`: from the cache where it has them, the rest tokenized and run. A request that hits
+        for every input never reaches the tokenizer or the queue."""
+        n = len(texts)
+        keys = entries = None
+        todo = list(range(n))
+        if self.cache is not None:
+            model_id = model.name + ":" + model.manifest.files.get(model.manifest.onnx_file, "")
+            keys = [self.cache.key(model_id, prompt, p.truncate, p.direction, t) for t in p.inputs]
+            entries = [self.cache.get(k) for k in keys]
+            todo = [i for i, e in enumerate(entries) if e is None]
+            if self.metrics is not None:
+                self.metrics.cache_hits.labels(model.name).inc(n - len(todo))
+                self.metrics.cache_misses.labels(model.name).inc(len(todo))
+        tok_s, job, out, toks = 0.0, None, None, []
+        if todo:
+            missing = [texts[i] for i in todo] if len(todo) < n else texts
+            toks, tok_s = await self.tokenize(model.tokenizer.encode, missing, truncate=p.truncate,
+                                              direction=p.direction, chars=sum(map(len, missing)))
+            job = await self.infer(model, toks, BULK if p.bulk else REALTIME, context)
+            out = await job.future
+        if entries is None:
+            return out, [t.tokens for t in toks], [t.truncated for t in toks], tok_s, job
+        for row, i in enumerate(todo):
+            entries[i] = Entry(out[row].copy(), toks[row].tokens, toks[row].truncated)
+            self.cache.put(keys[i], entries[i])
+        raw = np.stack([e.vector for e in entries])
+        return raw, [e.tokens for e in entries], [e.truncated for e in entries], tok_s, job
+
+    def _observe(self, model: str, tok_s: float, job, tokens: int) -> None:
+        if self.metrics is not None:
+            if job is not None:  # None: every input came from the cache
+                self.metrics.tokenize_seconds.labels(model).observe(tok_s)
+                self.metrics.queue_seconds.labels(model).observe(job.queue_s())
+            self.metrics.input_tokens.labels(model).inc(tokens)
+
+    @counted("Rerank")
     async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
         t0 = time.perf_counter_ns()
         self.accepting()
         p = rerank_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "rerank")
+        _model.set(model.name)
         priority = BULK if p.bulk else REALTIME
         if p.instruction and not model.manifest.rerank_template:
             raise InvalidArgument("instruction", f"model {model.name} takes no instruction (only rerankers with a "
@@ -248,6 +321,7 @@ class Core:
                 r.document = p.documents[i]
             results.append(r)
         n_tokens = sum(t.tokens for t in toks)
+        self._observe(model.name, tok_s, job, n_tokens)
         return pb.RerankResponse(
             model=model.name, results=results, request_id=request_id,
             usage=pb.Usage(prompt_tokens=n_tokens, total_tokens=n_tokens),
@@ -273,13 +347,16 @@ class Core:
         scores = vectors[1:] @ vectors[0]
         return scores.astype(np.float32), toks, tok_s, job
 
+    @counted("Tokenize", in_flight=False)
     async def tokenize_rpc(self, req: pb.TokenizeRequest, context, request_id: str) -> pb.TokenizeResponse:
         self.accepting()
         parsed(req)
         inputs = list(req.inputs)
-        domain.check_texts("inputs", inputs, self.settings.max_inputs_per_request)
+        domain.check_texts("inputs", inputs, self.settings.max_inputs_per_request,
+                           max_chars=self.settings.max_input_chars, max_total_chars=self.settings.max_request_chars)
         domain.check_enum("input_type", req.input_type, range(0, 3))
         model = self.registry.get(req.model, "any")
+        _model.set(model.name)
         prompt = resolve_prompt(model.manifest, req.input_type, req.prompt_name) \
             if model.manifest.task == "embed" else ""
         texts = [prompt + t for t in inputs] if prompt else inputs
@@ -327,7 +404,6 @@ async def guarded(context, request_id: str, rpc: str, work: Awaitable):
         return await work
     except EmberError as e:
         status = rpc_status.to_status(to_rpc_status(e))
-        log.debug("%s %s -> %s: %s", rpc, request_id, e.code.name, e.message)
         await context.abort(status.code, status.details, status.trailing_metadata)
     except (asyncio.CancelledError, grpc.aio.AbortError):
         raise

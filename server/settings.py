@@ -78,6 +78,28 @@ class Settings:
         default=True, metadata={"help": "let ONNX Runtime's idle intra-op threads spin (faster ops, but they "
                                          "take CPU from the rest of the server)"}
     )
+    metrics: bool = field(default=True, metadata={"help": "serve Prometheus metrics over HTTP"})
+    metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint (0 = any free port)"})
+    log_format: str = field(default="text", metadata={"help": "text or json (one JSON object per line)"})
+    api_keys: tuple[str, ...] = field(
+        default=(), metadata={"help": "comma-separated API keys; every RPC but health and reflection needs "
+                                      "'authorization: Bearer <key>' (prefer EMBER_API_KEYS or --api-keys-file: "
+                                      "flags show in the process list)"}
+    )
+    api_keys_file: str = field(default="", metadata={"help": "file with one API key per line (# comments)"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with --tls-key)"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(
+        default="", metadata={"help": "PEM CA bundle: require client certificates signed by it (mutual TLS)"}
+    )
+    max_message_bytes: int = field(default=16 << 20, metadata={"help": "largest request message accepted"})
+    max_input_chars: int = field(default=100_000, metadata={"help": "characters in one input or document"})
+    max_request_chars: int = field(default=4_000_000, metadata={"help": "characters in one request, all inputs"})
+    max_documents_per_request: int = field(default=1024, metadata={"help": "documents in one Rerank request"})
+    cache_bytes: int = field(
+        default=0, metadata={"help": "embedding cache budget in bytes (0 = no cache); LRU with a TTL"}
+    )
+    cache_ttl_seconds: float = field(default=3600.0, metadata={"help": "how long a cached embedding lives"})
     drain_seconds: float = field(default=20.0, metadata={"help": "grace period for in-flight work on SIGTERM"})
     reflection: bool = field(default=True, metadata={"help": "enable gRPC server reflection"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
@@ -89,7 +111,8 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise bad("port", f"{self.port} is not a port number")
         for name in ("max_inputs_per_request", "max_batch_tokens", "bulk_max_batch_tokens", "max_batch_size",
-                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads", "inference_workers"):
+                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads", "inference_workers",
+                     "max_message_bytes", "max_input_chars", "max_request_chars", "max_documents_per_request"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("inline_tokenize_chars", "inline_max_tokens", "inline_idle_us"):
@@ -110,8 +133,45 @@ class Settings:
             raise bad("providers", f"{','.join(unknown) or 'empty'}; choose from {','.join(KNOWN_PROVIDERS)}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", f"{self.log_level!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise bad("metrics_port", f"{self.metrics_port} is not a port number")
+        if self.log_format not in ("text", "json"):
+            raise bad("log_format", f"{self.log_format!r}; choose text or json")
+        if self.cache_bytes < 0 or self.cache_ttl_seconds <= 0:
+            raise bad("cache_bytes" if self.cache_bytes < 0 else "cache_ttl_seconds", "must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise bad("tls_cert" if not self.tls_cert else "tls_key", "TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise bad("tls_client_ca", "mutual TLS needs --tls-cert and --tls-key too")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise bad(name, f"{getattr(self, name)} is not a readable file")
+        if any(not k or any(c.isspace() for c in k) for k in self.api_keys):
+            raise bad("api_keys", "keys must be non-empty and contain no spaces")
         if self.models_dir and not Path(self.models_dir).is_dir():
             raise bad("models_dir", f"{self.models_dir} is not a directory")
+
+    def describe(self) -> str:
+        """Every setting as name=value for the start-up log, secrets masked."""
+        parts = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "api_keys":
+                v = f"<{len(v)} keys>"
+            elif isinstance(v, tuple):
+                v = ",".join(v)
+            parts.append(f"{f.name}={v}")
+        return " ".join(parts)
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """The keys from --api-keys and --api-keys-file together."""
+        keys = list(self.api_keys)
+        if self.api_keys_file:
+            for line in Path(self.api_keys_file).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return tuple(keys)
 
     @property
     def cache_path(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("EMBER_METRICS_PORT", "0")  # `ember serve` subprocesses: any free metrics port
 
 from ember import cli  # noqa: E402
 from ember.app import EmberServer  # noqa: E402
@@ -109,6 +111,8 @@ class ServerThread:
     """A real ember server running its own event loop in a thread (tests call it with sync stubs)."""
 
     def __init__(self, settings: Settings):
+        if settings.metrics_port == Settings.metrics_port:  # the default: any free port in tests
+            settings = dataclasses.replace(settings, metrics_port=0)
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -148,7 +152,8 @@ def start_server(**settings) -> ServerThread:
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_models_dir):
-    s = start_server(models_dir=str(tiny_models_dir), default_embed_model="tiny-embed", max_inputs_per_request=64)
+    s = start_server(models_dir=str(tiny_models_dir), default_embed_model="tiny-embed", max_inputs_per_request=64,
+                     max_documents_per_request=64, max_input_chars=5000, max_request_chars=20000)
     yield s
     s.stop()
 

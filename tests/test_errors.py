@@ -34,6 +34,8 @@ EMBED_CASES = [
     ("unknown enum", dict(inputs=["ok"], input_type=7), "input_type", "unknown value 7"),
     ("bad direction", dict(inputs=["ok"], truncation_direction=9), "truncation_direction", "unknown value 9"),
     ("rerank model cannot embed", dict(inputs=["ok"], model="tiny-rerank"), "model", "cannot embed"),
+    ("input over max_input_chars", dict(inputs=["ok", "x" * 5001]), "inputs[1]", "limit is 5000 per input"),
+    ("request over max_request_chars", dict(inputs=["y" * 4000] * 6), "inputs", "limit is 20000 per request"),
 ]
 
 
@@ -55,6 +57,9 @@ RERANK_CASES = [
     ("empty document", dict(query="q", documents=["a", "b", ""]), "documents[2]", "empty string"),
     ("too many documents", dict(query="q", documents=["d"] * 65), "documents", "the limit is 64"),
     ("top_n too large", dict(query="q", documents=DOCS, top_n=4), "top_n", "more than the 3 documents"),
+    ("query over max_input_chars", dict(query="q" * 5001, documents=DOCS), "query", "limit is 5000"),
+    ("document over max_input_chars", dict(query="q", documents=["a", "d" * 5001]), "documents[1]",
+     "limit is 5000 per document"),
     ("too long, truncate=false", dict(query="q", documents=["a", LONG], truncate=False), "documents[1]",
      "limit of 128"),
 ]
