@@ -141,9 +141,11 @@ class EmberServer:
             self.loaded.set()
 
     # ---- model loading (a worker thread) ----------------------------------------------------
-    def _models_dir(self) -> Path:
+    def _models_dir(self) -> Path | None:
         if self.settings.models_dir:
             return Path(self.settings.models_dir)
+        if self.settings.model_configs:  # the TOML file says where each model is
+            return None
         return ensure_default_model(self.settings.cache_path)
 
     def _load_models(self) -> None:
@@ -153,10 +155,11 @@ class EmberServer:
             log.error("no models to serve: %s", e)
             self.registry.errors["*"] = str(e)
             return
+        configured = {mc.path: mc.name for mc in self.settings.model_configs if mc.path}
         for path in self.registry.discover(models_dir):
             if self.state.draining:
                 return
-            model = self.registry.load(path)
+            model = self.registry.load(path, configured.get(str(path), ""))
             if model is not None:
                 try:
                     self.registry.warm_up(model)

@@ -16,6 +16,8 @@ def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="run the gRPC server",
                        description="Run the gRPC server. Every flag has an EMBER_* environment twin.")
     for f in dataclasses.fields(settings_mod.Settings):
+        if not f.metadata.get("cli", True):
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         help_text = f"{f.metadata.get('help', '')} [env {settings_mod.env_name(f.name)}; default: {default!r}]"

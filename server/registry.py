@@ -21,7 +21,7 @@ from .fallback import CircuitBreaker, FallbackEngine
 from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .manifest import Manifest, read_manifest
 from .scheduler import ModelScheduler
-from .settings import Settings
+from .settings import ModelConfig, Settings, model_config
 from .tokenization import ModelTokenizer
 
 log = logging.getLogger(__name__)
@@ -51,30 +51,39 @@ class Registry:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- discovery and loading --------------------------------------------------------------
-    def discover(self, models_dir: Path) -> list[Path]:
-        """The model directories to load: every subdirectory with a manifest, or those configured."""
+    def discover(self, models_dir: Path | None) -> list[Path]:
+        """The model directories to load: every subdirectory of models_dir, and the TOML file's
+        [models.NAME] paths; only those named by --models when it is given."""
         wanted = set(self.settings.models)
-        dirs = []
-        for p in sorted(models_dir.iterdir()):
-            if not p.is_dir() or p.name.startswith("."):
-                continue
-            if wanted and p.name not in wanted:
-                continue
-            dirs.append(p)
-        for name in sorted(wanted - {p.name for p in dirs}):
-            self.errors[name] = f"model {name!r} is configured but {models_dir / name} does not exist"
+        found: dict[str, Path] = {}
+        if models_dir is not None:
+            for p in sorted(models_dir.iterdir()):
+                if p.is_dir() and not p.name.startswith("."):
+                    found[p.name] = p
+        for mc in self.settings.model_configs:
+            if mc.path:
+                found[mc.name] = Path(mc.path)
+            elif mc.name not in found:
+                where = models_dir / mc.name if models_dir is not None else "(no models_dir and no path)"
+                self.errors[mc.name] = f"model {mc.name!r} is configured but {where} does not exist"
+                log.error(self.errors[mc.name])
+        dirs = [p for name, p in sorted(found.items()) if not wanted or name in wanted]
+        for name in sorted(wanted - set(found)):
+            self.errors[name] = f"model {name!r} is configured but {models_dir / name if models_dir else name} " \
+                                "does not exist"
             log.error(self.errors[name])
         return dirs
 
-    def load(self, path: Path) -> LoadedModel | None:
+    def load(self, path: Path, name: str = "") -> LoadedModel | None:
         """Load one model directory; on failure record and log the reason and return None."""
-        name = path.name
+        name = name or path.name
         t0 = time.monotonic()
+        mc = model_config(self.settings, name)
         try:
-            manifest = read_manifest(path)
+            manifest = self._apply(read_manifest(path), mc)
             if manifest.name != name:
                 manifest = dataclasses.replace(manifest, name=name)
-            engine = self._engine(path, manifest)
+            engine = self._engine(path, manifest, mc.providers or self.settings.providers)
             tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
         except ModelLoadError as e:
             self.errors[name] = str(e)
@@ -86,7 +95,7 @@ class Registry:
             return None
         s = self.settings
         scheduler = ModelScheduler(
-            engine, max_batch_tokens=s.max_batch_tokens, max_batch_size=s.max_batch_size,
+            engine, max_batch_tokens=mc.max_batch_tokens or s.max_batch_tokens, max_batch_size=s.max_batch_size,
             max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
             pad_id=manifest.pad_token_id, bulk_max_batch_tokens=s.bulk_max_batch_tokens,
             batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=s.inference_workers,
@@ -100,10 +109,25 @@ class Registry:
         self._changed()
         return model
 
-    def _engine(self, path: Path, manifest: Manifest):
+    @staticmethod
+    def _apply(m: Manifest, mc: ModelConfig) -> Manifest:
+        """The TOML file's per-model changes, checked against what was exported."""
+        where = f"models.{mc.name}"
+        if mc.dtype and mc.dtype != m.dtype:
+            raise ModelLoadError(f"{where}.dtype is {mc.dtype} but the exported model is {m.dtype}")
+        if mc.max_tokens:
+            if mc.max_tokens > m.max_tokens:
+                raise ModelLoadError(f"{where}.max_tokens {mc.max_tokens} is more than the exported limit "
+                                     f"{m.max_tokens} (re-export with --max-tokens)")
+            m = dataclasses.replace(m, max_tokens=mc.max_tokens)
+        if mc.prompts:
+            m = dataclasses.replace(m, prompts={**m.prompts, **dict(mc.prompts)})
+        return m
+
+    def _engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...]):
         """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker."""
         s = self.settings
-        engine = Engine(path, manifest, s.providers, s.intra_op_threads, s.ort_spinning)
+        engine = Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning)
         if engine.providers == ["cpu"]:
             return engine
         cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning)

@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KNOWN_PROVIDERS = ("tensorrt", "cuda", "cpu")
+MODEL_KEYS = ("path", "providers", "max_batch_tokens", "max_tokens", "dtype", "prompts")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """One `[models.NAME]` table of the TOML file: where the model is and what to change for it."""
+
+    name: str
+    path: str = ""  # default: <models_dir>/<name>
+    providers: tuple[str, ...] = ()  # default: the server's --providers
+    max_batch_tokens: int = 0  # default: the server's --max-batch-tokens
+    max_tokens: int = 0  # lower the exported limit (0 = keep it)
+    dtype: str = ""  # if given, the exported model must have this dtype
+    prompts: tuple[tuple[str, str], ...] = ()  # added to (or replacing) the exported prompts
 
 
 def default_cache_dir() -> Path:
@@ -103,6 +117,12 @@ class Settings:
     drain_seconds: float = field(default=20.0, metadata={"help": "grace period for in-flight work on SIGTERM"})
     reflection: bool = field(default=True, metadata={"help": "enable gRPC server reflection"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    config: str = field(
+        default="", metadata={"help": "TOML file: any of these settings, plus [models.NAME] tables (path, "
+                                      "providers, max_batch_tokens, max_tokens, dtype, prompts); flags and "
+                                      "EMBER_* variables override it"}
+    )
+    model_configs: tuple[ModelConfig, ...] = field(default=(), metadata={"cli": False})
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -148,6 +168,18 @@ class Settings:
                 raise bad(name, f"{getattr(self, name)} is not a readable file")
         if any(not k or any(c.isspace() for c in k) for k in self.api_keys):
             raise bad("api_keys", "keys must be non-empty and contain no spaces")
+        for mc in self.model_configs:
+            where = f"models.{mc.name}"
+            unknown = [p for p in mc.providers if p not in KNOWN_PROVIDERS]
+            if unknown:
+                raise bad(f"{where}.providers", f"{','.join(unknown)}; choose from {','.join(KNOWN_PROVIDERS)}")
+            if mc.max_batch_tokens < 0 or mc.max_tokens < 0:
+                raise bad(f"{where}.max_batch_tokens" if mc.max_batch_tokens < 0 else f"{where}.max_tokens",
+                          "must be >= 0")
+            if mc.dtype and mc.dtype not in ("fp32", "fp16", "bf16", "int8"):
+                raise bad(f"{where}.dtype", f"{mc.dtype!r} is not fp32, fp16, bf16 or int8")
+            if mc.path and not Path(mc.path).is_dir():
+                raise bad(f"{where}.path", f"{mc.path} is not a directory")
         if self.models_dir and not Path(self.models_dir).is_dir():
             raise bad("models_dir", f"{self.models_dir} is not a directory")
 
@@ -158,6 +190,8 @@ class Settings:
             v = getattr(self, f.name)
             if f.name == "api_keys":
                 v = f"<{len(v)} keys>"
+            elif f.name == "model_configs":
+                v = ",".join(mc.name for mc in v)
             elif isinstance(v, tuple):
                 v = ",".join(v)
             parts.append(f"{f.name}={v}")
@@ -176,6 +210,13 @@ class Settings:
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+
+def model_config(self_or_settings: "Settings", name: str) -> ModelConfig:
+    for mc in self_or_settings.model_configs:
+        if mc.name == name:
+            return mc
+    return ModelConfig(name=name)
 
 
 def env_name(field_name: str) -> str:
@@ -198,11 +239,69 @@ def _parse(f: dataclasses.Field, raw: str):
         raise ValueError(f"invalid setting {f.name}: {raw!r} is not a {kind.__name__}") from None
 
 
-def from_sources(cli: dict[str, object] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Build Settings from CLI values (already parsed, None = not given) over the environment."""
-    environ = os.environ if environ is None else environ
+def _from_toml(path: str) -> dict[str, object]:
+    """Settings values from a TOML file (typed by TOML; checked against the fields)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"invalid setting config: cannot read {path}: {e}") from None
+    fields = {f.name: f for f in dataclasses.fields(Settings) if f.metadata.get("cli", True)}
     values: dict[str, object] = {}
+    for key, raw in data.items():
+        if key == "models":
+            continue
+        f = fields.get(key.replace("-", "_"))
+        if f is None or f.name == "config":
+            raise ValueError(f"invalid setting {key} in {path}: not a setting (see `ember serve --help`)")
+        kind = type(f.default)
+        if kind is tuple and isinstance(raw, list):
+            raw = tuple(str(x) for x in raw)
+        elif kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
+            raise ValueError(f"invalid setting {key} in {path}: {raw!r} is not a {kind.__name__}")
+        values[f.name] = raw
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ValueError(f"invalid setting models in {path}: expected [models.NAME] tables")
+    configs = []
+    for name, table in models.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"invalid setting models.{name} in {path}: expected a table")
+        unknown = sorted(set(table) - set(MODEL_KEYS))
+        if unknown:
+            raise ValueError(f"invalid setting models.{name}.{unknown[0]} in {path}: "
+                             f"not a model setting ({', '.join(MODEL_KEYS)})")
+        kw: dict[str, object] = {"name": name}
+        for key, raw in table.items():
+            want = {"path": str, "dtype": str, "providers": list, "prompts": dict, "max_batch_tokens": int,
+                    "max_tokens": int}[key]
+            if not isinstance(raw, want) or isinstance(raw, bool):
+                raise ValueError(f"invalid setting models.{name}.{key} in {path}: {raw!r} is not a {want.__name__}")
+            if key == "path":
+                raw = str((Path(path).parent / raw).resolve()) if not Path(raw).is_absolute() else raw
+            elif key == "providers":
+                raw = tuple(str(x) for x in raw)
+            elif key == "prompts":
+                raw = tuple((str(k), str(v)) for k, v in raw.items())
+            kw[key] = raw
+        configs.append(ModelConfig(**kw))
+    values["model_configs"] = tuple(configs)
+    return values
+
+
+def from_sources(cli: dict[str, object] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from CLI values (already parsed, None = not given) over the environment, over
+    the TOML file named by --config / EMBER_CONFIG, over the defaults."""
+    environ = os.environ if environ is None else environ
+    config = (cli or {}).get("config") or environ.get(env_name("config"), "")
+    values: dict[str, object] = _from_toml(str(config)) if config else {}
     for f in dataclasses.fields(Settings):
+        if not f.metadata.get("cli", True):
+            continue
         if cli and cli.get(f.name) is not None:
             raw = cli[f.name]
             values[f.name] = _parse(f, raw) if isinstance(raw, str) and not isinstance(f.default, str) else raw

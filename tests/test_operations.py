@@ -367,3 +367,50 @@ def test_json_logs_carry_the_request_id(tiny_models_dir):
     startup = " ".join(r["message"] for r in by_id[""])
     assert "settings: host=127.0.0.1" in startup and "api_keys=<0 keys>" in startup
     assert "model tiny-embed ready" in startup and "providers cpu" in startup
+
+
+# ---- the TOML file for multi-model setups ------------------------------------------------------
+def test_toml_per_model_settings_are_applied(tiny_models_dir, tmp_path):
+    import shutil
+
+    from conftest import ServerThread
+    from ember.settings import from_sources
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_models_dir / "tiny-embed", elsewhere / "embedder")
+    cfg = tmp_path / "ember.toml"
+    cfg.write_text(f"""
+host = "127.0.0.1"
+port = 0
+default_embed_model = "short"
+[models.short]
+path = "{elsewhere / 'embedder'}"
+max_tokens = 8
+prompts = {{ shout = "HEY: " }}
+providers = ["cpu"]
+[models.long]
+path = "{tiny_models_dir / 'tiny-embed'}"
+max_batch_tokens = 256
+[models.wrong-dtype]
+path = "{tiny_models_dir / 'tiny-rerank'}"
+dtype = "int8"
+""")
+    s = ServerThread(from_sources({"config": str(cfg)}, {}))
+    try:
+        s.wait_loaded()
+        names = sorted(m.name for m in s.models.ListModels(pb.ListModelsRequest()).models)
+        assert names == ["long", "short"]
+        assert "models.wrong-dtype.dtype is int8 but the exported model is fp32" in \
+            s.server.registry.errors["wrong-dtype"]
+        text = "one two three four five six seven eight nine ten"
+        short = s.models.Tokenize(pb.TokenizeRequest(model="short", inputs=[text])).inputs[0]
+        long = s.models.Tokenize(pb.TokenizeRequest(model="long", inputs=[text])).inputs[0]
+        assert (short.tokens, short.truncated) == (8, True) and (long.tokens, long.truncated) == (12, False)
+        info = {m.name: m for m in s.models.ListModels(pb.ListModelsRequest()).models}
+        assert info["short"].prompts["shout"] == "HEY: " and info["short"].max_tokens == 8
+        plain = s.embedder.Embed(pb.EmbedRequest(inputs=["hi"])).embeddings[0].values.values
+        shout = s.embedder.Embed(pb.EmbedRequest(inputs=["hi"], prompt_name="shout")).embeddings[0].values.values
+        assert list(plain) != list(shout)
+        assert s.server.registry.models["long"].scheduler.max_batch_tokens == 256
+    finally:
+        s.stop()
