@@ -19,13 +19,16 @@ from .fallback import FallbackEngine
 from .metrics import Metrics
 from .registry import Registry
 from .security import ApiKeyInterceptor, server_credentials
-from .servicers import Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState, add_to_server
+from .servicers import (AdminServicer, Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState,
+                        add_to_server)
+from .errors import FailedPrecondition, NotFound, Unavailable
 from .settings import Settings
 from .v1 import ember_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 SERVICES = {name: pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Embedder", "Reranker", "Models")}
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_SEND_BYTES = 256 * 1024 * 1024  # responses: 1024 inputs × 8192 float32 dimensions fit
@@ -86,9 +89,8 @@ class EmberServer:
         self.registry = Registry(settings)
         self.core = Core(self.registry, settings, self.state)
         self.health = DrainingHealth()
-        keys = settings.all_api_keys()
         self.server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(keys)] if keys else [],
+            interceptors=[ApiKeyInterceptor(settings.all_api_keys(), settings.admin_api_keys)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -102,9 +104,11 @@ class EmberServer:
         add_to_server(ModelsServicer(self.core), "Models", self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
-            names = (*SERVICES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            names = (*SERVICES.values(), ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                      reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
+        add_to_server(AdminServicer(self), "Admin", self.server)
+        self._admin = asyncio.Lock()
         self.loaded = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._load_task: asyncio.Future | None = None
@@ -155,11 +159,11 @@ class EmberServer:
             log.error("no models to serve: %s", e)
             self.registry.errors["*"] = str(e)
             return
-        configured = {mc.path: mc.name for mc in self.settings.model_configs if mc.path}
-        for path in self.registry.discover(models_dir):
+        self.registry.models_dir = models_dir
+        for name, path in self.registry.discover_named(models_dir).items():
             if self.state.draining:
                 return
-            model = self.registry.load(path, configured.get(str(path), ""))
+            model = self.registry.load(path, name)
             if model is not None:
                 try:
                     self.registry.warm_up(model)
@@ -196,6 +200,82 @@ class EmberServer:
         await self.health.set(SERVICES["Reranker"], SERVING if ready("rerank") else NOT_SERVING)
         await self.health.set(SERVICES["Models"], SERVING)
         await self.health.set("", SERVING if self._loading_done and reg.ready() else NOT_SERVING)
+
+    # ---- live model management (Admin RPCs, SIGHUP) -----------------------------------------
+    async def _blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _bring_up(self, name: str, path: Path, register: bool):
+        """Load and warm a model off the event loop; a refused model raises with the reason."""
+        if register:
+            await self.health.set(model_health_name(name), NOT_SERVING)
+        model = await self._blocking(lambda: self.registry.load(path, name, register=register))
+        if model is None:
+            raise FailedPrecondition(f"model {name!r} was refused: {self.registry.errors.get(name, 'unknown error')}")
+        try:
+            await self._blocking(self.registry.warm_up, model)
+        except Exception as e:
+            if register:
+                self.registry.remove(name)
+            self.registry.errors[name] = f"warm-up failed: {e}"
+            raise FailedPrecondition(f"model {name!r} failed its warm-up: {e}") from e
+        return model
+
+    async def load_model(self, name: str):
+        async with self._admin:
+            self._loaded_yet()
+            if name in self.registry.models:
+                raise FailedPrecondition(f"model {name!r} is already loaded; use ReloadModel")
+            return await self._bring_up(name, self.registry.path_of(name), register=True)
+
+    async def reload_model(self, name: str):
+        async with self._admin:
+            self._loaded_yet()
+            old = self.registry.models.get(name)
+            if old is None:
+                raise NotFound(f"model {name!r} is not loaded; use LoadModel")
+            new = await self._bring_up(name, old.path, register=False)  # the old one serves meanwhile
+            self.registry.swap_in(new)
+            asyncio.ensure_future(self._blocking(self.registry.retire, old, self.settings.drain_seconds))
+            log.info("model %s reloaded from %s", name, old.path)
+            return new
+
+    async def unload_model(self, name: str) -> None:
+        async with self._admin:
+            self._loaded_yet()
+            old = self.registry.remove(name)
+            if old is None:
+                raise NotFound(f"model {name!r} is not loaded")
+            await self.health.set(model_health_name(name), NOT_SERVING)
+            await self._blocking(self.registry.retire, old, self.settings.drain_seconds)
+            log.info("model %s unloaded", name)
+
+    async def rescan(self) -> dict:
+        """Load new model directories, reload changed ones, unload those gone (SIGHUP, Admin/Rescan)."""
+        from .manifest import read_manifest
+
+        out: dict = {"loaded": [], "reloaded": [], "unloaded": [], "refused": {}}
+        self._loaded_yet()
+        on_disk = self.registry.discover_named(self.registry.models_dir)
+        for name, path in sorted(on_disk.items()):
+            try:
+                if name not in self.registry.models:
+                    await self.load_model(name)
+                    out["loaded"].append(name)
+                elif read_manifest(path, verify=False).files != self.registry.models[name].manifest.files:
+                    await self.reload_model(name)
+                    out["reloaded"].append(name)
+            except Exception as e:  # one bad model does not stop the rest
+                out["refused"][name] = getattr(e, "message", None) or str(e)
+        for name in sorted(set(self.registry.models) - set(on_disk)):
+            await self.unload_model(name)
+            out["unloaded"].append(name)
+        log.info("rescan: %s", out)
+        return out
+
+    def _loaded_yet(self) -> None:
+        if not self._loading_done:
+            raise Unavailable("the server is still loading its models; retry shortly")
 
     # ---- shutdown ---------------------------------------------------------------------------
     async def drain(self, grace: float | None = None) -> None:

@@ -54,8 +54,17 @@ async def _serve(settings: settings_mod.Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: rescan the models (load new, reload changed, unload removed), as Admin/Rescan does
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_rescan(server)))
     await stop.wait()
     await server.drain()
+
+
+async def _rescan(server) -> None:
+    try:
+        await server.rescan()
+    except Exception as e:  # a signal has no one to answer: log it
+        logging.getLogger("ember").error("rescan on SIGHUP failed: %s", e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,10 @@ class NotFound(EmberError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPrecondition(EmberError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unavailable(EmberError):
     code = grpc.StatusCode.UNAVAILABLE
 

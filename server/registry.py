@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .scheduler import ModelScheduler
 from .settings import ModelConfig, Settings, model_config
 from .tokenization import ModelTokenizer
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
 log = logging.getLogger(__name__)
 
 WARMUP_LENGTHS = (8, 32, 128)
@@ -39,6 +42,7 @@ class LoadedModel:
     scheduler: ModelScheduler
     load_seconds: float
     ready: bool = False
+    users: int = 0  # calls holding this model now (counted by the servicers)
 
 
 @dataclass(eq=False)
@@ -48,11 +52,15 @@ class Registry:
     errors: dict[str, str] = field(default_factory=dict)
     on_change: Callable[[], None] | None = None
     metrics: object | None = None  # ember.metrics.Metrics, handed to each model's scheduler
+    models_dir: Path | None = None  # where model names are looked up (set when the server loads)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- discovery and loading --------------------------------------------------------------
     def discover(self, models_dir: Path | None) -> list[Path]:
-        """The model directories to load: every subdirectory of models_dir, and the TOML file's
+        return list(self.discover_named(models_dir).values())
+
+    def discover_named(self, models_dir: Path | None) -> dict[str, Path]:
+        """Model name → directory: every subdirectory of models_dir, and the TOML file's
         [models.NAME] paths; only those named by --models when it is given."""
         wanted = set(self.settings.models)
         found: dict[str, Path] = {}
@@ -67,15 +75,57 @@ class Registry:
                 where = models_dir / mc.name if models_dir is not None else "(no models_dir and no path)"
                 self.errors[mc.name] = f"model {mc.name!r} is configured but {where} does not exist"
                 log.error(self.errors[mc.name])
-        dirs = [p for name, p in sorted(found.items()) if not wanted or name in wanted]
+        dirs = {name: p for name, p in sorted(found.items()) if not wanted or name in wanted}
         for name in sorted(wanted - set(found)):
             self.errors[name] = f"model {name!r} is configured but {models_dir / name if models_dir else name} " \
                                 "does not exist"
             log.error(self.errors[name])
         return dirs
 
-    def load(self, path: Path, name: str = "") -> LoadedModel | None:
-        """Load one model directory; on failure record and log the reason and return None."""
+    # ---- live changes (admin RPCs, SIGHUP) ---------------------------------------------------
+    def path_of(self, name: str) -> Path:
+        """The directory of model `name`: a [models.NAME] path, else <models_dir>/<name>, never outside it."""
+        if not MODEL_NAME.fullmatch(name) or ".." in name:
+            raise InvalidArgument("name", f"{name!r} is not a model name (letters, digits, '.', '_', '-'; no paths)")
+        mc = model_config(self.settings, name)
+        if mc.path:
+            return Path(mc.path)
+        if self.models_dir is None:
+            raise NotFound(f"model {name!r}: no models directory and no [models.{name}] path")
+        base = self.models_dir.resolve()
+        path = (base / name).resolve()
+        if not path.is_relative_to(base):  # a symlink pointing out of the models directory
+            raise InvalidArgument("name", f"{name!r} resolves outside the models directory")
+        if not (path / "ember.json").is_file():
+            raise NotFound(f"no exported model {name!r} in {base}")
+        return path
+
+    def swap_in(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve `model` (warm) under its name; returns the model it replaced."""
+        with self._lock:
+            old = self.models.get(model.name)
+            self.models[model.name] = model
+            self.errors.pop(model.name, None)
+        self._changed()
+        return old
+
+    def remove(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            old = self.models.pop(name, None)
+        self._changed()
+        return old
+
+    def retire(self, old: LoadedModel, timeout: float) -> None:
+        """Stop a model no longer served, once the calls still holding it are done (blocking)."""
+        end = time.monotonic() + timeout
+        while old.users > 0 and time.monotonic() < end:
+            time.sleep(0.005)
+        old.scheduler.stop()  # runs what is queued, then stops
+        log.info("model %s (from %s) retired", old.name, old.path)
+
+    def load(self, path: Path, name: str = "", register: bool = True) -> LoadedModel | None:
+        """Load one model directory; on failure record and log the reason and return None.
+        register=False: load it without serving it yet (a reload swaps it in once warm)."""
         name = name or path.name
         t0 = time.monotonic()
         mc = model_config(self.settings, name)
@@ -103,6 +153,8 @@ class Registry:
         )
         scheduler.metrics = self.metrics
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
+        if not register:
+            return model
         with self._lock:
             self.models[name] = model
             self.errors.pop(name, None)

@@ -17,11 +17,19 @@ from .settings import Settings
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keys: tuple[str, ...]):
-        self._keys = [k.encode() for k in keys]
+ADMIN_PREFIX = "/ember.v1.Admin/"
 
-    def check(self, metadata) -> tuple[grpc.StatusCode, str] | None:
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Keys for the data RPCs (when any are configured; admin keys count too) and admin keys for
+    the Admin service (always: without admin keys it is switched off)."""
+
+    def __init__(self, keys: tuple[str, ...], admin_keys: tuple[str, ...] = ()):
+        self._admin = [k.encode() for k in admin_keys]
+        self._keys = [k.encode() for k in keys] + self._admin if keys else []
+
+    def check(self, metadata, keys: list[bytes] | None = None) -> tuple[grpc.StatusCode, str] | None:
+        keys = self._keys if keys is None else keys
         auth = ""
         for k, v in metadata or ():
             if k == "authorization":
@@ -33,7 +41,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata must be 'Bearer <key>'"
         given = token.strip().encode()
         ok = False
-        for key in self._keys:  # no early exit: every key is compared
+        for key in keys:  # no early exit: every key is compared
             ok |= hmac.compare_digest(given, key)
         return None if ok else (grpc.StatusCode.PERMISSION_DENIED, "the API key is not valid for this server")
 
@@ -41,7 +49,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
-        refused = self.check(details.invocation_metadata)
+        if details.method.startswith(ADMIN_PREFIX):
+            if not self._admin:
+                return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED,
+                                 "the Admin service is off: start the server with --admin-api-keys")
+            refused = self.check(details.invocation_metadata, self._admin)
+            if refused and refused[0] == grpc.StatusCode.PERMISSION_DENIED:
+                refused = (refused[0], "this key may not use the Admin service")
+        elif self._keys:
+            refused = self.check(details.invocation_metadata)
+        else:
+            return handler
         return handler if refused is None else _refusing(handler, *refused)
 
 

@@ -148,6 +148,14 @@ def _timing(t0: int, tokenize_s: float, queue_s: float, inference_s: float) -> p
 
 _model = contextvars.ContextVar("ember_model", default="")  # the model a call resolved to, for metrics
 request_id_var = contextvars.ContextVar("ember_request_id", default="")  # for every log line of the call
+_used = contextvars.ContextVar("ember_used_model", default=None)  # the LoadedModel a call holds
+
+
+def use(model) -> None:
+    """Mark `model` as held by the current call until it ends (an unload waits for its users)."""
+    _model.set(model.name)
+    model.users += 1
+    _used.set(model)
 
 
 def counted(rpc: str, in_flight: bool = True):
@@ -158,6 +166,7 @@ def counted(rpc: str, in_flight: bool = True):
             t0 = time.perf_counter()
             code, detail = "OK", ""
             request_id_var.set(request_id)
+            _used.set(None)
             self.in_flight += in_flight
             try:
                 return await method(self, req, context, request_id)
@@ -172,6 +181,9 @@ def counted(rpc: str, in_flight: bool = True):
                 raise
             finally:
                 self.in_flight -= in_flight
+                held = _used.get()
+                if held is not None:
+                    held.users -= 1
                 elapsed = time.perf_counter() - t0
                 if self.metrics is not None:
                     self.metrics.requests.labels(rpc, _model.get(), code).inc()
@@ -239,7 +251,7 @@ class Core:
         self.accepting()
         p = embed_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "embed")
-        _model.set(model.name)
+        use(model)
         m = model.manifest
         prompt = resolve_prompt(m, p.input_type, p.prompt_name)
         dims = check_dimensions(m, p.dimensions)
@@ -296,7 +308,7 @@ class Core:
         self.accepting()
         p = rerank_params(parsed(req), self.settings)
         model = self.registry.get(p.model, "rerank")
-        _model.set(model.name)
+        use(model)
         priority = BULK if p.bulk else REALTIME
         if p.instruction and not model.manifest.rerank_template:
             raise InvalidArgument("instruction", f"model {model.name} takes no instruction (only rerankers with a "
@@ -356,7 +368,7 @@ class Core:
                            max_chars=self.settings.max_input_chars, max_total_chars=self.settings.max_request_chars)
         domain.check_enum("input_type", req.input_type, range(0, 3))
         model = self.registry.get(req.model, "any")
-        _model.set(model.name)
+        use(model)
         prompt = resolve_prompt(model.manifest, req.input_type, req.prompt_name) \
             if model.manifest.task == "embed" else ""
         texts = [prompt + t for t in inputs] if prompt else inputs
@@ -499,3 +511,48 @@ class ModelsServicer(pb_grpc.ModelsServicer):
     async def Tokenize(self, request, context):
         rid = request_id_of("", context)
         return await guarded(context, rid, "Tokenize", self.core.tokenize_rpc(request, context, rid))
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    """Live model management; the server (app.EmberServer) does the work."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def _info(self, name: str) -> pb.ModelResponse:
+        infos = {m.name: m for m in self.server.core.list_models().models}
+        resp = pb.ModelResponse(name=name)
+        if name in infos:
+            resp.model.CopyFrom(infos[name])
+        return resp
+
+    async def _run(self, context, what: str, work):
+        rid = request_id_of("", context)
+
+        async def op():
+            await work
+            return None
+
+        await guarded(context, rid, what, op())
+
+    async def LoadModel(self, request, context):
+        await self._run(context, "LoadModel", self.server.load_model(parsed(request).name))
+        return self._info(request.name)
+
+    async def ReloadModel(self, request, context):
+        await self._run(context, "ReloadModel", self.server.reload_model(parsed(request).name))
+        return self._info(request.name)
+
+    async def UnloadModel(self, request, context):
+        await self._run(context, "UnloadModel", self.server.unload_model(parsed(request).name))
+        return pb.ModelResponse(name=request.name)
+
+    async def Rescan(self, request, context):
+        out = {}
+
+        async def op():
+            out.update(await self.server.rescan())
+
+        await guarded(context, request_id_of("", context), "Rescan", op())
+        return pb.RescanResponse(loaded=out["loaded"], reloaded=out["reloaded"], unloaded=out["unloaded"],
+                                 refused=out["refused"])

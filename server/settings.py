@@ -100,6 +100,10 @@ class Settings:
                                       "'authorization: Bearer <key>' (prefer EMBER_API_KEYS or --api-keys-file: "
                                       "flags show in the process list)"}
     )
+    admin_api_keys: tuple[str, ...] = field(
+        default=(), metadata={"help": "comma-separated keys for the Admin service (load/reload/unload models); "
+                                      "without any, Admin RPCs are refused"}
+    )
     api_keys_file: str = field(default="", metadata={"help": "file with one API key per line (# comments)"})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with --tls-key)"})
     tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
@@ -166,8 +170,9 @@ class Settings:
         for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise bad(name, f"{getattr(self, name)} is not a readable file")
-        if any(not k or any(c.isspace() for c in k) for k in self.api_keys):
-            raise bad("api_keys", "keys must be non-empty and contain no spaces")
+        for name in ("api_keys", "admin_api_keys"):
+            if any(not k or any(c.isspace() for c in k) for k in getattr(self, name)):
+                raise bad(name, "keys must be non-empty and contain no spaces")
         for mc in self.model_configs:
             where = f"models.{mc.name}"
             unknown = [p for p in mc.providers if p not in KNOWN_PROVIDERS]
@@ -188,7 +193,7 @@ class Settings:
         parts = []
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name == "api_keys":
+            if f.name in ("api_keys", "admin_api_keys"):
                 v = f"<{len(v)} keys>"
             elif f.name == "model_configs":
                 v = ",".join(mc.name for mc in v)
