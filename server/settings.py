@@ -111,7 +111,9 @@ class Settings:
         default="", metadata={"help": "PEM CA bundle: require client certificates signed by it (mutual TLS)"}
     )
     max_message_bytes: int = field(default=16 << 20, metadata={"help": "largest request message accepted"})
-    max_input_chars: int = field(default=100_000, metadata={"help": "characters in one input or document"})
+    max_input_chars: int = field(
+        default=400_000, metadata={"help": "characters in one input, document or query (32k-token inputs fit)"}
+    )
     max_request_chars: int = field(default=4_000_000, metadata={"help": "characters in one request, all inputs"})
     max_documents_per_request: int = field(default=1024, metadata={"help": "documents in one Rerank request"})
     cache_bytes: int = field(

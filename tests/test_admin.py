@@ -73,7 +73,7 @@ def test_load_reload_unload_under_load_fail_nothing_in_flight(live_dir):
                 r = stub.Embed(pb.EmbedRequest(model=model, inputs=[f"{model} {i}", "two"]), timeout=30)
                 outcomes[model].append((phase[0], "OK" if len(r.embeddings) == 2 else "WRONG"))
             except grpc.RpcError as e:
-                outcomes[model].append((phase[0], e.code().name))
+                outcomes[model].append((phase[0], e.code().name, e.details()))
             i += 1
 
     health = health_pb2_grpc.HealthStub(s.channel)
@@ -87,6 +87,7 @@ def test_load_reload_unload_under_load_fail_nothing_in_flight(live_dir):
         assert health.Check(health_pb2.HealthCheckRequest(service="model/dyn")).status == 1
         phase[0] = "loaded"
         dyn = [threading.Thread(target=traffic, args=("dyn",), daemon=True) for _ in range(3)]
+        threads += dyn
         for t in dyn:
             t.start()
         time.sleep(1.0)
@@ -108,6 +109,9 @@ def test_load_reload_unload_under_load_fail_nothing_in_flight(live_dir):
         for t in threads:
             t.join(30)
         s.stop()
+    strange = [o for o in outcomes["dyn"] + outcomes["tiny-embed"] if o[1] not in ("OK", "NOT_FOUND")]
+    assert not strange, strange[:5]
+    outcomes = {k: [(o[0], o[1]) for o in v] for k, v in outcomes.items()}
     base = [c for _, c in outcomes["tiny-embed"]]
     assert base and set(base) == {"OK"}  # the model that stayed: not one failure
     dyn_ok = [c for p, c in outcomes["dyn"] if p == "loaded"]

@@ -53,7 +53,9 @@ def test_not_serving_until_warm(tiny_models_dir, monkeypatch):
 
 
 def test_drain_finishes_in_flight_work_and_refuses_new(tiny_models_dir):
-    s = ServerThread(Settings(host="127.0.0.1", port=0, models_dir=str(tiny_models_dir), models=("tiny-embed",)))
+    # inline_max_tokens=0: the held batch must wait on the inference thread, not on the event loop
+    s = ServerThread(Settings(host="127.0.0.1", port=0, models_dir=str(tiny_models_dir), models=("tiny-embed",),
+                              inline_max_tokens=0))
     s.wait_loaded()
     engine = s.server.registry.models["tiny-embed"].engine
     entered, release = threading.Event(), threading.Event()
