@@ -167,6 +167,7 @@ def counted(rpc: str, in_flight: bool = True):
             code, detail = "OK", ""
             request_id_var.set(request_id)
             _used.set(None)
+            _model.set("")
             self.in_flight += in_flight
             try:
                 return await method(self, req, context, request_id)

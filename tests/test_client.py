@@ -77,3 +77,104 @@ def test_float_encoding_decodes_too(tiny_server):
 
     resp = embed(tiny_server, ["a", "b"], encoding=pb.ENCODING_FLOAT)
     assert embeddings_array(resp).shape == (2, 32)
+
+
+def test_big_lists_are_chunked_over_a_stream(tiny_server):
+    texts = [f"text number {i}" for i in range(1000)]
+    with Client(tiny_server.address, chunk_size=64) as c:  # the fixture allows 64 inputs per request
+        many = c.embed(texts)
+        assert many.shape == (1000, 32)
+        np.testing.assert_allclose(many[[0, 500, 999]], c.embed([texts[0], texts[500], texts[999]]), atol=1e-5)
+
+
+def test_retry_waits_for_the_servers_retry_hint(tiny_models_dir):
+    """A full queue answers RESOURCE_EXHAUSTED with a RetryInfo delay; the client waits and succeeds."""
+    import threading
+
+    from conftest import start_server
+
+    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), max_queue_items=4, inline_max_tokens=0)
+    sched = s.server.registry.models["tiny-embed"].scheduler
+    real, gate = sched.engine, threading.Event()
+
+    class Held:
+        manifest, needs_type_ids = real.manifest, real.needs_type_ids
+
+        def infer(self, ids, mask, type_ids):
+            gate.wait(30)
+            return real.infer(ids, mask, type_ids)
+
+    sched.engine = Held()
+    try:
+        blocker = threading.Thread(target=lambda: s.embedder.Embed(pb.EmbedRequest(inputs=["a"])))
+        blocker.start()
+        while not sched._busy:
+            pass
+        filler = threading.Thread(target=lambda: s.embedder.Embed(pb.EmbedRequest(inputs=["b"] * 4)))
+        filler.start()
+        while sched.queued() < 4:
+            pass
+        threading.Timer(0.3, gate.set).start()  # the queue drains after 0.3 s
+        with Client(s.address, retries=20) as c:
+            out = c.embed(["x", "y"])  # refused at first (queue full), then served
+        assert out.shape == (2, 32)
+        blocker.join(30)
+        filler.join(30)
+    finally:
+        gate.set()
+        sched.engine = real
+        s.stop()
+
+
+def test_round_robin_over_three_replicas_survives_one_killed(tiny_models_dir):
+    import re
+    import signal
+    import threading
+    import urllib.request
+
+    procs, ports, metrics = [], [], []
+    try:
+        for _ in range(3):
+            p = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port", "0",
+                                  "--models-dir", str(tiny_models_dir), "--models", "tiny-embed"],
+                                 stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+        for p in procs:
+            port = mport = None
+            for line in p.stderr:
+                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+                port = int(m.group(1)) if m else port
+                m = re.search(r"metrics on http://127\.0\.0\.1:(\d+)", line)
+                mport = int(m.group(1)) if m else mport
+                if "ready" in line:
+                    break
+            threading.Thread(target=lambda p=p: [None for _ in p.stderr], daemon=True).start()
+            ports.append(port)
+            metrics.append(mport)
+
+        def served(i: int) -> float:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics[i]}/metrics", timeout=10).read().decode()
+            m = re.search(r'ember_requests_total\{code="OK",model="tiny-embed",rpc="Embed"\} ([\d.]+)', text)
+            return float(m.group(1)) if m else 0.0
+
+        answered = 0
+        with Client([f"127.0.0.1:{p}" for p in ports], timeout=30) as c:
+            c.wait_until_serving()
+            for i in range(90):
+                assert c.embed([f"request {i}"]).shape == (1, 32)
+                answered += 1
+            spread = [served(i) for i in range(3)]
+            assert all(n > 0 for n in spread) and sum(spread) == 90  # every replica took a share
+            procs[1].send_signal(signal.SIGKILL)  # one replica dies, mid-run, without a goodbye
+            procs[1].wait(10)
+            for i in range(90, 300):
+                assert c.embed([f"request {i}"]).shape == (1, 32)  # retries carry the calls that hit it
+                answered += 1
+        survivors = [served(0), served(2)]
+        print(f"\nround robin: {answered} answered; spread before the kill {spread}, survivors after {survivors}")
+        assert answered == 300 and sum(survivors) == 300 - spread[1]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from dataclasses import dataclass
 from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
@@ -16,7 +17,75 @@ from ember.v1 import ember_pb2_grpc as pb_grpc
 _INPUT_TYPE = {None: pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
 _PRIORITY = {"realtime": pb.PRIORITY_REALTIME, "bulk": pb.PRIORITY_BULK}
 _DIRECTION = {"right": pb.TRUNCATION_DIRECTION_RIGHT, "left": pb.TRUNCATION_DIRECTION_LEFT}
-_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.lb_policy_name", "round_robin")]  # every address a target resolves to gets calls in turn
+# Worth another try: refused or overloaded (the server's RetryInfo says when), or cut off while a
+# replica shut down. Embed and Rerank are idempotent, so a retry never does harm.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED)
+
+
+def channel_target(target: str | Sequence[str]) -> str:
+    """A gRPC target for one address, a `dns:///name:port` (all its A records), or a list of
+    "ip:port" replicas (the `ipv4:`/`ipv6:` schemes), which the channel balances round-robin."""
+    if isinstance(target, str):
+        return target
+    addresses = list(target)
+    if len(addresses) == 1:
+        return addresses[0]
+    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:" + ",".join(addresses)
+
+
+def retry_delay(err: grpc.RpcError, attempt: int, backoff: float) -> float:
+    """The server's RetryInfo delay when it sent one, else exponential backoff with jitter."""
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        status = rpc_status.from_call(err)
+        for detail in status.details if status else ():
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return info.retry_delay.ToTimedelta().total_seconds()
+    except Exception:  # no grpc-status package, or no details: fall back to backoff
+        pass
+    return min(backoff * (2 ** attempt), 2.0) * (0.5 + random.random() / 2)
+
+
+def _call_with_retries(client, fn, req):
+    """Call fn(req); retry RETRYABLE codes up to client.retries times, within client.timeout overall."""
+    end = None if client.timeout is None else time.monotonic() + client.timeout
+    attempt = 0
+    while True:
+        remaining = None if end is None else max(0.001, end - time.monotonic())
+        try:
+            return fn(req, timeout=remaining, metadata=client.metadata)
+        except grpc.RpcError as e:
+            if e.code() not in RETRYABLE or attempt >= client.retries:
+                raise
+            delay = retry_delay(e, attempt, client.backoff)
+            if end is not None and time.monotonic() + delay >= end:
+                raise
+            time.sleep(delay)
+            attempt += 1
+
+
+async def _acall_with_retries(client, fn, req):
+    end = None if client.timeout is None else time.monotonic() + client.timeout
+    attempt = 0
+    while True:
+        remaining = None if end is None else max(0.001, end - time.monotonic())
+        try:
+            return await fn(req, timeout=remaining, metadata=client.metadata)
+        except grpc.RpcError as e:
+            if e.code() not in RETRYABLE or attempt >= client.retries:
+                raise
+            delay = retry_delay(e, attempt, client.backoff)
+            if end is not None and time.monotonic() + delay >= end:
+                raise
+            await asyncio.sleep(delay)
+            attempt += 1
 
 
 @dataclass(frozen=True)
@@ -98,10 +167,12 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def _attach(client, channel, api_key: str | None, timeout: float | None) -> None:
+def _attach(client, channel, api_key: str | None, timeout: float | None, retries: int = 4,
+            backoff: float = 0.05) -> None:
     """The channel, call options and stubs that Client and AsyncClient share."""
     client.channel = channel
     client.timeout = timeout
+    client.retries, client.backoff = retries, backoff
     client.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     client._embedder = pb_grpc.EmbedderStub(channel)
     client._reranker = pb_grpc.RerankerStub(channel)
@@ -110,11 +181,21 @@ def _attach(client, channel, api_key: str | None, timeout: float | None) -> None
 
 
 class Client:
-    """Blocking client. `target` is any gRPC target: "host:port", "dns:///name:port", …"""
+    """Blocking client.
 
-    def __init__(self, target: str = "localhost:50051", *, channel: grpc.Channel | None = None,
-                 api_key: str | None = None, timeout: float | None = 60.0):
-        _attach(self, channel or grpc.insecure_channel(target, options=_OPTIONS), api_key, timeout)
+    `target`: "host:port", "dns:///name:port" (every address of the name), or a list of "ip:port"
+    replicas; calls are spread round-robin over the ones that answer. Embed and Rerank retry
+    UNAVAILABLE, RESOURCE_EXHAUSTED (after the server's retry hint) and CANCELLED up to `retries`
+    times with backoff, within `timeout` seconds in all. `embed` of more than `chunk_size` texts
+    goes over one EmbedStream in chunks.
+    """
+
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.Channel | None = None,
+                 api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
+                 chunk_size: int = 256):
+        channel = channel or grpc.insecure_channel(channel_target(target), options=_OPTIONS)
+        _attach(self, channel, api_key, timeout, retries, backoff)
+        self.chunk_size = chunk_size
 
     def __enter__(self) -> "Client":
         return self
@@ -128,10 +209,16 @@ class Client:
     def embed(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None, prompt_name: str = "",
               normalize: bool | None = None, dimensions: int = 0, truncate: bool | None = None,
               truncation_direction: str = "right", priority: str = "realtime", request_id: str = "") -> np.ndarray:
-        """Embed texts; returns float32 [len(texts), dimensions]."""
+        """Embed texts; returns float32 [len(texts), dimensions] (many texts: chunked over a stream)."""
+        if len(texts) > self.chunk_size:
+            parts = list(self.embed_stream(texts, batch_size=self.chunk_size, model=model, input_type=input_type,
+                                           prompt_name=prompt_name, normalize=normalize, dimensions=dimensions,
+                                           truncate=truncate, truncation_direction=truncation_direction,
+                                           priority=priority))
+            return np.concatenate(parts)
         req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
                              truncation_direction, priority, request_id)
-        return embeddings_array(self._embedder.Embed(req, timeout=self.timeout, metadata=self.metadata))
+        return embeddings_array(_call_with_retries(self, self._embedder.Embed, req))
 
     def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, **options) -> Iterator[np.ndarray]:
         """Feed an iterable of any size through EmbedStream; yields one array per batch, in order."""
@@ -145,7 +232,7 @@ class Client:
         """Score documents against query; best first."""
         req = _rerank_request(query, documents, model, top_n, return_documents, raw_scores, truncate, priority,
                               request_id)
-        return _hits(self._reranker.Rerank(req, timeout=self.timeout, metadata=self.metadata))
+        return _hits(_call_with_retries(self, self._reranker.Rerank, req))
 
     def list_models(self) -> list[ModelFacts]:
         return _facts(self._models.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata))
@@ -173,9 +260,10 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as `Client`, awaitable."""
 
-    def __init__(self, target: str = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
-                 api_key: str | None = None, timeout: float | None = 60.0):
-        _attach(self, channel or grpc.aio.insecure_channel(target, options=_OPTIONS), api_key, timeout)
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
+                 api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05):
+        channel = channel or grpc.aio.insecure_channel(channel_target(target), options=_OPTIONS)
+        _attach(self, channel, api_key, timeout, retries, backoff)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -192,7 +280,7 @@ class AsyncClient:
                     request_id: str = "") -> np.ndarray:
         req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
                              truncation_direction, priority, request_id)
-        return embeddings_array(await self._embedder.Embed(req, timeout=self.timeout, metadata=self.metadata))
+        return embeddings_array(await _acall_with_retries(self, self._embedder.Embed, req))
 
     async def embed_stream(self, texts: Iterable[str] | AsyncIterable[str], *, batch_size: int = 64,
                            **options) -> AsyncIterator[np.ndarray]:
@@ -218,7 +306,7 @@ class AsyncClient:
                      priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
         req = _rerank_request(query, documents, model, top_n, return_documents, raw_scores, truncate, priority,
                               request_id)
-        return _hits(await self._reranker.Rerank(req, timeout=self.timeout, metadata=self.metadata))
+        return _hits(await _acall_with_retries(self, self._reranker.Rerank, req))
 
     async def list_models(self) -> list[ModelFacts]:
         return _facts(await self._models.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
