@@ -527,33 +527,30 @@ class AdminServicer(pb_grpc.AdminServicer):
             resp.model.CopyFrom(infos[name])
         return resp
 
-    async def _run(self, context, what: str, work):
-        rid = request_id_of("", context)
+    async def _guarded(self, context, rpc: str, request, op: Callable[[str], Awaitable]):
+        """Run op(model name) under `guarded`, the request's body checked inside it too."""
+        async def work():
+            return await op(parsed(request).name)
 
-        async def op():
-            await work
-            return None
-
-        await guarded(context, rid, what, op())
+        return await guarded(context, request_id_of("", context), rpc, work())
 
     async def LoadModel(self, request, context):
-        await self._run(context, "LoadModel", self.server.load_model(parsed(request).name))
+        await self._guarded(context, "LoadModel", request, self.server.load_model)
         return self._info(request.name)
 
     async def ReloadModel(self, request, context):
-        await self._run(context, "ReloadModel", self.server.reload_model(parsed(request).name))
+        await self._guarded(context, "ReloadModel", request, self.server.reload_model)
         return self._info(request.name)
 
     async def UnloadModel(self, request, context):
-        await self._run(context, "UnloadModel", self.server.unload_model(parsed(request).name))
+        await self._guarded(context, "UnloadModel", request, self.server.unload_model)
         return pb.ModelResponse(name=request.name)
 
     async def Rescan(self, request, context):
-        out = {}
+        async def work():
+            parsed(request)
+            return await self.server.rescan()
 
-        async def op():
-            out.update(await self.server.rescan())
-
-        await guarded(context, request_id_of("", context), "Rescan", op())
+        out = await guarded(context, request_id_of("", context), "Rescan", work())
         return pb.RescanResponse(loaded=out["loaded"], reloaded=out["reloaded"], unloaded=out["unloaded"],
                                  refused=out["refused"])

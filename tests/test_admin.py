@@ -179,3 +179,18 @@ def test_sighup_rescans_the_models_directory(live_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_corrupt_admin_request_is_invalid_argument_naming_the_message(live_dir):
+    d, _, _ = live_dir
+    s = start_server(models_dir=str(d), admin_api_keys=("admin-key",))
+    try:
+        for method in ("LoadModel", "ReloadModel", "UnloadModel", "Rescan"):
+            call = s.channel.unary_unary(f"/ember.v1.Admin/{method}", request_serializer=None,
+                                         response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as e:
+                call(b"\xff\xff\xff", metadata=ADMIN, timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "request" in e.value.details() and "not a valid ember.v1." in e.value.details()
+    finally:
+        s.stop()
