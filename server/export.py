@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 OPTIMUM_TASK = {"embed": "feature-extraction", "rerank": "text-classification"}
 OUTPUT = {"embed": "last_hidden_state", "rerank": "logits"}
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "doc", "corpus")
-# Files the served model directory keeps (the tokenizer's and the model's description).
 GEMMA_MATRYOSHKA = (768, 512, 256, 128)
 # sentence-transformers pooling modes → ember's (the flag names of the older config form, in the
 # order sentence-transformers itself checks them)
 ST_POOLING = {"cls": "cls", "cls_token": "cls", "lasttoken": "last", "mean": "mean", "mean_tokens": "mean",
               "max": "max", "max_tokens": "max"}
 ST_POOLING_FLAGS = ("cls_token", "max_tokens", "mean_tokens", "lasttoken", "mean_sqrt_len_tokens", "weightedmean_tokens")
+# Files the served model directory keeps (the tokenizer's and the model's description).
 KEEP = ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -73,7 +73,6 @@ def sentence_transformers_config(src: Path) -> dict:
         elif kind == "Dense":
             out.setdefault("dense", []).append(mod.get("path", ""))
     if modules:
-        out["modules"] = modules
         out.setdefault("normalize", False)
     sbert = _read_json(src / "sentence_bert_config.json")
     if sbert.get("max_seq_length"):
@@ -154,7 +153,7 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
                 if (src_path / f).is_file():
                     shutil.copy2(src_path / f, tmp_path / f)
             try:
-                fields = families.export(src_path, tmp_path, family, st.get("modules", []))
+                fields = families.export(src_path, tmp_path, family, st.get("dense", []))
             except families.FamilyError as e:
                 raise ExportError(f"{src}: {e}") from e
         else:

@@ -89,17 +89,15 @@ def _positions(mask):
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _dense_layers(src: Path, modules: list[dict]):
-    """The sentence-transformers Dense modules after pooling, as torch modules, in order."""
+def _dense_layers(src: Path, dense_paths: list[str]):
+    """The sentence-transformers Dense modules after pooling (their directories, in order), as torch modules."""
     import torch
     from safetensors.torch import load_file
 
     acts = {"torch.nn.modules.linear.Identity": torch.nn.Identity(), "torch.nn.modules.activation.Tanh": torch.nn.Tanh()}
     layers = []
-    for mod in modules:
-        if mod.get("type", "").rsplit(".", 1)[-1] != "Dense":
-            continue
-        path = src / mod["path"]
+    for rel in dense_paths:
+        path = src / rel
         cfg = json.loads((path / "config.json").read_text())
         act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
         if act not in acts:
@@ -159,7 +157,7 @@ def _wrappers():
     return Qwen3Hidden, Qwen3YesNo, GemmaEmbedding
 
 
-def export(src: Path, out_dir: Path, family: str, modules: list[dict]) -> dict:
+def export(src: Path, out_dir: Path, family: str, dense_paths: list[str]) -> dict:
     """Write `out_dir/model.onnx` for a custom family; return the manifest fields it implies."""
     import torch
     from tokenizers import Tokenizer
@@ -186,7 +184,7 @@ def export(src: Path, out_dir: Path, family: str, modules: list[dict]) -> dict:
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(src, attn_implementation="eager", dtype=torch.float32)
-        dense = _dense_layers(src, modules)
+        dense = _dense_layers(src, dense_paths)
         model = GemmaEmbedding(backbone, dense, int(backbone.config.sliding_window or 0))
         output, shape = "sentence_embedding", {0: "batch"}
         probe = model(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))

@@ -56,9 +56,6 @@ class Registry:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- discovery and loading --------------------------------------------------------------
-    def discover(self, models_dir: Path | None) -> list[Path]:
-        return list(self.discover_named(models_dir).values())
-
     def discover_named(self, models_dir: Path | None) -> dict[str, Path]:
         """Model name → directory: every subdirectory of models_dir, and the TOML file's
         [models.NAME] paths; only those named by --models when it is given."""
@@ -71,15 +68,12 @@ class Registry:
         for mc in self.settings.model_configs:
             if mc.path:
                 found[mc.name] = Path(mc.path)
-            elif mc.name not in found:
-                where = models_dir / mc.name if models_dir is not None else "(no models_dir and no path)"
-                self.errors[mc.name] = f"model {mc.name!r} is configured but {where} does not exist"
-                log.error(self.errors[mc.name])
-        dirs = {name: p for name, p in sorted(found.items()) if not wanted or name in wanted}
-        for name in sorted(wanted - set(found)):
-            self.errors[name] = f"model {name!r} is configured but {models_dir / name if models_dir else name} " \
-                                "does not exist"
+        named = wanted | {mc.name for mc in self.settings.model_configs}
+        for name in sorted(named - set(found)):
+            where = models_dir / name if models_dir is not None else "(no models_dir and no path)"
+            self.errors[name] = f"model {name!r} is configured but {where} does not exist"
             log.error(self.errors[name])
+        dirs = {name: p for name, p in sorted(found.items()) if not wanted or name in wanted}
         return dirs
 
     # ---- live changes (admin RPCs, SIGHUP) ---------------------------------------------------
@@ -153,12 +147,8 @@ class Registry:
         )
         scheduler.metrics = self.metrics
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
-        if not register:
-            return model
-        with self._lock:
-            self.models[name] = model
-            self.errors.pop(name, None)
-        self._changed()
+        if register:
+            self.swap_in(model)
         return model
 
     @staticmethod

@@ -104,9 +104,7 @@ class ModelScheduler:
 
     def submit(self, items: list[Tokenized], *, priority: int, deadline: float | None) -> Job:
         """Queue a job; `job.future` resolves to its results array (rows in input order)."""
-        loop = asyncio.get_running_loop()
-        job = Job(items=items, priority=priority, deadline=deadline, loop=loop, future=loop.create_future(),
-                  remaining=len(items))
+        job = _new_job(items, priority, deadline)
         with self._cond:
             if self._stopping:
                 raise Unavailable("the model is being unloaded")
@@ -132,9 +130,7 @@ class ModelScheduler:
         if priority != REALTIME or not items or \
                 max(t.tokens for t in items) * len(items) > self.inline_max_tokens:
             return None
-        loop = asyncio.get_running_loop()
-        job = Job(items=items, priority=priority, deadline=None, loop=loop, future=loop.create_future(),
-                  remaining=len(items))
+        job = _new_job(items, priority, None)
         with self._cond:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None
@@ -146,11 +142,7 @@ class ModelScheduler:
             job.failed = True
             job.future.set_exception(e)
         finally:
-            with self._cond:
-                self._busy -= 1
-                self.idle_since = time.monotonic()
-                if self.queued():
-                    self._cond.notify()
+            self._batch_done()
         return job
 
     def stop(self) -> None:
@@ -173,9 +165,15 @@ class ModelScheduler:
                 for it in batch:
                     self._fail(it.job, e)
             finally:
-                with self._cond:
-                    self._busy -= 1
-                    self.idle_since = time.monotonic()
+                self._batch_done()
+
+    def _batch_done(self) -> None:
+        """A batch (worker or inline) has ended: the model is idle from now unless more is queued."""
+        with self._cond:
+            self._busy -= 1
+            self.idle_since = time.monotonic()
+            if self.queued():
+                self._cond.notify()
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
@@ -283,6 +281,12 @@ class ModelScheduler:
             return
         job.failed = True
         _post(job.loop, _reject, job.future, err)
+
+
+def _new_job(items: list[Tokenized], priority: int, deadline: float | None) -> Job:
+    loop = asyncio.get_running_loop()
+    return Job(items=items, priority=priority, deadline=deadline, loop=loop, future=loop.create_future(),
+               remaining=len(items))
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:

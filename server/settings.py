@@ -219,8 +219,9 @@ class Settings:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
 
-def model_config(self_or_settings: "Settings", name: str) -> ModelConfig:
-    for mc in self_or_settings.model_configs:
+def model_config(settings: "Settings", name: str) -> ModelConfig:
+    """The [models.NAME] table for `name`, or an empty one (every field: the server's default)."""
+    for mc in settings.model_configs:
         if mc.name == name:
             return mc
     return ModelConfig(name=name)

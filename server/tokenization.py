@@ -90,7 +90,6 @@ class ModelTokenizer:
                     raise self._too_long("documents", i, pairs[i])
         return out
 
-
     def _encode_template(self, query: str, documents: list[str], *, truncate: bool, direction: str,
                          instruction: str) -> list[Tokenized]:
         body = self.template["body"]

@@ -231,29 +231,9 @@ def test_mutual_tls_rejects_a_client_without_a_certificate(tiny_models_dir, pki)
 
 
 def _tls_server(models_dir, pki, mutual: bool):
-    import asyncio
-
-    from conftest import ServerThread
-    from ember.settings import Settings
-
-    settings = Settings(host="127.0.0.1", port=0, models_dir=str(models_dir), models=("tiny-embed",),
-                        tls_cert=str(pki["server"][0]), tls_key=str(pki["server"][1]),
-                        tls_client_ca=str(pki["ca"][0]) if mutual else "")
-
-    class TlsServerThread(ServerThread):  # the fixture's insecure channel cannot talk to it
-        def __init__(self, settings):
-            self.settings = settings
-            self.loop = asyncio.new_event_loop()
-            import threading
-            self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-            self.thread.start()
-            self.server = self.call(self._start())
-            self.port = self.server.port
-            self.address = f"127.0.0.1:{self.port}"
-            self.channel = grpc.insecure_channel(self.address)  # unused; closed on stop
-            self.call(asyncio.wait_for(self.server.loaded.wait(), 120), 130)
-
-    return TlsServerThread(settings)
+    # The fixture's own (plaintext) channel is never used here; the tests make secure ones.
+    return start_server(models_dir=str(models_dir), models=("tiny-embed",), tls_cert=str(pki["server"][0]),
+                        tls_key=str(pki["server"][1]), tls_client_ca=str(pki["ca"][0]) if mutual else "")
 
 
 def test_message_size_limit(tiny_models_dir):

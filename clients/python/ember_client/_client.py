@@ -53,39 +53,51 @@ def retry_delay(err: grpc.RpcError, attempt: int, backoff: float) -> float:
     return min(backoff * (2 ** attempt), 2.0) * (0.5 + random.random() / 2)
 
 
+class _RetryBudget:
+    """One call's retries: at most `client.retries` more attempts, all within `client.timeout`."""
+
+    def __init__(self, client):
+        self.client = client
+        self.end = None if client.timeout is None else time.monotonic() + client.timeout
+        self.attempt = 0
+
+    def remaining(self) -> float | None:
+        return None if self.end is None else max(0.001, self.end - time.monotonic())
+
+    def next_delay(self, err: grpc.RpcError) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up and raise `err`."""
+        if err.code() not in RETRYABLE or self.attempt >= self.client.retries:
+            return None
+        delay = retry_delay(err, self.attempt, self.client.backoff)
+        if self.end is not None and time.monotonic() + delay >= self.end:
+            return None
+        self.attempt += 1
+        return delay
+
+
 def _call_with_retries(client, fn, req):
     """Call fn(req); retry RETRYABLE codes up to client.retries times, within client.timeout overall."""
-    end = None if client.timeout is None else time.monotonic() + client.timeout
-    attempt = 0
+    budget = _RetryBudget(client)
     while True:
-        remaining = None if end is None else max(0.001, end - time.monotonic())
         try:
-            return fn(req, timeout=remaining, metadata=client.metadata)
+            return fn(req, timeout=budget.remaining(), metadata=client.metadata)
         except grpc.RpcError as e:
-            if e.code() not in RETRYABLE or attempt >= client.retries:
-                raise
-            delay = retry_delay(e, attempt, client.backoff)
-            if end is not None and time.monotonic() + delay >= end:
+            delay = budget.next_delay(e)
+            if delay is None:
                 raise
             time.sleep(delay)
-            attempt += 1
 
 
 async def _acall_with_retries(client, fn, req):
-    end = None if client.timeout is None else time.monotonic() + client.timeout
-    attempt = 0
+    budget = _RetryBudget(client)
     while True:
-        remaining = None if end is None else max(0.001, end - time.monotonic())
         try:
-            return await fn(req, timeout=remaining, metadata=client.metadata)
+            return await fn(req, timeout=budget.remaining(), metadata=client.metadata)
         except grpc.RpcError as e:
-            if e.code() not in RETRYABLE or attempt >= client.retries:
-                raise
-            delay = retry_delay(e, attempt, client.backoff)
-            if end is not None and time.monotonic() + delay >= end:
+            delay = budget.next_delay(e)
+            if delay is None:
                 raise
             await asyncio.sleep(delay)
-            attempt += 1
 
 
 @dataclass(frozen=True)
