@@ -59,7 +59,7 @@ class Settings:
     max_inputs_per_request: int = field(default=1024, metadata={"help": "inputs per Embed / documents per Rerank"})
     max_batch_tokens: int = field(default=16384, metadata={"help": "padded tokens in one inference batch"})
     bulk_max_batch_tokens: int = field(
-        default=512, metadata={"help": "padded tokens in one BULK batch (small: REALTIME waits at most one)"}
+        default=256, metadata={"help": "padded tokens in one BULK batch (small: REALTIME waits at most one)"}
     )
     batch_overhead_tokens: int = field(
         default=32, metadata={"help": "fixed cost of one inference run, in tokens (trades batch size for padding)"}
