@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
@@ -136,10 +137,11 @@ def _embed_request(texts: Sequence[str], model: str, input_type: str | None, pro
 
 
 def _rerank_request(query: str, documents: Sequence[str], model: str, top_n: int, return_documents: bool,
-                    raw_scores: bool, truncate: bool | None, priority: str, request_id: str) -> pb.RerankRequest:
+                    raw_scores: bool, truncate: bool | None, priority: str, request_id: str,
+                    instruction: str = "") -> pb.RerankRequest:
     req = pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n,
                            return_documents=return_documents, raw_scores=raw_scores, priority=_PRIORITY[priority],
-                           request_id=request_id)
+                           request_id=request_id, instruction=instruction)
     if truncate is not None:
         req.truncate = truncate
     return req
@@ -232,18 +234,39 @@ class Client:
                              truncation_direction, priority, request_id)
         return embeddings_array(_call_with_retries(self, self._embedder.Embed, req))
 
-    def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, **options) -> Iterator[np.ndarray]:
-        """Feed an iterable of any size through EmbedStream; yields one array per batch, in order."""
-        requests = (_stream_request(chunk, i, options) for i, chunk in enumerate(_chunks(texts, batch_size)))
-        for resp in self._embedder.EmbedStream(requests, metadata=self.metadata):
-            yield embeddings_array(resp)
+    def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, window: int = 32,
+                     **options) -> Iterator[np.ndarray]:
+        """Feed an iterable of any size through EmbedStream; yields one array per batch, in order.
+
+        At most `window` messages are sent ahead of the answers: grpc's sync client would otherwise
+        drain `texts` into its own buffers as fast as it can read them.
+        """
+        slots = threading.Semaphore(window)
+        done = threading.Event()
+
+        def requests():
+            for i, chunk in enumerate(_chunks(texts, batch_size)):
+                while not slots.acquire(timeout=0.1):
+                    if done.is_set():
+                        return
+                yield _stream_request(chunk, i, options)
+
+        call = self._embedder.EmbedStream(requests(), metadata=self.metadata)
+        try:
+            for resp in call:
+                slots.release()
+                yield embeddings_array(resp)
+        finally:
+            done.set()
+            call.cancel()
 
     def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
                return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
-               priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
-        """Score documents against query; best first."""
+               priority: str = "realtime", request_id: str = "", instruction: str = "") -> list[RerankHit]:
+        """Score documents against query; best first. `instruction` replaces an instruction-following
+        reranker's default task (Qwen3-Reranker)."""
         req = _rerank_request(query, documents, model, top_n, return_documents, raw_scores, truncate, priority,
-                              request_id)
+                              request_id, instruction)
         return _hits(_call_with_retries(self, self._reranker.Rerank, req))
 
     def list_models(self) -> list[ModelFacts]:
@@ -315,9 +338,9 @@ class AsyncClient:
 
     async def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
                      return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
-                     priority: str = "realtime", request_id: str = "") -> list[RerankHit]:
+                     priority: str = "realtime", request_id: str = "", instruction: str = "") -> list[RerankHit]:
         req = _rerank_request(query, documents, model, top_n, return_documents, raw_scores, truncate, priority,
-                              request_id)
+                              request_id, instruction)
         return _hits(await _acall_with_retries(self, self._reranker.Rerank, req))
 
     async def list_models(self) -> list[ModelFacts]:
