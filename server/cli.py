@@ -1,4 +1,4 @@
-"""`ember serve` and `ember export`."""
+"""`ember serve`, `ember export`, and the bulk jobs `ember embed` / `ember rerank`."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,53 @@ def _export_parser(sub) -> None:
                                              "(amx, vnni, avx512, avx2, arm64, generic; default: this machine's)")
 
 
+def _bulk_common(p) -> None:
+    p.add_argument("-o", "--output", required=True, help="where to write the result (its extension picks the format)")
+    p.add_argument("--server", default="", help="host:port (or dns:///name:port, or a comma-separated list) of "
+                                                 "a running server; default: an in-process server")
+    p.add_argument("--models-dir", default="", help="in-process server: the models directory (default: the "
+                                                     "embedded all-MiniLM-L6-v2)")
+    p.add_argument("--config", default="", help="in-process server: a TOML settings file")
+    p.add_argument("--model", default="", help="model name (default: the server's default)")
+    p.add_argument("--api-key", default=os.environ.get("EMBER_API_KEY", ""), help="bearer key [env EMBER_API_KEY]")
+    p.add_argument("--input-format", default="", choices=["", "jsonl", "csv", "tsv", "parquet", "txt"],
+                   help="default: from the extension")
+    p.add_argument("--text-field", default="text", help="field / column holding the text")
+    p.add_argument("--id-field", default="id", help="field / column holding the id (default: the row number)")
+    p.add_argument("--retries", type=int, default=5, help="times to reconnect when the server goes away")
+    p.add_argument("--restart", action="store_true", help="discard a previous run's finished chunks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _embed_parser(sub) -> None:
+    p = sub.add_parser("embed", help="embed a JSONL/CSV/Parquet file into .npy or Parquet (resumable)",
+                       description="Embed every text of a file through an ember server; an interrupted run "
+                                   "resumes from its last finished chunk when run again.")
+    p.add_argument("input", help="JSONL, CSV/TSV, Parquet or plain text (one text per line)")
+    _bulk_common(p)
+    p.add_argument("--input-type", default=None, choices=["query", "document"], help="the model's prompt to use")
+    p.add_argument("--prompt-name", default="", help="a named prompt of the model")
+    p.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per stream message")
+    p.add_argument("--chunk-size", type=int, default=1024, help="texts per saved chunk (multiple of --batch-size)")
+
+
+def _rerank_parser(sub) -> None:
+    p = sub.add_parser("rerank", help="score every query of a file against a document file (resumable)",
+                       description="Rerank all documents for each query. .npy output: the [queries, documents] "
+                                   "score matrix; .parquet/.jsonl: the --top-n rows per query.")
+    p.add_argument("queries", help="queries file (any input format)")
+    p.add_argument("documents", help="documents file (any input format)")
+    _bulk_common(p)
+    p.add_argument("--query-field", default="text", help="field / column of the queries file holding the query")
+    p.add_argument("--top-n", type=int, default=10, help="rows per query in .parquet/.jsonl output (0 = all)")
+    p.add_argument("--raw-scores", action="store_true", help="logits instead of sigmoid scores")
+    p.add_argument("--instruction", default="", help="task instruction (instruction-following rerankers)")
+    p.add_argument("--docs-per-request", type=int, default=256, help="documents per Rerank call")
+    p.add_argument("--concurrency", type=int, default=4, help="Rerank calls in flight")
+    p.add_argument("--chunk-size", type=int, default=16, help="queries per saved chunk")
+
+
 async def _serve(settings: settings_mod.Settings) -> None:
     from .app import create_server
 
@@ -72,7 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _export_parser(sub)
+    _embed_parser(sub)
+    _rerank_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command in ("embed", "rerank"):
+        from . import bulk
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+        if "," in args.server:
+            args.server = [a.strip() for a in args.server.split(",") if a.strip()]
+        try:
+            print(bulk.embed(args) if args.command == "embed" else bulk.rerank(args))
+        except bulk.BulkError as e:
+            print(f"ember {args.command}: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"ember {args.command}: interrupted; finished chunks are kept, run the same command again "
+                  "to resume", file=sys.stderr)
+            return 130
+        return 0
 
     if args.command == "serve":
         # ember's tokenizer threads are the parallelism; HF tokenizers' own thread pool would only

@@ -1,0 +1,419 @@
+"""`ember embed` and `ember rerank`: bulk jobs over files, streamed through a server, resumable.
+
+    ember embed corpus.jsonl -o vectors.npy --server host:50051        # a running server
+    ember embed corpus.parquet -o vectors.parquet --text-field body     # an in-process server
+    ember rerank queries.jsonl docs.jsonl -o ranked.parquet --top-n 10
+
+The input is cut into chunks of `--chunk-size` rows. Each finished chunk is saved at once under
+`OUTPUT.partial/` (written to a temporary name, then renamed, so a chunk file is complete or
+absent); an interrupted run (Ctrl-C, a killed process, a server gone for longer than the retries)
+rerun with the same command skips the chunks already there and sends only the rest. When all
+chunks are there they are assembled into OUTPUT and the partial directory is removed. The job's
+identity (input file size and mtime, options) is recorded in `OUTPUT.partial/job.json`: a
+partial directory left by a different job is refused instead of mixed in.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+FORMATS = ("jsonl", "csv", "tsv", "parquet", "txt")
+
+
+class BulkError(Exception):
+    """A problem with the job's input, output or options (exit status 2)."""
+
+
+# ---- input ----------------------------------------------------------------------------------
+@dataclass
+class Records:
+    ids: list[str]
+    texts: list[str]
+
+
+def input_format(path: Path, fmt: str = "") -> str:
+    if fmt:
+        return fmt
+    ext = path.suffix.lower().lstrip(".")
+    fmt = {"ndjson": "jsonl", "json": "jsonl", "text": "txt"}.get(ext, ext)
+    if fmt not in FORMATS:
+        raise BulkError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+                        f"pass --input-format ({', '.join(FORMATS)})")
+    return fmt
+
+
+def read_records(path: Path, fmt: str = "", text_field: str = "text", id_field: str = "id") -> Records:
+    """Texts and their ids (the `id_field` value where present, else the row number from 0)."""
+    if not path.is_file():
+        raise BulkError(f"{path}: no such file")
+    fmt = input_format(path, fmt)
+    ids: list[str] = []
+    texts: list[str] = []
+
+    def add(row: int, text, rid, where: str) -> None:
+        if not isinstance(text, str):
+            raise BulkError(f"{where}: field {text_field!r} is missing or not a string")
+        texts.append(text)
+        ids.append(str(row) if rid is None else str(rid))
+
+    if fmt == "txt":
+        with open(path, encoding="utf-8") as f:
+            for row, line in enumerate(f):
+                add(row, line.rstrip("\n"), None, f"{path}:{row + 1}")
+    elif fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            row = 0
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BulkError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise BulkError(f"{path}:{n}: expected a JSON object with a {text_field!r} field")
+                add(row, obj.get(text_field), obj.get(id_field), f"{path}:{n}")
+                row += 1
+    elif fmt in ("csv", "tsv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
+            if text_field not in (reader.fieldnames or []):
+                raise BulkError(f"{path}: no column {text_field!r} (columns: {reader.fieldnames})")
+            for row, rec in enumerate(reader):
+                add(row, rec[text_field], rec.get(id_field), f"{path}:{row + 2}")
+    else:  # parquet
+        pq = _pyarrow_parquet()
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise BulkError(f"{path}: no column {text_field!r} (columns: {table.column_names})")
+        col = table.column(text_field).to_pylist()
+        id_col = table.column(id_field).to_pylist() if id_field in table.column_names else [None] * len(col)
+        for row, (text, rid) in enumerate(zip(col, id_col)):
+            add(row, text, rid, f"{path}: row {row}")
+    return Records(ids, texts)
+
+
+def _pyarrow_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BulkError("Parquet needs pyarrow: pip install 'ember[bulk]'") from None
+    return pq
+
+
+# ---- output ---------------------------------------------------------------------------------
+def output_kind(path: Path, allowed: Sequence[str]) -> str:
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in allowed:
+        raise BulkError(f"{path}: the output must end in {' or '.join('.' + a for a in allowed)}")
+    return kind
+
+
+def ids_path(out: Path) -> Path:
+    """Where the ids of an .npy output go: beside it, as a JSON array (row i of the array = ids[i])."""
+    return out.with_name(out.stem + ".ids.json")
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_embeddings(out: Path, kind: str, ids: list[str], vectors: np.ndarray) -> None:
+    if kind == "npy":
+        _atomic(ids_path(out), lambda p: p.write_text(json.dumps(ids), encoding="utf-8"))
+        _atomic(out, lambda p: np.save(open(p, "wb"), vectors))
+        return
+    pa = _pyarrow()
+    dim = vectors.shape[1]
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+    table = pa.table({"id": pa.array(ids, type=pa.string()), "embedding": emb})
+    _atomic(out, lambda p: _pyarrow_parquet().write_table(table, p))
+
+
+def _pyarrow():
+    _pyarrow_parquet()
+    import pyarrow as pa
+    return pa
+
+
+# ---- resumable chunks -----------------------------------------------------------------------
+class Chunks:
+    """The chunk files of one job under OUTPUT.partial/."""
+
+    def __init__(self, out: Path, n: int, chunk_size: int, identity: dict, restart: bool):
+        self.dir = out.with_name(out.name + ".partial")
+        self.n, self.size = n, chunk_size
+        self.count = (n + chunk_size - 1) // chunk_size
+        job = self.dir / "job.json"
+        if self.dir.exists() and restart:
+            self.clear()
+        if job.is_file():
+            recorded = json.loads(job.read_text())
+            if recorded != identity:
+                changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+                raise BulkError(f"{self.dir} holds a different job (changed: {', '.join(changed)}); "
+                                "pass --restart to discard it")
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic(job, lambda p: p.write_text(json.dumps(identity, indent=1)))
+
+    def path(self, i: int) -> Path:
+        return self.dir / f"chunk-{i:06d}.npy"
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        return i * self.size, min(self.n, (i + 1) * self.size)
+
+    def done(self) -> list[int]:
+        return [i for i in range(self.count) if self.path(i).is_file()]
+
+    def todo(self) -> list[int]:
+        return [i for i in range(self.count) if not self.path(i).is_file()]
+
+    def save(self, i: int, arr: np.ndarray) -> None:
+        _atomic(self.path(i), lambda p: np.save(open(p, "wb"), arr))
+
+    def load(self, i: int) -> np.ndarray:
+        return np.load(self.path(i))
+
+    def clear(self) -> None:
+        for p in self.dir.iterdir():
+            p.unlink()
+        self.dir.rmdir()
+
+
+def _identity(path: Path, **options) -> dict:
+    st = path.stat()
+    return {"input": str(path.resolve()), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns, **options}
+
+
+class Progress:
+    """tqdm's bar (texts/s, ETA) on stderr, or nothing."""
+
+    def __init__(self, total: int, initial: int, desc: str, unit: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, smoothing=0.1,
+                            mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- the server: a running one, or one in this process --------------------------------------
+@contextlib.contextmanager
+def server_target(server: str, serve_args: dict) -> Iterator[str]:
+    """Yield a gRPC target: `server` itself, or an in-process ember server's loopback address."""
+    if server:
+        yield server
+        return
+    import asyncio
+
+    from . import settings as settings_mod
+    from .app import EmberServer
+
+    cfg = settings_mod.from_sources({**serve_args, "host": "127.0.0.1", "port": 0, "metrics": False,
+                                     "reflection": False})
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="ember-inprocess", daemon=True)
+    thread.start()
+
+    def call(coro, timeout=600):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    async def start() -> tuple[EmberServer, int]:
+        srv = EmberServer(cfg)  # grpc.aio binds a server to the loop it is made on
+        port = await srv.start()
+        await asyncio.wait_for(srv.loaded.wait(), 600)
+        return srv, port
+
+    srv = None
+    try:
+        srv, port = call(start())
+        if not srv.registry.models:
+            raise BulkError(f"the in-process server loaded no model: {dict(srv.registry.errors)}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        if srv is not None:
+            call(srv.drain(5.0))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _client(target: str, api_key: str):
+    from ember_client import Client
+
+    return Client(target, api_key=api_key or None, timeout=None)
+
+
+def _retrying(run: Callable[[], None], retries: int, what: str) -> None:
+    """Run a pass over the remaining chunks; a server that goes away is retried with backoff."""
+    import grpc
+
+    for attempt in range(retries + 1):
+        try:
+            run()
+            return
+        except grpc.RpcError as e:
+            code = e.code()
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            grpc.StatusCode.CANCELLED) or attempt == retries:
+                raise BulkError(f"the server answered {code.name}: {e.details()}; finished chunks are kept, "
+                                "rerun the same command to resume") from None
+            delay = min(10.0, 0.5 * 2 ** attempt)
+            print(f"ember: {what}: {code.name} ({e.details()}); retrying the remaining chunks in {delay:.1f}s",
+                  file=sys.stderr)
+            time.sleep(delay)
+
+
+# ---- ember embed ----------------------------------------------------------------------------
+def embed(args) -> str:
+    src, out = Path(args.input), Path(args.output)
+    kind = output_kind(out, ("npy", "parquet"))
+    if args.chunk_size <= 0 or args.batch_size <= 0 or args.chunk_size % args.batch_size:
+        raise BulkError("--chunk-size must be a positive multiple of --batch-size")
+    recs = read_records(src, args.input_format, args.text_field, args.id_field)
+    if not recs.texts:
+        raise BulkError(f"{src}: no texts")
+    options = {"model": args.model, "input_type": args.input_type, "prompt_name": args.prompt_name,
+               "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field}
+    chunks = Chunks(out, len(recs.texts), args.chunk_size, _identity(src, **options), args.restart)
+    done = chunks.done()
+    if done:
+        print(f"ember embed: resuming: {len(done)} of {chunks.count} chunks already done", file=sys.stderr)
+    progress = Progress(len(recs.texts), sum(np.subtract(*chunks.bounds(i)[::-1]) for i in done), "embed",
+                        "text", not args.no_progress)
+    sent = [0]
+    with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client:
+        def run() -> None:
+            todo = chunks.todo()
+            texts = (t for i in todo for t in recs.texts[slice(*chunks.bounds(i))])
+            parts: list[np.ndarray] = []
+            it = iter(todo)
+            current = next(it, None)
+            have = 0
+            for arr in client.embed_stream(texts, batch_size=args.batch_size, model=args.model,
+                                           input_type=args.input_type, prompt_name=args.prompt_name,
+                                           dimensions=args.dimensions, priority="bulk"):
+                parts.append(arr)
+                have += len(arr)
+                sent[0] += len(arr)
+                progress.update(len(arr))
+                start, end = chunks.bounds(current)
+                if have == end - start:
+                    chunks.save(current, np.concatenate(parts))
+                    parts, have = [], 0
+                    current = next(it, None)
+
+        try:
+            _retrying(run, args.retries, "ember embed")
+        finally:
+            progress.close()
+    if chunks.todo():
+        raise BulkError(f"{len(chunks.todo())} chunks are missing after the run; rerun to resume")
+    vectors = np.concatenate([chunks.load(i) for i in range(chunks.count)])
+    _write_embeddings(out, kind, recs.ids, vectors)
+    chunks.clear()
+    extra = f" (+ ids in {ids_path(out).name})" if kind == "npy" else ""
+    return (f"embedded {len(recs.texts)} texts ({sent[0]} in this run) -> {out}{extra}: "
+            f"{vectors.shape[0]} x {vectors.shape[1]} float32")
+
+
+# ---- ember rerank ---------------------------------------------------------------------------
+def rerank(args) -> str:
+    qsrc, dsrc, out = Path(args.queries), Path(args.documents), Path(args.output)
+    kind = output_kind(out, ("npy", "parquet", "jsonl"))
+    if args.chunk_size <= 0 or args.docs_per_request <= 0 or args.concurrency <= 0:
+        raise BulkError("--chunk-size, --docs-per-request and --concurrency must be positive")
+    queries = read_records(qsrc, args.input_format, args.query_field, args.id_field)
+    docs = read_records(dsrc, args.input_format, args.text_field, args.id_field)
+    if not queries.texts or not docs.texts:
+        raise BulkError("no queries or no documents")
+    dst = dsrc.stat()
+    options = {"model": args.model, "raw_scores": args.raw_scores, "chunk_size": args.chunk_size,
+               "documents": str(dsrc.resolve()), "documents_bytes": dst.st_size,
+               "documents_mtime_ns": dst.st_mtime_ns, "query_field": args.query_field, "text_field": args.text_field,
+               "instruction": args.instruction}
+    chunks = Chunks(out, len(queries.texts), args.chunk_size, _identity(qsrc, **options), args.restart)
+    done = chunks.done()
+    if done:
+        print(f"ember rerank: resuming: {len(done)} of {chunks.count} chunks already done", file=sys.stderr)
+    progress = Progress(len(queries.texts), sum(np.subtract(*chunks.bounds(i)[::-1]) for i in done), "rerank",
+                        "query", not args.no_progress)
+    groups = [(s, min(len(docs.texts), s + args.docs_per_request))
+              for s in range(0, len(docs.texts), args.docs_per_request)]
+    with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client, \
+            ThreadPoolExecutor(args.concurrency) as pool:
+        def scores(q: int, g: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+            hits = client.rerank(queries.texts[q], docs.texts[g[0]:g[1]], model=args.model,
+                                 raw_scores=args.raw_scores, priority="bulk", instruction=args.instruction)
+            row = np.empty(g[1] - g[0], dtype=np.float32)
+            for h in hits:
+                row[h.index] = h.score
+            return q, g[0], row
+
+        def run() -> None:
+            for i in chunks.todo():
+                start, end = chunks.bounds(i)
+                block = np.empty((end - start, len(docs.texts)), dtype=np.float32)
+                for q, s, row in pool.map(lambda qg: scores(*qg), [(q, g) for q in range(start, end) for g in groups]):
+                    block[q - start, s:s + len(row)] = row
+                chunks.save(i, block)
+                progress.update(end - start)
+
+        try:
+            _retrying(run, args.retries, "ember rerank")
+        finally:
+            progress.close()
+    scores_all = np.concatenate([chunks.load(i) for i in range(chunks.count)])
+    if kind == "npy":
+        _atomic(ids_path(out), lambda p: p.write_text(json.dumps({"queries": queries.ids, "documents": docs.ids})))
+        _atomic(out, lambda p: np.save(open(p, "wb"), scores_all))
+        what = f"scores {scores_all.shape[0]} x {scores_all.shape[1]} (+ ids in {ids_path(out).name})"
+    else:
+        top = args.top_n or len(docs.texts)
+        order = np.argsort(-scores_all, axis=1, kind="stable")[:, :top]
+        rows = [(queries.ids[q], rank + 1, docs.ids[d], float(scores_all[q, d]))
+                for q in range(len(queries.texts)) for rank, d in enumerate(order[q])]
+        if kind == "jsonl":
+            _atomic(out, lambda p: p.write_text("".join(
+                json.dumps({"query_id": a, "rank": b, "doc_id": c, "score": s}) + "\n" for a, b, c, s in rows)))
+        else:
+            pa = _pyarrow()
+            cols = list(zip(*rows))
+            table = pa.table({"query_id": pa.array(cols[0], pa.string()), "rank": pa.array(cols[1], pa.int32()),
+                              "doc_id": pa.array(cols[2], pa.string()), "score": pa.array(cols[3], pa.float32())})
+            _atomic(out, lambda p: _pyarrow_parquet().write_table(table, p))
+        what = f"top {top} of {len(docs.texts)} documents per query, {len(rows)} rows"
+    chunks.clear()
+    return f"reranked {len(queries.texts)} queries -> {out}: {what}"
+
+
+def _serve_args(args) -> dict:
+    """Settings for an in-process server (only used without --server)."""
+    out = {}
+    if args.models_dir:
+        out["models_dir"] = args.models_dir
+    if args.model:
+        out["models"] = args.model
+    if args.config:
+        out["config"] = args.config
+    return out

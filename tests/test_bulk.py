@@ -1,0 +1,204 @@
+"""`ember embed` / `ember rerank`: formats, progress, and a killed run resumed to the same output.
+
+The bulk commands run as real subprocesses (`python -m ember embed …`) against a real server (the
+tiny models, so 20,000 texts take seconds) or an in-process one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import real_texts
+
+from ember.v1 import ember_pb2 as pb
+
+N = 20_000
+
+
+def ember(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ember", *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def corpus(n: int) -> list[str]:
+    """n distinct texts of varied length, made from real sentences."""
+    base = real_texts(400, 20)
+    return [f"{i}: {base[i % len(base)]}" + (" " + base[(i * 7) % len(base)] if i % 3 == 0 else "")
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def jsonl(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("bulk") / "corpus.jsonl"
+    with open(p, "w", encoding="utf-8") as f:
+        for i, t in enumerate(corpus(N)):
+            f.write(json.dumps({"id": f"doc-{i}", "text": t}) + "\n")
+    return p
+
+
+def reference(server, texts: list[str]) -> np.ndarray:
+    out = []
+    for s in range(0, len(texts), 32):
+        resp = server.embedder.Embed(pb.EmbedRequest(inputs=texts[s:s + 32], encoding=pb.ENCODING_FLOAT32_BYTES))
+        out.append(np.frombuffer(b"".join(e.packed for e in resp.embeddings), "<f4").reshape(len(resp.embeddings), -1))
+    return np.concatenate(out)
+
+
+def test_embed_20k_jsonl_killed_and_resumed_gives_the_same_output(tiny_server, jsonl, tmp_path):
+    common = ["--server", tiny_server.address, "--chunk-size", "1024", "--batch-size", "32"]
+    clean = tmp_path / "clean.npy"
+    r = ember("embed", str(jsonl), "-o", str(clean), *common)
+    assert r.returncode == 0, r.stderr
+    assert f"embedded {N} texts ({N} in this run)" in r.stdout
+    assert "text/s" in r.stderr  # the progress bar: rate and ETA
+    ids = json.loads((tmp_path / "clean.ids.json").read_text())
+    assert ids == [f"doc-{i}" for i in range(N)]
+    vectors = np.load(clean)
+    assert vectors.shape == (N, 32) and vectors.dtype == np.float32
+    texts = [json.loads(line)["text"] for line in open(jsonl, encoding="utf-8")]
+    sample = np.r_[0:100, N - 100:N]
+    ref = reference(tiny_server, [texts[i] for i in sample])
+    assert np.abs(vectors[sample] - ref).max() < 1e-5
+
+    # The same job, killed (SIGKILL: no chance to clean up) once a few chunks are saved.
+    out = tmp_path / "resumed.npy"
+    partial = tmp_path / "resumed.npy.partial"
+    kill_after(["embed", str(jsonl), "-o", str(out), *common, "--no-progress"], partial, 4)
+    assert not out.exists()
+    saved = {int(p.name[6:12]): np.load(p) for p in partial.glob("chunk-*.npy")}
+    assert 4 <= len(saved) < 20
+    for i, arr in saved.items():  # every chunk on disk is whole: written aside, then renamed
+        assert arr.shape == (1024, 32)
+
+    r = ember("embed", str(jsonl), "-o", str(out), *common, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {len(saved)} of 20 chunks already done" in r.stderr
+    assert f"({N - 1024 * len(saved)} in this run)" in r.stdout  # finished chunks were not sent again
+    assert json.loads((tmp_path / "resumed.ids.json").read_text()) == ids
+    resumed = np.load(out)
+    assert resumed.shape == vectors.shape
+    for i, arr in saved.items():  # the chunks finished before the kill are in the output as they were
+        assert np.array_equal(resumed[i * 1024:(i + 1) * 1024], arr)
+    np.testing.assert_allclose(resumed, vectors, rtol=0, atol=1e-6)
+    assert not partial.exists()
+    print(f"\nkilled after {len(saved)}/20 chunks; resumed output max |diff| vs the clean run "
+          f"{np.abs(resumed - vectors).max():.2e}")
+
+
+def test_a_partial_run_of_another_job_is_refused(tiny_server, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(corpus(300)), encoding="utf-8")
+    out = tmp_path / "v.npy"
+    (tmp_path / "v.npy.partial").mkdir()
+    (tmp_path / "v.npy.partial" / "job.json").write_text(json.dumps({"input": "elsewhere"}))
+    r = ember("embed", str(src), "-o", str(out), "--server", tiny_server.address, "--no-progress")
+    assert r.returncode == 2 and "holds a different job" in r.stderr and "--restart" in r.stderr
+    r = ember("embed", str(src), "-o", str(out), "--server", tiny_server.address, "--no-progress", "--restart",
+              "--dimensions", "16")
+    assert r.returncode == 0, r.stderr
+    assert np.load(out).shape == (300, 16)
+    np.testing.assert_allclose(np.linalg.norm(np.load(out), axis=1), 1, atol=1e-5)
+    assert json.loads((tmp_path / "v.ids.json").read_text()) == [str(i) for i in range(300)]  # row numbers
+
+
+def test_parquet_and_csv_in_parquet_out_with_an_in_process_server(tiny_models_dir, tiny_server, tmp_path):
+    texts = corpus(500)
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(500)], "body": texts}), tmp_path / "in.parquet")
+    with open(tmp_path / "in.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "body"])
+        w.writerows([f"k{i}", t] for i, t in enumerate(texts))
+    ref = reference(tiny_server, texts)
+    for src in ("in.parquet", "in.csv"):
+        out = tmp_path / f"{src}.out.parquet"
+        # no --server: ember starts its own server in the process, on the tiny models
+        r = ember("embed", str(tmp_path / src), "-o", str(out), "--models-dir", str(tiny_models_dir), "--model",
+                  "tiny-embed", "--text-field", "body", "--id-field", "key", "--no-progress", "--chunk-size", "128")
+        assert r.returncode == 0, r.stderr
+        table = pq.read_table(out)
+        assert table.column("id").to_pylist() == [f"k{i}" for i in range(500)]
+        got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+        assert np.abs(got - ref).max() < 1e-5
+
+
+def test_bad_input_is_named(tiny_server, tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
+    r = ember("embed", str(src), "-o", str(tmp_path / "o.npy"), "--server", tiny_server.address)
+    assert r.returncode == 2 and "bad.jsonl:2: not valid JSON" in r.stderr
+    src.write_text('{"body": "no text field"}\n', encoding="utf-8")
+    r = ember("embed", str(src), "-o", str(tmp_path / "o.npy"), "--server", tiny_server.address)
+    assert r.returncode == 2 and "field 'text' is missing" in r.stderr
+    r = ember("embed", str(src), "-o", str(tmp_path / "o.csv"), "--server", tiny_server.address)
+    assert r.returncode == 2 and "must end in .npy or .parquet" in r.stderr
+
+
+def kill_after(args: list[str], partial: Path, chunks: int) -> int:
+    """Start `python -m ember ARGS`, SIGKILL it once `chunks` chunk files are saved; returns how many were."""
+    proc = subprocess.Popen([sys.executable, "-m", "ember", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while len(list(partial.glob("chunk-*.npy"))) < chunks:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(partial.glob("chunk-*.npy")))
+
+
+def test_rerank_queries_against_documents_resumes(tiny_server, tmp_path):
+    queries = real_texts(120, 0)[:120]
+    docs = corpus(300)
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": q}) + "\n"
+                                              for i, q in enumerate(queries)), encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": d}) + "\n"
+                                              for i, d in enumerate(docs)), encoding="utf-8")
+    common = ["rerank", str(tmp_path / "q.jsonl"), str(tmp_path / "d.jsonl"), "--server", tiny_server.address,
+              "--model", "tiny-rerank", "--docs-per-request", "64", "--chunk-size", "4", "--no-progress"]
+    r = ember(*common, "-o", str(tmp_path / "scores.npy"))
+    assert r.returncode == 0, r.stderr
+    scores = np.load(tmp_path / "scores.npy")
+    assert scores.shape == (120, 300)
+    assert json.loads((tmp_path / "scores.ids.json").read_text())["documents"][:2] == ["d0", "d1"]
+    for q in (0, 77):  # a row = the server's own scores for that query, in document order
+        want = np.empty(300, dtype=np.float32)
+        for s in range(0, 300, 64):
+            resp = tiny_server.reranker.Rerank(pb.RerankRequest(model="tiny-rerank", query=queries[q],
+                                                                documents=docs[s:s + 64]))
+            for h in resp.results:
+                want[s + h.index] = h.score
+        np.testing.assert_allclose(scores[q], want, atol=1e-6)
+
+    # top-3 rows as JSONL: a clean run, and a run killed after a few chunks and resumed
+    clean = tmp_path / "clean.jsonl"
+    assert ember(*common, "-o", str(clean), "--top-n", "3").returncode == 0
+    out = tmp_path / "top.jsonl"
+    done = kill_after([*common, "-o", str(out), "--top-n", "3"], tmp_path / "top.jsonl.partial", 3)
+    assert 3 <= done < 30
+    r = ember(*common, "-o", str(out), "--top-n", "3")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {done} of 30 chunks already done" in r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    want = [json.loads(line) for line in clean.read_text().splitlines()]
+    assert len(rows) == 360
+    assert [(r["query_id"], r["rank"], r["doc_id"]) for r in rows] == \
+        [(r["query_id"], r["rank"], r["doc_id"]) for r in want]
+    np.testing.assert_allclose([r["score"] for r in rows], [r["score"] for r in want], atol=1e-6)
+    for q in (0, 119):
+        best = np.argsort(-scores[q], kind="stable")[:3]
+        assert [r["doc_id"] for r in rows if r["query_id"] == f"q{q}"] == [f"d{i}" for i in best]
+
+
+def test_embed_help_lists_the_formats():
+    r = ember("embed", "--help")
+    assert r.returncode == 0 and "Parquet" in r.stdout and "--chunk-size" in r.stdout
