@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
 
-.PHONY: serve test install install-test clean soak reliability bench
+.PHONY: serve test install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,62 @@ $(VENV)/.test-installed: $(VENV)/.serve-installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# ---- the Go and Node clients ----------------------------------------------------------------
+# Go builds in GOPATH mode against Debian's packages; Node takes @grpc/grpc-js from npm (the
+# versions pinned in clients/node/package-lock.json). Root installs the Debian packages itself;
+# anyone else is asked for sudo.
+GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev \
+           golang-github-golang-protobuf-1-5-dev \
+           protobuf-compiler
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+GOPATH_CLIENTS := $(CURDIR)/clients/go:/usr/share/gocode
+GOENV   := GOPATH=$(GOPATH_CLIENTS) GO111MODULE=off GOCACHE=$(CURDIR)/clients/go/.cache
+NODE_DIR := clients/node
+
+# (grpc-go 1.33 decodes through github.com/golang/protobuf: the 1.5 package, which speaks the
+# generated APIv2 messages; the 1.3 one panics on them.)
+clients-toolchain: $(NODE_DIR)/node_modules/.installed
+	@dpkg -s $(GO_DEBS) >/dev/null 2>&1 || \
+	 { $(SUDO) apt-get install -y -q --no-install-recommends $(GO_DEBS) || \
+	   { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $(GO_DEBS); }; }
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Regenerate every committed stub from proto/ (into STUBS_OUT, default: the tree itself).
+STUBS_OUT ?= $(CURDIR)
+stubs: clients-toolchain
+	mkdir -p $(STUBS_OUT)/clients/go/src $(STUBS_OUT)/$(NODE_DIR)/proto $(STUBS_OUT)/$(NODE_DIR)/src/generated
+	protoc -I proto --go_out=$(STUBS_OUT)/clients/go/src --go-grpc_out=$(STUBS_OUT)/clients/go/src \
+	  proto/ember/v1/ember.proto
+	rm -rf $(STUBS_OUT)/$(NODE_DIR)/proto/* $(STUBS_OUT)/$(NODE_DIR)/src/generated/*
+	cp -r proto/ember proto/grpc $(STUBS_OUT)/$(NODE_DIR)/proto/
+	$(NODE_DIR)/node_modules/.bin/proto-loader-gen-types --keepCase --longs=String --enums=String --defaults \
+	  --oneofs --grpcLib=@grpc/grpc-js -I proto --outDir=$(STUBS_OUT)/$(NODE_DIR)/src/generated \
+	  ember/v1/ember.proto grpc/health/v1/health.proto
+
+# CI: the committed stubs must be what `make stubs` makes from proto/ now.
+check-stubs: clients-toolchain
+	rm -rf build/stubs-check && mkdir -p build/stubs-check
+	$(MAKE) --no-print-directory stubs STUBS_OUT=$(CURDIR)/build/stubs-check >/dev/null
+	@for d in clients/go/src/ember/v1 $(NODE_DIR)/proto $(NODE_DIR)/src/generated; do \
+	  diff -r $$d build/stubs-check/$$d >/dev/null || { \
+	    echo "stubs in $$d differ from proto/: run 'make stubs' and commit" >&2; diff -ru $$d build/stubs-check/$$d | head -40 >&2; exit 1; }; \
+	done; echo "stubs match proto/"
+
+# Build both examples (clients/go/bin/ember-example, clients/node/dist/example.js).
+clients: clients-toolchain
+	cd clients/go && $(GOENV) go build -o bin/ember-example ember/example
+	cd $(NODE_DIR) && node_modules/.bin/tsc -p .
+
 install: $(VENV)/.serve-installed
 install-test: $(VENV)/.test-installed
 
 serve: install
 	$(BIN)/ember serve $(ARGS)
 
-test: install-test
+test: install-test check-stubs clients
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Mixed traffic against a real server for SOAK_MINUTES (default 30); RSS, fds and threads must
@@ -49,4 +98,5 @@ bench: install-test
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean:
-	rm -rf build $(VENV) server/v1 ext/*.c ext/*.so *.egg-info
+	rm -rf build $(VENV) server/v1 ext/*.c ext/*.so *.egg-info clients/go/bin clients/go/.cache \
+	  $(NODE_DIR)/node_modules $(NODE_DIR)/dist

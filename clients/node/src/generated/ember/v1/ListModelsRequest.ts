@@ -1,0 +1,8 @@
+// Original file: proto/ember/v1/ember.proto
+
+
+export interface ListModelsRequest {
+}
+
+export interface ListModelsRequest__Output {
+}

@@ -1,0 +1,37 @@
+"""The Go and Node examples (clients/), built by `make clients`, run against a live server.
+
+Each example checks health, a unary Embed, a bidirectional EmbedStream of 10,000 inputs with every
+request id answered exactly once, and Rerank, and prints a JSON summary last. `make test` builds
+them first (and installs Go and Node's packages); where they are not built these tests fail in CI
+and are skipped elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "go": [str(ROOT / "clients/go/bin/ember-example")],
+    "node": [shutil.which("node") or "node", str(ROOT / "clients/node/dist/example.js")],
+}
+
+
+@pytest.mark.parametrize("lang", sorted(EXAMPLES))
+def test_example_against_a_live_server(lang, minilm_server):
+    cmd = EXAMPLES[lang]
+    if not Path(cmd[-1]).is_file() or not shutil.which(cmd[0]):
+        if os.environ.get("CI"):
+            pytest.fail(f"{cmd[-1]} is not built: `make test` runs `make clients` first")
+        pytest.skip(f"{cmd[-1]} not built (make clients)")
+    r = subprocess.run([*cmd, minilm_server.address], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    print(f"\n{lang}: " + r.stdout.strip().replace("\n", f"\n{lang}: "))
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary == {"client": lang, "health": "SERVING", "embed_dimensions": 384, "stream_inputs": 10000,
+                       "stream_ids": 100, "rerank_results": 3}
