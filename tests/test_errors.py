@@ -126,9 +126,16 @@ def test_stream_error_ends_the_stream_after_earlier_answers(tiny_server):
 
 
 def test_expired_deadline(tiny_server):
-    with pytest.raises(grpc.RpcError) as e:
-        tiny_server.embedder.Embed(pb.EmbedRequest(inputs=["x"] * 64), timeout=0.0001)
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # gRPC's deadline timer can fire late on a loaded machine, letting a fast answer through; an
+    # expired deadline must never give another error, and within a few tries it must give this one.
+    codes = []
+    for _ in range(5):
+        try:
+            tiny_server.embedder.Embed(pb.EmbedRequest(inputs=["x"] * 64), timeout=0.0001)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+            break
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED]
     assert_still_serving(tiny_server)
 
 
