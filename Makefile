@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
 
-.PHONY: serve test install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain
+.PHONY: serve test install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain go-toolchain health-probe
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,12 @@ NODE_DIR := clients/node
 
 # (grpc-go 1.33 decodes through github.com/golang/protobuf: the 1.5 package, which speaks the
 # generated APIv2 messages; the 1.3 one panics on them.)
-clients-toolchain: $(NODE_DIR)/node_modules/.installed
+go-toolchain:
 	@dpkg -s $(GO_DEBS) >/dev/null 2>&1 || \
 	 { $(SUDO) apt-get install -y -q --no-install-recommends $(GO_DEBS) || \
 	   { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $(GO_DEBS); }; }
+
+clients-toolchain: go-toolchain $(NODE_DIR)/node_modules/.installed
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
@@ -70,8 +72,13 @@ check-stubs: clients-toolchain
 	    echo "stubs in $$d differ from proto/: run 'make stubs' and commit" >&2; diff -ru $$d build/stubs-check/$$d | head -40 >&2; exit 1; }; \
 	done; echo "stubs match proto/"
 
-# Build both examples (clients/go/bin/ember-example, clients/node/dist/example.js).
-clients: clients-toolchain
+# grpc_health_probe (flags and exit codes of grpc-ecosystem's), built from Debian's grpc-go: the
+# Docker image's HEALTHCHECK runs it.
+health-probe: go-toolchain
+	cd clients/go && $(GOENV) go build -o bin/grpc_health_probe ember/healthprobe
+
+# Build both examples (clients/go/bin/ember-example, clients/node/dist/example.js) and the probe.
+clients: clients-toolchain health-probe
 	cd clients/go && $(GOENV) go build -o bin/ember-example ember/example
 	cd $(NODE_DIR) && node_modules/.bin/tsc -p .
 

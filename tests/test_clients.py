@@ -35,3 +35,30 @@ def test_example_against_a_live_server(lang, minilm_server):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary == {"client": lang, "health": "SERVING", "embed_dimensions": 384, "stream_inputs": 10000,
                        "stream_ids": 100, "rerank_results": 3}
+
+
+PROBE = ROOT / "clients/go/bin/grpc_health_probe"
+
+
+def probe(*args: str) -> subprocess.CompletedProcess:
+    if not PROBE.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{PROBE} is not built: `make test` runs `make clients` first")
+        pytest.skip("grpc_health_probe not built (make health-probe)")
+    return subprocess.run([str(PROBE), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_grpc_health_probe_exit_codes(tiny_server):
+    """The probe the Docker HEALTHCHECK runs: grpc_health_probe's flags and exit codes."""
+    addr = f"-addr={tiny_server.address}"
+    r = probe(addr)
+    assert (r.returncode, r.stdout.strip()) == (0, "status: SERVING")
+    assert probe(addr, "-service=model/tiny-embed").returncode == 0
+    assert probe(addr, "-service=ember.v1.Embedder").returncode == 0
+    r = probe(addr, "-service=model/tampered")  # refused at load (checksum): known but not serving
+    assert r.returncode == 4 and "NOT_SERVING" in r.stderr
+    r = probe(addr, "-service=no.such.Service")
+    assert r.returncode == 3 and "NotFound" in r.stderr
+    r = probe("-addr=127.0.0.1:1", "-connect-timeout=300ms")  # nothing listens there
+    assert r.returncode == 2 and "failed to connect" in r.stderr
+    assert probe().returncode == 1  # -addr missing

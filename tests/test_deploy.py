@@ -47,3 +47,62 @@ def test_deployments_match_how_ember_serves_and_drains():
         assert svc["spec"]["clusterIP"] == "None"  # headless, for client-side round-robin
     gpu = next(d for d in deployments if d["metadata"]["name"] == "ember-gpu")
     assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+# ---- the Dockerfile (no container engine here: its structure and steps are checked instead) --
+ROOT = DEPLOY.parent.parent
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> [(INSTRUCTION, arguments)], continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instr, _, rest = line.partition(" ")
+        if instr.upper() == "FROM":
+            name = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            current = stages.setdefault(name, [])
+        if current is not None:
+            current.append((instr.upper(), rest.strip()))
+    return stages
+
+
+@pytest.mark.parametrize("stage", ["cpu", "cuda"])
+def test_dockerfile_images_run_ember_non_root_with_a_health_check_and_the_model_inside(stage):
+    steps = dockerfile_stages()[stage]
+    instrs = dict(steps)  # the last of each instruction
+    assert instrs["USER"] not in ("root", "0")
+    assert instrs["VOLUME"] == '["/models"]'
+    assert 'CMD ["grpc_health_probe", "-addr=127.0.0.1:50051"]' in instrs["HEALTHCHECK"]
+    assert instrs["ENTRYPOINT"] == '["ember", "serve"]'
+    copies = [a for i, a in steps if i == "COPY"]
+    assert any("--from=export" in c and c.endswith("/models /models") for c in copies)  # exported at build
+    assert any("grpc_health_probe /usr/local/bin/grpc_health_probe" in c for c in copies)
+    env = instrs["ENV"]
+    assert "EMBER_MODELS_DIR=/models" in env and "HF_HUB_OFFLINE=1" in env
+    if stage == "cuda":
+        assert "EMBER_PROVIDERS=tensorrt,cuda,cpu" in env
+        assert any("onnxruntime-gpu" in a for i, a in dockerfile_stages()["cuda-build"] if i == "RUN")
+    assert list(dockerfile_stages())[-1] == "cpu"  # the default target
+
+
+def test_dockerfile_steps_are_the_commands_ci_runs():
+    """make targets, pip extras and the export entry point the Dockerfile calls all exist."""
+    import tomllib
+
+    from ember.export import ensure_default_model  # noqa: F401  (the export stage calls it)
+
+    runs = " ".join(a for steps in dockerfile_stages().values() for i, a in steps if i == "RUN")
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("health-probe",):
+        assert f"make {target}" in runs and f"\n{target}:" in makefile
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for spec in ("'.[export,default-model]'", "'.[bulk]'"):
+        assert spec in runs
+        assert set(spec.strip("'.[]").split(",")) <= set(extras)
+    assert "pip install --no-cache-dir torch==2.13.0" in runs  # the pin CI installs
+    assert "'.[export" not in " ".join(a for i, a in dockerfile_stages()["cpu-build"] if i == "RUN")  # no torch
