@@ -59,6 +59,14 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=extra_compile,
     ),
+    # The buffer pool: no NumPy C API, no CUDA headers (the runtime is looked up with dlopen).
+    Extension(
+        "ember.ext._bufpool",
+        ["ext/_bufpool.pyx"],
+        define_macros=[("_GNU_SOURCE", "1")],
+        extra_compile_args=extra_compile,
+        libraries=["dl"] if os.name != "nt" else [],
+    ),
 ]
 
 setup(

@@ -18,4 +18,15 @@ except ImportError:  # pragma: no cover - only where the extension was not built
     kernels = numpy_kernels  # type: ignore[assignment]
     COMPILED = False
 
-__all__ = ["kernels", "numpy_kernels", "COMPILED"]
+try:
+    from ._bufpool import BufferPool, cuda_error, cuda_runtime
+except ImportError:  # pragma: no cover - only where the extension was not built: no pool, no IO binding
+    BufferPool = None  # type: ignore[assignment,misc]
+
+    def cuda_runtime(load: bool = False) -> str:  # type: ignore[misc]
+        return ""
+
+    def cuda_error() -> str:  # type: ignore[misc]
+        return "ember.ext._bufpool is not built"
+
+__all__ = ["kernels", "numpy_kernels", "COMPILED", "BufferPool", "cuda_error", "cuda_runtime"]

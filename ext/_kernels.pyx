@@ -158,18 +158,23 @@ def matryoshka(const f32[:, ::1] x, Py_ssize_t dims, bint normalize):
     return out_arr
 
 
-def pack_batch(const i64[::1] flat, const i64[::1] offsets, Py_ssize_t seq_len, i64 pad_id, bint left):
+def pack_batch(const i64[::1] flat, const i64[::1] offsets, Py_ssize_t seq_len, i64 pad_id, bint left,
+               ids_out=None, mask_out=None):
     """Pack variable-length token id rows into a padded batch.
 
     IN  flat: all rows' ids concatenated; offsets [B+1]: row r is flat[offsets[r]:offsets[r+1]];
-        seq_len >= the longest row; pad_id; left: pad on the left (decoder models) else right
+        seq_len >= the longest row; pad_id; left: pad on the left (decoder models) else right;
+        ids_out / mask_out: C-contiguous int64 [B, seq_len] arrays to write into (e.g. pooled
+        buffers), else new ones are made
     OUT (ids [B, seq_len] int64, mask [B, seq_len] int64)
     """
     cdef Py_ssize_t B = offsets.shape[0] - 1
     if B < 0:
         raise ValueError("offsets must have at least one element")
-    ids_arr = np.empty((B, seq_len), dtype=np.int64)
-    mask_arr = np.empty((B, seq_len), dtype=np.int64)
+    ids_arr = np.empty((B, seq_len), dtype=np.int64) if ids_out is None else ids_out
+    mask_arr = np.empty((B, seq_len), dtype=np.int64) if mask_out is None else mask_out
+    if ids_arr.shape != (B, seq_len) or mask_arr.shape != (B, seq_len):
+        raise ValueError(f"ids_out/mask_out must be [{B}, {seq_len}]")
     cdef i64[:, ::1] ids = ids_arr
     cdef i64[:, ::1] mask = mask_arr
     cdef Py_ssize_t r, t, n, start, pad

@@ -53,13 +53,19 @@ def matryoshka(x: np.ndarray, dims: int, normalize: bool) -> np.ndarray:
     return l2_normalize(out) if normalize else out.copy()
 
 
-def pack_batch(flat: np.ndarray, offsets: np.ndarray, seq_len: int, pad_id: int, left: bool):
-    """IN flat ids, offsets [B+1], seq_len, pad_id, left. OUT (ids [B, seq_len], mask [B, seq_len]) int64."""
+def pack_batch(flat: np.ndarray, offsets: np.ndarray, seq_len: int, pad_id: int, left: bool,
+               ids_out: np.ndarray | None = None, mask_out: np.ndarray | None = None):
+    """IN flat ids, offsets [B+1], seq_len, pad_id, left, optional [B, seq_len] int64 arrays to
+    write into. OUT (ids [B, seq_len], mask [B, seq_len]) int64."""
     B = len(offsets) - 1
     if B < 0:
         raise ValueError("offsets must have at least one element")
-    ids = np.full((B, seq_len), pad_id, dtype=np.int64)
-    mask = np.zeros((B, seq_len), dtype=np.int64)
+    ids = np.empty((B, seq_len), dtype=np.int64) if ids_out is None else ids_out
+    mask = np.empty((B, seq_len), dtype=np.int64) if mask_out is None else mask_out
+    if ids.shape != (B, seq_len) or mask.shape != (B, seq_len):
+        raise ValueError(f"ids_out/mask_out must be [{B}, {seq_len}]")
+    ids[...] = pad_id
+    mask[...] = 0
     for r in range(B):
         row = flat[offsets[r]:offsets[r + 1]]
         n = offsets[r + 1] - offsets[r]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,70 @@ ORT_PROVIDER = {
 SHORT_NAME = {v: k for k, v in ORT_PROVIDER.items()}
 
 
+def length_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
+    """Upper edges of the sequence-length buckets: powers of two from `smallest`, then max_tokens."""
+    edges, t = [], smallest
+    while t < max_tokens:
+        edges.append(t)
+        t *= 2
+    return edges + [max_tokens]
+
+
+def trt_profiles(input_names: list[str], max_tokens: int, max_batch_tokens: int,
+                 max_batch_size: int) -> dict[str, str]:
+    """TensorRT min/opt/max shape profiles, one per length bucket, covering every batch the
+    scheduler can make (B × T ≤ max_batch_tokens, B ≤ max_batch_size, T ≤ max_tokens), so TensorRT
+    never has to build an engine for a new shape while serving. In ORT's format a tensor listed
+    several times has one shape per profile."""
+    mins, opts, maxs = [], [], []
+    lo = 0
+    for hi in length_buckets(max_tokens):
+        b_max = max(1, min(max_batch_size, max_batch_tokens // (lo + 1)))
+        b_opt = max(1, min(max_batch_size, max_batch_tokens // hi))
+        for name in input_names:
+            mins.append(f"{name}:1x{lo + 1}")
+            opts.append(f"{name}:{b_opt}x{hi}")
+            maxs.append(f"{name}:{b_max}x{hi}")
+        lo = hi
+    return {"trt_profile_min_shapes": ",".join(mins), "trt_profile_opt_shapes": ",".join(opts),
+            "trt_profile_max_shapes": ",".join(maxs)}
+
+
+def accelerator_options(settings, input_names: list[str], max_tokens: int, max_batch_tokens: int,
+                        model_name: str) -> dict[str, dict[str, str]]:
+    """ONNX Runtime options for the TensorRT and CUDA providers, from the server's settings."""
+    trt_dir = Path(settings.trt_cache_dir) if settings.trt_cache_dir else settings.cache_path / "tensorrt"
+    trt_dir = trt_dir / model_name
+    trt = {
+        "device_id": str(settings.device_id),
+        "trt_fp16_enable": "True" if settings.trt_fp16 else "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(trt_dir),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(trt_dir),
+        **trt_profiles(input_names, max_tokens, max(max_batch_tokens, settings.bulk_max_batch_tokens),
+                       settings.max_batch_size),
+    }
+    cuda = {
+        "device_id": str(settings.device_id),
+        "arena_extend_strategy": {"same_as_requested": "kSameAsRequested",
+                                  "next_power_of_two": "kNextPowerOfTwo"}[settings.cuda_arena_extend],
+    }
+    if settings.gpu_mem_limit_mb:
+        cuda["gpu_mem_limit"] = str(settings.gpu_mem_limit_mb << 20)
+    return {"tensorrt": trt, "cuda": cuda}
+
+
 class Engine:
     """Runs padded batches through the model's graph and returns pooled vectors or scores."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
-                 spinning: bool = False):
+                 spinning: bool = False, provider_options: dict[str, dict[str, str]] | None = None,
+                 run_timeout_s: float = 0.0):
         self.manifest = manifest
         self.creation_error = ""
+        self.run_timeout_s = run_timeout_s
+        provider_options = provider_options or {}
         available = set(ort.get_available_providers())
         wanted = [ORT_PROVIDER[p] for p in providers]
         chosen = [p for p in wanted if p in available]
@@ -47,8 +105,13 @@ class Engine:
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = str(model_dir / manifest.onnx_file)
+        for short in ("tensorrt",):
+            cache = provider_options.get(short, {}).get("trt_engine_cache_path")
+            if ORT_PROVIDER[short] in chosen and cache:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+        options = [provider_options.get(SHORT_NAME[p], {}) for p in chosen]
         try:
-            self.session = ort.InferenceSession(graph, opts, providers=chosen)
+            self.session = ort.InferenceSession(graph, opts, providers=chosen, provider_options=options)
         except Exception as e:
             if chosen == ["CPUExecutionProvider"]:
                 raise
@@ -71,19 +134,101 @@ class Engine:
         log.info("model %s: active providers %s", manifest.name, ",".join(self.providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.needs_type_ids = "token_type_ids" in self.input_names
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name: o for o in self.session.get_outputs()}
         if manifest.output not in outputs:
-            raise ValueError(f"graph has no output {manifest.output!r} (outputs: {outputs})")
+            raise ValueError(f"graph has no output {manifest.output!r} (outputs: {list(outputs)})")
+        # The output's fixed trailing dimensions ([B, T, H] → (H,), [B, D] → (D,), [B] → ()), to bind
+        # it to a pooled buffer; None when they are not all known (ORT then allocates the output).
+        shape = outputs[manifest.output].shape
+        tail = shape[2:] if manifest.task == "embed" and manifest.pooling != "none" else shape[1:]
+        self._out_tail = tuple(tail) if all(isinstance(d, int) for d in tail) and \
+            outputs[manifest.output].type == "tensor(float)" else None
+        self._out_has_t = manifest.task == "embed" and manifest.pooling != "none"
+        self.pool = None  # ember.ext BufferPool, set by the registry: IO binding through pooled buffers
+
+    def _run_options(self) -> tuple[ort.RunOptions | None, threading.Timer | None]:
+        """With a run timeout: options whose terminate flag a timer sets, so a run that takes too long
+        (a hung or thrashing accelerator) raises instead of holding the model."""
+        if not self.run_timeout_s:
+            return None, None
+        ro = ort.RunOptions()
+        timer = threading.Timer(self.run_timeout_s, setattr, (ro, "terminate", True))
+        timer.daemon = True
+        timer.start()
+        return ro, timer
+
+    def _run(self, feed: dict) -> np.ndarray:
+        ro, timer = self._run_options()
+        try:
+            return self.session.run([self.manifest.output], feed, ro)[0]
+        except Exception as e:
+            if ro is not None and ro.terminate:
+                raise TimeoutError(f"the run took longer than {self.run_timeout_s * 1000:.0f} ms and was "
+                                   "stopped") from e
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _run_bound(self, feed: dict[str, np.ndarray], blocks: list) -> np.ndarray:
+        """Run with IO binding: inputs read in place, the output written into a pooled buffer (a
+        page-locked one on a GPU machine, so the device→host copy lands there directly)."""
+        io = self.session.io_binding()
+        for name, arr in feed.items():
+            arr = np.ascontiguousarray(arr, dtype=np.int64)
+            feed[name] = arr  # keep it alive through the run
+            io.bind_input(name, "cpu", 0, np.int64, list(arr.shape), arr.ctypes.data)
+        B, T = feed["input_ids"].shape
+        shape = ((B, T) if self._out_has_t else (B,)) + self._out_tail
+        block, out = self.pool.array(shape, np.float32)
+        blocks.append(block)
+        io.bind_output(self.manifest.output, "cpu", 0, np.float32, list(shape), out.ctypes.data)
+        ro, timer = self._run_options()
+        try:
+            self.session.run_with_iobinding(io, ro)
+        except Exception as e:
+            if ro is not None and ro.terminate:
+                raise TimeoutError(f"the run took longer than {self.run_timeout_s * 1000:.0f} ms and was "
+                                   "stopped") from e
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return out
+
+    def buffers(self, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
+        """Pooled input arrays for a [batch, seq_len] batch (ids, mask, type ids or None) and the
+        blocks to give back with `release` after `infer`; plain arrays when there is no pool."""
+        n = 3 if self.needs_type_ids else 2
+        if self.pool is None:
+            arrs = [np.empty((batch, seq_len), dtype=np.int64) for _ in range(n)]
+            return arrs[0], arrs[1], arrs[2] if n == 3 else None, []
+        pairs = [self.pool.array((batch, seq_len), np.int64) for _ in range(n)]
+        return pairs[0][1], pairs[1][1], pairs[2][1] if n == 3 else None, [b for b, _ in pairs]
+
+    def release(self, blocks: list) -> None:
+        for b in blocks:
+            self.pool.give(b)
 
     def infer(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None) -> np.ndarray:
         """IN padded ids/mask/type ids [B, T] int64. OUT pooled [B, D] float32 (embed) or logits [B] (rerank)."""
         feed = {"input_ids": ids, "attention_mask": mask}
         if self.needs_type_ids:
             feed["token_type_ids"] = type_ids if type_ids is not None else np.zeros_like(ids)
-        out = self.session.run([self.manifest.output], feed)[0]
+        if self.pool is None or self._out_tail is None:
+            return self._post(self._run(feed), mask, copy=False)
+        blocks: list = []
+        try:
+            return self._post(self._run_bound(feed, blocks), mask, copy=True)
+        finally:
+            self.release(blocks)
+
+    def _post(self, out: np.ndarray, mask: np.ndarray, copy: bool) -> np.ndarray:
+        """The model's answer from its raw output; with copy, never a view of `out` (a pooled buffer)."""
         if self.manifest.task == "rerank":
-            return np.ascontiguousarray(out.reshape(out.shape[0], -1)[:, 0], dtype=np.float32)
+            logits = out.reshape(out.shape[0], -1)[:, 0]
+            return np.array(logits, dtype=np.float32) if copy else np.ascontiguousarray(logits, dtype=np.float32)
         hidden = np.ascontiguousarray(out, dtype=np.float32)
         if self.manifest.pooling == "none":  # pooled (and projected) in the graph: [B, D]
-            return hidden
+            return hidden.copy() if copy else hidden
         return kernels.pool(hidden, mask, self.manifest.pooling)

@@ -128,8 +128,8 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         families.check_dtype(family, dtype)
     except families.FamilyError as e:
         raise ExportError(f"{src}: {e}") from e
-    if dtype not in ("fp32", "int8"):
-        raise ExportError(f"--dtype {dtype} is not supported by this version (fp32, int8)")
+    if dtype not in ("fp32", "fp16", "int8"):
+        raise ExportError(f"--dtype {dtype} is not supported by this version (fp32, fp16, int8)")
     if isa and isa not in ISAS:
         raise ExportError(f"--isa must be one of {', '.join(ISAS)}, got {isa!r}")
     if optimize and optimize not in ("O1", "O2", "O3"):
@@ -165,6 +165,8 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         onnx_file, quantization = "model.onnx", ""
         if dtype == "int8":
             onnx_file, quantization = _quantize_int8(tmp_path / "model.onnx", isa or cpu_isa())
+        elif dtype == "fp16":
+            onnx_file = _convert_fp16(tmp_path / "model.onnx")
         config = _read_json(tmp_path / "config.json")
         if not (tmp_path / "tokenizer.json").is_file():
             raise ExportError(f"{src}: no fast tokenizer (tokenizer.json) could be produced")
@@ -255,6 +257,20 @@ def _quantize_int8(graph: Path, isa: str) -> tuple[str, str]:
     quantize_dynamic(str(graph), str(target), weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=reduce_range)
     return target.name, f"dynamic int8, per-channel weights, isa={isa}, reduce_range={reduce_range}"
+
+
+def _convert_fp16(graph: Path) -> str:
+    """Weights and activations in float16 for the GPU; inputs and outputs keep their types (int64
+    ids in, float32 out), so the server feeds and reads an fp16 graph exactly as an fp32 one."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(graph))
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    target = graph.with_name("model_fp16.onnx")
+    big = model.ByteSize() > (1 << 31) - (64 << 20)  # protobuf's 2 GB limit: weights beside the graph
+    onnx.save_model(model, str(target), save_as_external_data=big, location=target.name + "_data")
+    return target.name
 
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"

@@ -82,8 +82,18 @@ class FallbackEngine:
         self.providers = primary.providers
         self.unavailable = primary.unavailable
         self.primary_errors = 0
+        self.primary_batches = 0
         self.fallback_batches = 0
+        self.pool = getattr(primary, "pool", None)
         self.last_switch_s = 0.0  # from the accelerator's error to the CPU's answer
+
+    def buffers(self, batch: int, seq_len: int):
+        """The accelerator engine's pooled input buffers (the CPU retry reads the same arrays)."""
+        fn = getattr(self.primary, "buffers", None)
+        return fn(batch, seq_len) if fn else (None, None, None, [])
+
+    def release(self, blocks: list) -> None:
+        self.primary.release(blocks)
 
     @property
     def degraded(self) -> bool:
@@ -93,7 +103,7 @@ class FallbackEngine:
         if self.breaker.allow_primary():
             try:
                 out = self.primary.infer(ids, mask, type_ids)
-            except Exception as e:  # any accelerator failure (OOM, driver, timeout): retry on CPU
+            except Exception as e:  # any accelerator failure (OOM, driver, a run over --gpu-timeout-ms): retry on CPU
                 failed_at = time.monotonic()
                 self.primary_errors += 1
                 self.breaker.record_failure()
@@ -103,6 +113,7 @@ class FallbackEngine:
                 self.last_switch_s = time.monotonic() - failed_at
                 return out
             self.breaker.record_success()
+            self.primary_batches += 1
             return out
         return self._on_cpu(ids, mask, type_ids)
 

@@ -88,6 +88,18 @@ class _StateCollector:
                                     "2 open (CPU serving)", labels=["model"])
         fallback = GaugeMetricFamily("ember_fallback_batches", "batches retried or served on the CPU after an "
                                      "accelerator error (total since start)", labels=["model"])
+        accel = GaugeMetricFamily("ember_accelerator_batches", "batches answered by the accelerator (total since "
+                                  "start); fallback rate = fallback / (fallback + these)", labels=["model"])
+        accel_errors = GaugeMetricFamily("ember_accelerator_errors", "accelerator batch errors, timeouts included "
+                                         "(total since start)", labels=["model"])
+        switch = GaugeMetricFamily("ember_fallback_switch_seconds", "the last accelerator failure: seconds from "
+                                   "the error to the CPU's answer", labels=["model"])
+        pool = {k: GaugeMetricFamily(f"ember_buffer_pool_{k}", help_, labels=["model"]) for k, help_ in (
+            ("hits", "buffer requests served from the pool (total)"),
+            ("allocations", "buffers allocated (total)"),
+            ("bytes_held", "bytes of host buffers the pool holds now (free and in use)"),
+            ("peak_bytes", "most bytes the pool has held"),
+            ("pinned", "1 when the pool's buffers are page-locked (CUDA present)"))}
         errors = GaugeMetricFamily("ember_model_load_errors", "1 for each model refused at load", labels=["model"])
         for name, model in list(self.registry.models.items()):
             depth.add_metric([name], model.scheduler.queued())
@@ -98,7 +110,16 @@ class _StateCollector:
             cb = getattr(model.engine, "breaker", None)
             if cb is not None:
                 breaker.add_metric([name], BREAKER_STATE.get(cb.state, 0))
-                fallback.add_metric([name], getattr(model.engine, "fallback_batches", 0))
+                fallback.add_metric([name], model.engine.fallback_batches)
+                accel.add_metric([name], model.engine.primary_batches)
+                accel_errors.add_metric([name], model.engine.primary_errors)
+                switch.add_metric([name], model.engine.last_switch_s)
+            bp = getattr(model.engine, "pool", None)
+            if bp is not None:
+                st = bp.stats()
+                for k, fam in pool.items():
+                    fam.add_metric([name], float(st[k]))
         for name in list(self.registry.errors):
             errors.add_metric([name], 1.0)
-        yield from (depth, loaded, ready, providers, breaker, fallback, errors)
+        yield from (depth, loaded, ready, providers, breaker, fallback, accel, accel_errors, switch, *pool.values(),
+                    errors)

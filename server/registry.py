@@ -17,7 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from .engine import Engine
+import onnxruntime as ort
+
+from .engine import ORT_PROVIDER, Engine, accelerator_options
+from .ext import BufferPool, cuda_error
 from .fallback import CircuitBreaker, FallbackEngine
 from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .manifest import Manifest, read_manifest
@@ -127,7 +130,8 @@ class Registry:
             manifest = self._apply(read_manifest(path), mc)
             if manifest.name != name:
                 manifest = dataclasses.replace(manifest, name=name)
-            engine = self._engine(path, manifest, mc.providers or self.settings.providers)
+            engine = self._engine(path, manifest, mc.providers or self.settings.providers,
+                                  mc.max_batch_tokens or self.settings.max_batch_tokens)
             tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
         except ModelLoadError as e:
             self.errors[name] = str(e)
@@ -166,15 +170,38 @@ class Registry:
             m = dataclasses.replace(m, prompts={**m.prompts, **dict(mc.prompts)})
         return m
 
-    def _engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...]):
-        """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker."""
+    def _engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...], max_batch_tokens: int):
+        """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker.
+
+        The CPU session is made first: the accelerator's options (TensorRT shape profiles) need the
+        graph's input names, and the fallback needs the CPU session anyway."""
         s = self.settings
-        engine = Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning)
-        if engine.providers == ["cpu"]:
-            return engine
+        accelerators = [p for p in providers if p != "cpu" and ORT_PROVIDER[p] in ort.get_available_providers()]
+        if not accelerators:  # the CPU only (asked for, or all that this onnxruntime build has)
+            return self._pooled(Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning))
         cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning)
+        options = accelerator_options(s, cpu.input_names, manifest.max_tokens, max_batch_tokens, manifest.name)
+        engine = Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning, provider_options=options,
+                        run_timeout_s=s.gpu_timeout_ms / 1000)
+        if engine.providers == ["cpu"]:  # the accelerator did not activate; this engine says why
+            return self._pooled(engine)
         breaker = CircuitBreaker(s.breaker_threshold, s.breaker_recovery_seconds, on_change=self._changed)
+        # One pool for both sessions, made after the accelerator's: ORT has loaded the CUDA runtime
+        # by then, so the buffers are page-locked.
+        self._pooled(engine)
+        cpu.pool = engine.pool
         return FallbackEngine(engine, cpu, breaker)
+
+    def _pooled(self, engine: Engine) -> Engine:
+        mb = self.settings.buffer_pool_mb
+        if mb and BufferPool is not None:
+            engine.pool = BufferPool("auto", max_bytes=mb << 20)
+            log.info("model %s: %s buffer pool of up to %d MB", engine.manifest.name,
+                     "page-locked" if engine.pool.pinned else "aligned host", mb)
+            if not engine.pool.pinned and engine.providers[0] != "cpu":
+                log.warning("model %s: buffers are not page-locked (%s)", engine.manifest.name,
+                            cuda_error() or "no CUDA runtime in the process")
+        return engine
 
     def warm_up(self, model: LoadedModel) -> None:
         """Run one batch per length bucket so the first requests do not pay for graph set-up."""

@@ -246,16 +246,24 @@ class ModelScheduler:
         lengths = np.fromiter((t.tokens for t in toks), dtype=np.int64, count=len(toks))
         offsets = np.zeros(len(toks) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        ids, mask = kernels.pack_batch(np.concatenate([t.ids for t in toks]), offsets, seq_len, self.pad_id,
-                                       self.pad_left)
-        type_ids = None
-        if self.engine.needs_type_ids and toks[0].type_ids is not None:
-            type_ids, _ = kernels.pack_batch(np.concatenate([t.type_ids for t in toks]), offsets, seq_len, 0,
-                                             self.pad_left)
-        for it in batch:
-            if it.job.started is None:
-                it.job.started = t0
-        out = self.engine.infer(ids, mask, type_ids)
+        # The engine's pooled buffers (page-locked on a GPU machine), packed in place and bound to
+        # the session as they are; engines without a pool (or test doubles) get new arrays.
+        buffers = getattr(self.engine, "buffers", None)
+        ids_o, mask_o, type_o, blocks = buffers(len(toks), seq_len) if buffers else (None, None, None, [])
+        try:
+            ids, mask = kernels.pack_batch(np.concatenate([t.ids for t in toks]), offsets, seq_len, self.pad_id,
+                                           self.pad_left, ids_o, mask_o)
+            type_ids = None
+            if self.engine.needs_type_ids and toks[0].type_ids is not None:
+                type_ids, _ = kernels.pack_batch(np.concatenate([t.type_ids for t in toks]), offsets, seq_len, 0,
+                                                 self.pad_left, type_o)
+            for it in batch:
+                if it.job.started is None:
+                    it.job.started = t0
+            out = self.engine.infer(ids, mask, type_ids)
+        finally:
+            if blocks:
+                self.engine.release(blocks)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
             self.metrics.inference_seconds.labels(self.name).observe(elapsed)

@@ -56,6 +56,23 @@ class Settings:
     cache_dir: str = field(
         default="", metadata={"help": "where the embedded default model is exported (empty = ~/.cache/ember)"}
     )
+    device_id: int = field(default=0, metadata={"help": "CUDA device for the TensorRT and CUDA providers"})
+    gpu_mem_limit_mb: int = field(default=0, metadata={"help": "CUDA provider memory arena limit (0 = no limit)"})
+    cuda_arena_extend: str = field(
+        default="same_as_requested", metadata={"help": "CUDA arena growth: same_as_requested or next_power_of_two"}
+    )
+    trt_fp16: bool = field(default=True, metadata={"help": "let TensorRT build fp16 kernels"})
+    trt_cache_dir: str = field(
+        default="", metadata={"help": "TensorRT engine and timing caches (empty = <cache dir>/tensorrt)"}
+    )
+    gpu_timeout_ms: int = field(
+        default=30000, metadata={"help": "an accelerator batch running longer is stopped, counted as an error "
+                                         "and retried on the CPU (0 = no limit)"}
+    )
+    buffer_pool_mb: int = field(
+        default=256, metadata={"help": "host buffers kept for reuse per model (page-locked when CUDA is "
+                                       "present; 0 = no pool, no IO binding)"}
+    )
     max_inputs_per_request: int = field(default=1024, metadata={"help": "inputs per Embed / documents per Rerank"})
     max_batch_tokens: int = field(default=16384, metadata={"help": "padded tokens in one inference batch"})
     bulk_max_batch_tokens: int = field(
@@ -148,6 +165,11 @@ class Settings:
             raise bad("batch_overhead_tokens" if self.batch_overhead_tokens < 0 else "max_wait_us", "must be >= 0")
         if self.intra_op_threads < 0:
             raise bad("intra_op_threads", "must be >= 0")
+        for name in ("device_id", "gpu_mem_limit_mb", "gpu_timeout_ms", "buffer_pool_mb"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.cuda_arena_extend not in ("same_as_requested", "next_power_of_two"):
+            raise bad("cuda_arena_extend", f"{self.cuda_arena_extend!r}; choose same_as_requested or next_power_of_two")
         if self.breaker_threshold < 1:
             raise bad("breaker_threshold", "must be >= 1")
         if self.breaker_recovery_seconds < 0:

@@ -65,8 +65,8 @@ def test_missing_file_and_bad_manifest_are_refused(tiny_models_dir, tmp_path):
 
 def test_export_refusals_are_clear(hf_sources, tmp_path, capsys):
     assert cli.main(["export", str(hf_sources["embed"]), str(tmp_path / "x"), "--task", "embed",
-                     "--dtype", "fp16"]) == 2
-    assert "--dtype fp16 is not supported" in capsys.readouterr().err
+                     "--dtype", "bf16"]) == 2
+    assert "--dtype bf16 is not supported" in capsys.readouterr().err
     # Never writes over an existing model directory.
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "f").write_text("x")

@@ -97,6 +97,14 @@ def test_pack_batch(k, left):
             assert ids[r].tolist() == row + [0] * pad and mask[r].tolist() == [1] * len(row) + [0] * pad
     with pytest.raises(ValueError, match="does not fit"):
         k.pack_batch(flat, offsets, 4, 0, left)
+    # into given arrays (the engine's pooled buffers), dirty beforehand: every cell is written
+    ids_o, mask_o = np.full((3, 6), 99, dtype=np.int64), np.full((3, 6), 99, dtype=np.int64)
+    got_ids, got_mask = k.pack_batch(flat, offsets, 6, 0, left, ids_o, mask_o)
+    assert got_ids is ids_o and got_mask is mask_o
+    np.testing.assert_array_equal(ids_o, ids)
+    np.testing.assert_array_equal(mask_o, mask)
+    with pytest.raises(ValueError, match="must be"):
+        k.pack_batch(flat, offsets, 6, 0, left, np.empty((3, 5), dtype=np.int64), mask_o)
 
 
 @pytest.mark.parametrize("k", IMPLS)

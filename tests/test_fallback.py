@@ -120,3 +120,87 @@ def test_no_client_visible_failure_when_the_accelerator_fails(tiny_models_dir):
         assert health(s, "model/tiny-embed/accelerator") == NOT_SERVING
     finally:
         s.stop()
+
+
+def test_a_run_over_the_gpu_timeout_is_stopped_counted_and_answered_on_cpu(tiny_models_dir):
+    """--gpu-timeout-ms: the real ORT run is stopped through RunOptions.terminate (here on a CPU
+    session standing in for the accelerator, with a timeout no batch can meet); the batch is
+    answered by the CPU session and the switch time is measured."""
+    d = tiny_models_dir / "tiny-embed"
+    m = read_manifest(d)
+    cpu = Engine(d, m, ("cpu",))
+    slow = Engine(d, m, ("cpu",), run_timeout_s=1e-6)
+    eng = FallbackEngine(slow, cpu, CircuitBreaker(threshold=3, recovery_s=300))
+    ids = np.tile(np.array([[101] + [7592] * 60 + [102]], dtype=np.int64), (64, 1))
+    mask = np.ones_like(ids)
+    with pytest.raises(TimeoutError, match="longer than 0 ms"):
+        slow.infer(ids, mask, np.zeros_like(ids))
+    np.testing.assert_array_equal(eng.infer(ids, mask, np.zeros_like(ids)), cpu.infer(ids, mask, np.zeros_like(ids)))
+    assert eng.primary_errors == 1 and eng.fallback_batches == 1 and eng.primary_batches == 0
+    assert 0 < eng.last_switch_s < 5
+    print(f"\nGPU-timeout fallback: switch from the stopped run to the CPU answer {eng.last_switch_s * 1000:.2f} ms")
+    fast = Engine(d, m, ("cpu",), run_timeout_s=30)  # a generous timeout never fires
+    np.testing.assert_array_equal(fast.infer(ids, mask, np.zeros_like(ids)), cpu.infer(ids, mask, np.zeros_like(ids)))
+
+
+def test_tensorrt_profiles_cover_every_batch_the_scheduler_can_make():
+    from ember.engine import accelerator_options, length_buckets, trt_profiles
+    from ember.settings import Settings
+
+    assert length_buckets(512) == [16, 32, 64, 128, 256, 512]
+    assert length_buckets(8192)[-1] == 8192 and length_buckets(10) == [10]
+    names = ["input_ids", "attention_mask"]
+    prof = trt_profiles(names, 512, 16384, 128)
+
+    def parse(key):
+        out = []
+        for item in prof[key].split(","):
+            name, dims = item.split(":")
+            out.append((name, tuple(int(x) for x in dims.split("x"))))
+        return out
+
+    mins, opts, maxs = parse("trt_profile_min_shapes"), parse("trt_profile_opt_shapes"), parse("trt_profile_max_shapes")
+    assert len(mins) == len(opts) == len(maxs) == 2 * 6  # one profile per bucket, every input in each
+    profiles = [(mins[i][1], opts[i][1], maxs[i][1]) for i in range(0, len(mins), 2)]
+    for lo, opt, hi in profiles:
+        assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+    # every (B, T) the scheduler may run falls in some profile
+    for t in range(1, 513):
+        for b in (1, 2, 7, 32, 127, 128):
+            if b * t <= 16384:
+                assert any(lo[0] <= b <= hi[0] and lo[1] <= t <= hi[1] for lo, _, hi in profiles), (b, t)
+
+    s = Settings(device_id=1, gpu_mem_limit_mb=2048, trt_cache_dir="/var/cache/ember-trt", trt_fp16=True)
+    o = accelerator_options(s, names, 512, 16384, "bge")
+    assert o["cuda"] == {"device_id": "1", "arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": str(2 << 30)}
+    assert o["tensorrt"]["trt_fp16_enable"] == "True" and o["tensorrt"]["device_id"] == "1"
+    assert o["tensorrt"]["trt_engine_cache_path"] == o["tensorrt"]["trt_timing_cache_path"] == "/var/cache/ember-trt/bge"
+    assert o["tensorrt"]["trt_profile_max_shapes"] == prof["trt_profile_max_shapes"]
+
+
+def test_accelerator_options_reach_the_session(tiny_models_dir, monkeypatch):
+    """With CUDA faked available, the session is asked for CUDA with ember's options (the fault
+    injection records what the real InferenceSession was given), then falls back to the CPU."""
+    import onnxruntime as ort
+
+    from conftest import start_server
+
+    seen = {}
+    real = ort.InferenceSession
+
+    def recording(path, opts=None, providers=None, provider_options=None, **kw):
+        if providers and "CUDAExecutionProvider" in providers:
+            seen["providers"], seen["options"] = list(providers), provider_options
+            raise RuntimeError("injected: no device")
+        return real(path, opts, providers=providers, **kw)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), providers=("cuda", "cpu"),
+                     device_id=0, gpu_mem_limit_mb=512)
+    try:
+        assert seen["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert seen["options"][0]["gpu_mem_limit"] == str(512 << 20) and seen["options"][1] == {}
+        assert s.server.registry.models["tiny-embed"].engine.providers == ["cpu"]
+    finally:
+        s.stop()
