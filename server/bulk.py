@@ -194,6 +194,16 @@ class Chunks:
         self.dir.rmdir()
 
 
+def _resume(out: Path, n: int, identity: dict, args, command: str, unit: str) -> tuple[Chunks, "Progress"]:
+    """The job's chunks (what a previous run finished is kept) and a progress bar starting there."""
+    chunks = Chunks(out, n, args.chunk_size, identity, args.restart)
+    done = chunks.done()
+    if done:
+        print(f"ember {command}: resuming: {len(done)} of {chunks.count} chunks already done", file=sys.stderr)
+    finished = sum(end - start for start, end in map(chunks.bounds, done))
+    return chunks, Progress(n, finished, command, unit, not args.no_progress)
+
+
 def _identity(path: Path, **options) -> dict:
     st = path.stat()
     return {"input": str(path.resolve()), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns, **options}
@@ -295,12 +305,7 @@ def embed(args) -> str:
         raise BulkError(f"{src}: no texts")
     options = {"model": args.model, "input_type": args.input_type, "prompt_name": args.prompt_name,
                "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field}
-    chunks = Chunks(out, len(recs.texts), args.chunk_size, _identity(src, **options), args.restart)
-    done = chunks.done()
-    if done:
-        print(f"ember embed: resuming: {len(done)} of {chunks.count} chunks already done", file=sys.stderr)
-    progress = Progress(len(recs.texts), sum(np.subtract(*chunks.bounds(i)[::-1]) for i in done), "embed",
-                        "text", not args.no_progress)
+    chunks, progress = _resume(out, len(recs.texts), _identity(src, **options), args, "embed", "text")
     sent = [0]
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client:
         def run() -> None:
@@ -352,12 +357,7 @@ def rerank(args) -> str:
                "documents": str(dsrc.resolve()), "documents_bytes": dst.st_size,
                "documents_mtime_ns": dst.st_mtime_ns, "query_field": args.query_field, "text_field": args.text_field,
                "instruction": args.instruction}
-    chunks = Chunks(out, len(queries.texts), args.chunk_size, _identity(qsrc, **options), args.restart)
-    done = chunks.done()
-    if done:
-        print(f"ember rerank: resuming: {len(done)} of {chunks.count} chunks already done", file=sys.stderr)
-    progress = Progress(len(queries.texts), sum(np.subtract(*chunks.bounds(i)[::-1]) for i in done), "rerank",
-                        "query", not args.no_progress)
+    chunks, progress = _resume(out, len(queries.texts), _identity(qsrc, **options), args, "rerank", "query")
     groups = [(s, min(len(docs.texts), s + args.docs_per_request))
               for s in range(0, len(docs.texts), args.docs_per_request)]
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client, \

@@ -146,29 +146,27 @@ class Engine:
         self._out_has_t = manifest.task == "embed" and manifest.pooling != "none"
         self.pool = None  # ember.ext BufferPool, set by the registry: IO binding through pooled buffers
 
-    def _run_options(self) -> tuple[ort.RunOptions | None, threading.Timer | None]:
-        """With a run timeout: options whose terminate flag a timer sets, so a run that takes too long
-        (a hung or thrashing accelerator) raises instead of holding the model."""
+    def _timed(self, run):
+        """run(run_options) within the run timeout: a timer sets the options' terminate flag, so a
+        run that takes too long (a hung or thrashing accelerator) raises instead of holding the model."""
         if not self.run_timeout_s:
-            return None, None
+            return run(None)
         ro = ort.RunOptions()
         timer = threading.Timer(self.run_timeout_s, setattr, (ro, "terminate", True))
         timer.daemon = True
         timer.start()
-        return ro, timer
-
-    def _run(self, feed: dict) -> np.ndarray:
-        ro, timer = self._run_options()
         try:
-            return self.session.run([self.manifest.output], feed, ro)[0]
+            return run(ro)
         except Exception as e:
-            if ro is not None and ro.terminate:
+            if ro.terminate:
                 raise TimeoutError(f"the run took longer than {self.run_timeout_s * 1000:.0f} ms and was "
                                    "stopped") from e
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
+
+    def _run(self, feed: dict) -> np.ndarray:
+        return self._timed(lambda ro: self.session.run([self.manifest.output], feed, ro)[0])
 
     def _run_bound(self, feed: dict[str, np.ndarray], blocks: list) -> np.ndarray:
         """Run with IO binding: inputs read in place, the output written into a pooled buffer (a
@@ -183,17 +181,7 @@ class Engine:
         block, out = self.pool.array(shape, np.float32)
         blocks.append(block)
         io.bind_output(self.manifest.output, "cpu", 0, np.float32, list(shape), out.ctypes.data)
-        ro, timer = self._run_options()
-        try:
-            self.session.run_with_iobinding(io, ro)
-        except Exception as e:
-            if ro is not None and ro.terminate:
-                raise TimeoutError(f"the run took longer than {self.run_timeout_s * 1000:.0f} ms and was "
-                                   "stopped") from e
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        self._timed(lambda ro: self.session.run_with_iobinding(io, ro))
         return out
 
     def buffers(self, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
