@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def main() -> int:
                        "ref_job_ms_p50": float(np.median(ref)), "ref_job_ms_min": float(np.min(ref))}
                 results.append(res)
                 rows.append(f"| {model} | {provider} | {dtype} | {rate:,.0f} | {tps:,.0f} | {flops / 1e12:.2f} | "
-                            f"{'n/a' if mfu != mfu else f'{mfu:.1%}'} | {res['ref_job_ms_p50']:.1f} |")
+                            f"{'n/a' if math.isnan(mfu) else f'{mfu:.1%}'} | {res['ref_job_ms_p50']:.1f} |")
                 print(rows[-1], flush=True)
     header = ("| model | provider | dtype | texts/s | tokens/s | model TFLOP/s | MFU | 1,000 × ~32-token texts, "
               "one Embed call, p50 (ms) |\n|---|---|---|---|---|---|---|---|")

@@ -87,12 +87,18 @@ def cuda_runtime(load: bool = False) -> str:
     return _cuda_source if _find_cuda(load) else ""
 
 
+def _nbytes(shape, dt) -> int:
+    n = dt.itemsize
+    for d in shape:
+        n *= d
+    return n
+
+
 cdef class Block:
     """One buffer: `nbytes` of host memory at `address`, exposed through the buffer protocol."""
     cdef void *ptr
     cdef readonly size_t nbytes
     cdef readonly bint pinned
-    cdef readonly object bucket
 
     def __cinit__(self):
         self.ptr = NULL
@@ -110,7 +116,7 @@ cdef class Block:
             rc = posix_memalign(&p, alignment, nbytes)
             if rc != 0 or p == NULL:
                 raise MemoryError(f"posix_memalign({nbytes}) failed ({rc})")
-        b.ptr, b.nbytes, b.pinned, b.bucket = p, nbytes, pinned, nbytes
+        b.ptr, b.nbytes, b.pinned = p, nbytes, pinned
         return b
 
     @property
@@ -126,12 +132,10 @@ cdef class Block:
     def array(self, shape, dtype) -> np.ndarray:
         """A NumPy view of the first prod(shape) items (keeps this block alive)."""
         dt = np.dtype(dtype)
-        n = 1
-        for d in shape:
-            n *= d
-        if n * dt.itemsize > self.nbytes:
-            raise ValueError(f"{tuple(shape)} {dt} needs {n * dt.itemsize} bytes; the block has {self.nbytes}")
-        return np.frombuffer(self, dtype=dt, count=n).reshape(shape)
+        nbytes = _nbytes(shape, dt)
+        if nbytes > self.nbytes:
+            raise ValueError(f"{tuple(shape)} {dt} needs {nbytes} bytes; the block has {self.nbytes}")
+        return np.frombuffer(self, dtype=dt, count=nbytes // dt.itemsize).reshape(shape)
 
     def __dealloc__(self):
         if self.ptr != NULL:
@@ -206,21 +210,10 @@ cdef class BufferPool:
     def array(self, shape, dtype) -> tuple:
         """(block, array view of `shape` and `dtype` over it); give the block back when done."""
         dt = np.dtype(dtype)
-        n = 1
-        for d in shape:
-            n *= d
-        blk = self.take(n * dt.itemsize)
+        blk = self.take(_nbytes(shape, dt))
         return blk, blk.array(shape, dt)
 
     def stats(self) -> dict:
         return {"requests": self._requests, "hits": self._hits, "allocations": self._allocations,
                 "bytes_held": self._held, "free_bytes": self._free_bytes, "peak_bytes": self._peak,
                 "in_use": self._in_use, "pinned": int(self.pinned)}
-
-    def clear(self) -> None:
-        """Release every free block."""
-        for blocks in self._free.values():
-            for blk in blocks:
-                self._held -= (<Block>blk).nbytes
-        self._free.clear()
-        self._free_bytes = 0

@@ -131,10 +131,18 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write arr to path atomically (through an open file: np.save would add .npy to the temp name)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    _atomic(path, write)
+
+
 def _write_embeddings(out: Path, kind: str, ids: list[str], vectors: np.ndarray) -> None:
     if kind == "npy":
         _atomic(ids_path(out), lambda p: p.write_text(json.dumps(ids), encoding="utf-8"))
-        _atomic(out, lambda p: np.save(open(p, "wb"), vectors))
+        _save_npy(out, vectors)
         return
     pa = _pyarrow()
     dim = vectors.shape[1]
@@ -183,7 +191,7 @@ class Chunks:
         return [i for i in range(self.count) if not self.path(i).is_file()]
 
     def save(self, i: int, arr: np.ndarray) -> None:
-        _atomic(self.path(i), lambda p: np.save(open(p, "wb"), arr))
+        _save_npy(self.path(i), arr)
 
     def load(self, i: int) -> np.ndarray:
         return np.load(self.path(i))
@@ -194,7 +202,7 @@ class Chunks:
         self.dir.rmdir()
 
 
-def _resume(out: Path, n: int, identity: dict, args, command: str, unit: str) -> tuple[Chunks, "Progress"]:
+def _resume(out: Path, n: int, identity: dict, args, command: str, unit: str) -> tuple[Chunks, Progress]:
     """The job's chunks (what a previous run finished is kept) and a progress bar starting there."""
     chunks = Chunks(out, n, args.chunk_size, identity, args.restart)
     done = chunks.done()
@@ -204,9 +212,10 @@ def _resume(out: Path, n: int, identity: dict, args, command: str, unit: str) ->
     return chunks, Progress(n, finished, command, unit, not args.no_progress)
 
 
-def _identity(path: Path, **options) -> dict:
+def _file_identity(path: Path, key: str) -> dict:
+    """A file as a job records it: where it is, its size and mtime (an edited file is another job)."""
     st = path.stat()
-    return {"input": str(path.resolve()), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns, **options}
+    return {key: str(path.resolve()), f"{key}_bytes": st.st_size, f"{key}_mtime_ns": st.st_mtime_ns}
 
 
 class Progress:
@@ -277,6 +286,7 @@ def _client(target: str, api_key: str):
 def _retrying(run: Callable[[], None], retries: int, what: str) -> None:
     """Run a pass over the remaining chunks; a server that goes away is retried with backoff."""
     import grpc
+    from ember_client import RETRYABLE
 
     for attempt in range(retries + 1):
         try:
@@ -284,8 +294,7 @@ def _retrying(run: Callable[[], None], retries: int, what: str) -> None:
             return
         except grpc.RpcError as e:
             code = e.code()
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            grpc.StatusCode.CANCELLED) or attempt == retries:
+            if code not in RETRYABLE or attempt == retries:
                 raise BulkError(f"the server answered {code.name}: {e.details()}; finished chunks are kept, "
                                 "rerun the same command to resume") from None
             delay = min(10.0, 0.5 * 2 ** attempt)
@@ -305,7 +314,8 @@ def embed(args) -> str:
         raise BulkError(f"{src}: no texts")
     options = {"model": args.model, "input_type": args.input_type, "prompt_name": args.prompt_name,
                "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field}
-    chunks, progress = _resume(out, len(recs.texts), _identity(src, **options), args, "embed", "text")
+    chunks, progress = _resume(out, len(recs.texts), {**_file_identity(src, "input"), **options}, args, "embed",
+                               "text")
     sent = [0]
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client:
         def run() -> None:
@@ -332,8 +342,9 @@ def embed(args) -> str:
             _retrying(run, args.retries, "ember embed")
         finally:
             progress.close()
-    if chunks.todo():
-        raise BulkError(f"{len(chunks.todo())} chunks are missing after the run; rerun to resume")
+    missing = chunks.todo()
+    if missing:
+        raise BulkError(f"{len(missing)} chunks are missing after the run; rerun to resume")
     vectors = np.concatenate([chunks.load(i) for i in range(chunks.count)])
     _write_embeddings(out, kind, recs.ids, vectors)
     chunks.clear()
@@ -352,12 +363,11 @@ def rerank(args) -> str:
     docs = read_records(dsrc, args.input_format, args.text_field, args.id_field)
     if not queries.texts or not docs.texts:
         raise BulkError("no queries or no documents")
-    dst = dsrc.stat()
     options = {"model": args.model, "raw_scores": args.raw_scores, "chunk_size": args.chunk_size,
-               "documents": str(dsrc.resolve()), "documents_bytes": dst.st_size,
-               "documents_mtime_ns": dst.st_mtime_ns, "query_field": args.query_field, "text_field": args.text_field,
+               **_file_identity(dsrc, "documents"), "query_field": args.query_field, "text_field": args.text_field,
                "instruction": args.instruction}
-    chunks, progress = _resume(out, len(queries.texts), _identity(qsrc, **options), args, "rerank", "query")
+    chunks, progress = _resume(out, len(queries.texts), {**_file_identity(qsrc, "input"), **options}, args,
+                               "rerank", "query")
     groups = [(s, min(len(docs.texts), s + args.docs_per_request))
               for s in range(0, len(docs.texts), args.docs_per_request)]
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client, \
@@ -386,7 +396,7 @@ def rerank(args) -> str:
     scores_all = np.concatenate([chunks.load(i) for i in range(chunks.count)])
     if kind == "npy":
         _atomic(ids_path(out), lambda p: p.write_text(json.dumps({"queries": queries.ids, "documents": docs.ids})))
-        _atomic(out, lambda p: np.save(open(p, "wb"), scores_all))
+        _save_npy(out, scores_all)
         what = f"scores {scores_all.shape[0]} x {scores_all.shape[1]} (+ ids in {ids_path(out).name})"
     else:
         top = args.top_n or len(docs.texts)

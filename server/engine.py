@@ -105,10 +105,9 @@ class Engine:
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = str(model_dir / manifest.onnx_file)
-        for short in ("tensorrt",):
-            cache = provider_options.get(short, {}).get("trt_engine_cache_path")
-            if ORT_PROVIDER[short] in chosen and cache:
-                Path(cache).mkdir(parents=True, exist_ok=True)
+        trt_cache = provider_options.get("tensorrt", {}).get("trt_engine_cache_path")
+        if trt_cache and ORT_PROVIDER["tensorrt"] in chosen:
+            Path(trt_cache).mkdir(parents=True, exist_ok=True)
         options = [provider_options.get(SHORT_NAME[p], {}) for p in chosen]
         try:
             self.session = ort.InferenceSession(graph, opts, providers=chosen, provider_options=options)
@@ -139,11 +138,11 @@ class Engine:
             raise ValueError(f"graph has no output {manifest.output!r} (outputs: {list(outputs)})")
         # The output's fixed trailing dimensions ([B, T, H] → (H,), [B, D] → (D,), [B] → ()), to bind
         # it to a pooled buffer; None when they are not all known (ORT then allocates the output).
+        self._out_has_t = manifest.task == "embed" and manifest.pooling != "none"  # [B, T, H], pooled here
         shape = outputs[manifest.output].shape
-        tail = shape[2:] if manifest.task == "embed" and manifest.pooling != "none" else shape[1:]
+        tail = shape[2:] if self._out_has_t else shape[1:]
         self._out_tail = tuple(tail) if all(isinstance(d, int) for d in tail) and \
             outputs[manifest.output].type == "tensor(float)" else None
-        self._out_has_t = manifest.task == "embed" and manifest.pooling != "none"
         self.pool = None  # ember.ext BufferPool, set by the registry: IO binding through pooled buffers
 
     def _timed(self, run):

@@ -84,8 +84,12 @@ class FallbackEngine:
         self.primary_errors = 0
         self.primary_batches = 0
         self.fallback_batches = 0
-        self.pool = getattr(primary, "pool", None)
         self.last_switch_s = 0.0  # from the accelerator's error to the CPU's answer
+
+    @property
+    def pool(self):
+        """The accelerator engine's buffer pool (the CPU session shares it), for the metrics."""
+        return getattr(self.primary, "pool", None)
 
     def buffers(self, batch: int, seq_len: int):
         """The accelerator engine's pooled input buffers (the CPU retry reads the same arrays)."""

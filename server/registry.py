@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
 import onnxruntime as ort
 
 from .engine import ORT_PROVIDER, Engine, accelerator_options
+from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .ext import BufferPool, cuda_error
 from .fallback import CircuitBreaker, FallbackEngine
-from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .manifest import Manifest, read_manifest
 from .scheduler import ModelScheduler
 from .settings import ModelConfig, Settings, model_config

@@ -17,9 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import real_texts
-
 from ember.v1 import ember_pb2 as pb
 
 N = 20_000
@@ -64,7 +62,7 @@ def test_embed_20k_jsonl_killed_and_resumed_gives_the_same_output(tiny_server, j
     assert ids == [f"doc-{i}" for i in range(N)]
     vectors = np.load(clean)
     assert vectors.shape == (N, 32) and vectors.dtype == np.float32
-    texts = [json.loads(line)["text"] for line in open(jsonl, encoding="utf-8")]
+    texts = [json.loads(line)["text"] for line in jsonl.read_text(encoding="utf-8").splitlines()]
     sample = np.r_[0:100, N - 100:N]
     ref = reference(tiny_server, [texts[i] for i in sample])
     assert np.abs(vectors[sample] - ref).max() < 1e-5

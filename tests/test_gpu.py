@@ -12,9 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import real_texts, start_server
-
 from ember import cli
 from ember.engine import Engine
 from ember.ext import BufferPool, cuda_runtime

@@ -8,6 +8,6 @@
 """
 from __future__ import annotations
 
-from ._client import AsyncClient, Client, ModelFacts, RerankHit
+from ._client import RETRYABLE, AsyncClient, Client, ModelFacts, RerankHit
 
-__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts"]
+__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts", "RETRYABLE"]
