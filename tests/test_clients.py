@@ -62,3 +62,24 @@ def test_grpc_health_probe_exit_codes(tiny_server):
     r = probe("-addr=127.0.0.1:1", "-connect-timeout=300ms")  # nothing listens there
     assert r.returncode == 2 and "failed to connect" in r.stderr
     assert probe().returncode == 1  # -addr missing
+
+
+LATENCY = ROOT / "clients/go/bin/ember-latency"
+
+
+def test_go_latency_client_times_real_calls(tiny_server):
+    """benchmarks/bench.py's Go client: one answer line per command, a duration for a call that
+    succeeded and the error of one that did not."""
+    if not LATENCY.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{LATENCY} is not built: `make test` runs `make clients` first")
+        pytest.skip("ember-latency not built (make clients)")
+    commands = ["embed a short text", "list", "health", "embed " + "word " * 5000, "bogus"]
+    r = subprocess.run([str(LATENCY), tiny_server.address], input="\n".join(commands) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(commands)
+    assert all(line.isdigit() and int(line) > 0 for line in lines[:3]), lines
+    assert lines[3].startswith("error ") and "InvalidArgument" in lines[3] and "inputs[0]" in lines[3], lines[3]
+    assert lines[4] == 'error unknown command "bogus"'
