@@ -68,7 +68,8 @@ def accelerator_options(settings, input_names: list[str], max_tokens: int, max_b
         "trt_engine_cache_path": str(trt_dir),
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(trt_dir),
-        **trt_profiles(input_names, max_tokens, max(max_batch_tokens, settings.bulk_max_batch_tokens),
+        **trt_profiles(input_names, max_tokens,
+                       max(max_batch_tokens, settings.bulk_max_batch_tokens, settings.bulk_solo_batch_tokens),
                        settings.max_batch_size),
     }
     cuda = {

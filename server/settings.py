@@ -76,7 +76,15 @@ class Settings:
     max_inputs_per_request: int = field(default=1024, metadata={"help": "inputs per Embed / documents per Rerank"})
     max_batch_tokens: int = field(default=16384, metadata={"help": "padded tokens in one inference batch"})
     bulk_max_batch_tokens: int = field(
-        default=256, metadata={"help": "padded tokens in one BULK batch (small: REALTIME waits at most one)"}
+        default=256, metadata={"help": "padded tokens in one BULK batch while REALTIME requests are about "
+                                       "(small: a REALTIME request waits at most one)"}
+    )
+    bulk_solo_batch_tokens: int = field(
+        default=1024, metadata={"help": "padded tokens in one BULK batch when no REALTIME request came in the "
+                                        "last realtime_recent_ms (less per-run overhead; 0 = bulk_max_batch_tokens)"}
+    )
+    realtime_recent_ms: int = field(
+        default=1000, metadata={"help": "REALTIME requests count as about for this long after the last one"}
     )
     batch_overhead_tokens: int = field(
         default=32, metadata={"help": "fixed cost of one inference run, in tokens (trades batch size for padding)"}
@@ -158,7 +166,8 @@ class Settings:
                      "max_message_bytes", "max_input_chars", "max_request_chars", "max_documents_per_request"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("inline_tokenize_chars", "inline_max_tokens", "inline_idle_us"):
+        for name in ("inline_tokenize_chars", "inline_max_tokens", "inline_idle_us", "bulk_solo_batch_tokens",
+                     "realtime_recent_ms"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         if self.batch_overhead_tokens < 0 or self.max_wait_us < 0:

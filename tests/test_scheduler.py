@@ -291,3 +291,36 @@ def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server)
     assert len(answers) == 6 and sum(rows for rows, _, _ in rec.batches) == 6
     assert all(t.startswith("ember-infer-") for t in rec.threads)
     assert len(rec.batches) < 6  # merged: they were all queued before the worker woke for the first
+
+
+def test_bulk_batches_grow_while_no_realtime_request_is_about(parts):
+    """BULK alone runs in `bulk_solo_batch_tokens` batches; once a REALTIME request came (within
+    realtime_recent_s), BULK batches shrink to `bulk_max_batch_tokens` so REALTIME waits little."""
+    async def run():
+        sched, rec, tok = make(parts, max_batch_tokens=200, bulk_max_batch_tokens=30, bulk_solo_batch_tokens=60,
+                               realtime_recent_s=30.0)
+        await sched.submit(texts_of_lengths(tok, [10] * 12), priority=BULK, deadline=None).future
+        solo = list(rec.batches)
+        await sched.submit(texts_of_lengths(tok, [10]), priority=REALTIME, deadline=None).future
+        rec.batches.clear()
+        await sched.submit(texts_of_lengths(tok, [10] * 12), priority=BULK, deadline=None).future
+        mixed = list(rec.batches)
+        sched.realtime_recent_s = 0.0  # the REALTIME request is no longer recent
+        rec.batches.clear()
+        await sched.submit(texts_of_lengths(tok, [10] * 12), priority=BULK, deadline=None).future
+        after = list(rec.batches)
+        sched.stop()
+        return solo, mixed, after
+
+    solo, mixed, after = asyncio.run(run())
+    assert [rows for rows, _, _ in solo] == [6, 6]  # 60 tokens each
+    assert [rows for rows, _, _ in mixed] == [3, 3, 3, 3]  # 30 tokens each
+    assert [rows for rows, _, _ in after] == [6, 6]
+
+
+def test_bulk_budgets_never_exceed_the_models_budget(parts):
+    sched, _, _ = make(parts, max_batch_tokens=40, bulk_max_batch_tokens=50, bulk_solo_batch_tokens=500)
+    try:
+        assert (sched.bulk_max_batch_tokens, sched.bulk_solo_batch_tokens) == (40, 40)
+    finally:
+        sched.stop()
