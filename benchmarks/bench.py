@@ -293,9 +293,15 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict
     # (PACED_INTERVAL_S apart, as independent users' requests arrive): a call that follows an
     # idle stretch is slower than one in a tight loop, for raw ORT as for ember, so each is
     # compared with raw ORT measured the same way.
+    server: list[tuple[int, int, int]] = []  # ember's own Timing of each closed-loop Python call
+
+    def embed_timed(text: str) -> None:
+        t = stub.Embed(_req([text])).timing
+        server.append((t.tokenize_ns, t.inference_ns, t.total_ns))
+
     plan: list[tuple[str, object, float, bool]] = [
         ("raw_ort_single_ms", raw.one, 0.0, False),
-        ("ember_single_ms", lambda t: stub.Embed(_req([t])), 0.0, False),
+        ("ember_single_ms", embed_timed, 0.0, False),
         ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), 0.0, False)]
     if go is not None:
         plan += [("ember_single_go_ms", go.embed, 0.0, True), ("grpc_roundtrip_go_ms", go.list_models, 0.0, True)]
@@ -318,7 +324,11 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict
     if go is not None:
         go.close()
     ch.close()
-    return {k: np.concatenate(v) for k, v in lat.items()}
+    out = {k: np.concatenate(v) for k, v in lat.items()}
+    timing = np.array(server[-len(out["ember_single_ms"]):], dtype=np.float64) / 1e6
+    out.update(ember_server_tokenize_ms=timing[:, 0], ember_server_inference_ms=timing[:, 1],
+               ember_server_total_ms=timing[:, 2])
+    return out
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -565,6 +575,12 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
             if key in res:
                 rows.append((f"ember single text, {loop}, {client} client, p50 / p99 (ms)", p(key),
                              f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms", "p50 ≤ raw + 1 ms"))
+        if suffix == "single" and "ember_server_total_ms" in res:
+            total, inf, tok = (pct(res[f"ember_server_{k}_ms"], 50) for k in ("total", "inference", "tokenize"))
+            rows.append(("… of which in ember's handler (its Timing): total / inference / tokenize p50 (ms)",
+                         f"{total:.2f} / {inf:.2f} / {tok:.2f}",
+                         f"outside it (per call, p50) {pct(res['ember_single_ms'] - res['ember_server_total_ms'], 50):.2f}"
+                         " ms", ""))
         if suffix == "single":
             for client, key in (("Python", "grpc_roundtrip_ms"), ("Go", "grpc_roundtrip_go_ms")):
                 if key in res:
