@@ -18,7 +18,7 @@ from .export import ensure_default_model
 from .fallback import FallbackEngine
 from .metrics import Metrics
 from .registry import Registry
-from .security import ADMIN_OFF, ApiKeyInterceptor, add_refusing, server_credentials
+from .security import ADMIN_OFF, ApiKeyInterceptor, server_credentials
 from .servicers import (AdminServicer, Core, EmbedderServicer, ModelsServicer, RerankerServicer, ServerState,
                         add_to_server)
 from .errors import FailedPrecondition, NotFound, Unavailable
@@ -82,6 +82,20 @@ def model_health_name(name: str) -> str:
     return f"model/{name}"
 
 
+class RefusingServicer:
+    """Answers every method of a service with one status, without looking at the request (the
+    Admin service when the server has no admin keys)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code, self.message = code, message
+
+    def __getattr__(self, method: str):
+        async def refuse(_request, context):
+            await context.abort(self.code, self.message)
+
+        return refuse
+
+
 class EmberServer:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -113,7 +127,7 @@ class EmberServer:
         if settings.admin_api_keys:
             add_to_server(AdminServicer(self), "Admin", self.server)
         else:
-            add_refusing(ADMIN_SERVICE, self.server, grpc.StatusCode.PERMISSION_DENIED, ADMIN_OFF)
+            add_to_server(RefusingServicer(grpc.StatusCode.PERMISSION_DENIED, ADMIN_OFF), "Admin", self.server)
         self._admin = asyncio.Lock()
         self.loaded = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None

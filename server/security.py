@@ -51,8 +51,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
         if details.method.startswith(ADMIN_PREFIX):
-            if not self._admin:
-                return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, ADMIN_OFF)
+            if not self._admin:  # the service is off and refuses by itself (app.RefusingServicer)
+                return handler
             refused = self.check(details.invocation_metadata, self._admin)
             if refused and refused[0] == grpc.StatusCode.PERMISSION_DENIED:
                 refused = (refused[0], "this key may not use the Admin service")
@@ -73,24 +73,6 @@ def _refusing(handler, code: grpc.StatusCode, message: str):
     make = getattr(grpc, f"{kind}_rpc_method_handler")
     return make(refuse, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-
-
-def add_refusing(service_name: str, server, code: grpc.StatusCode, message: str) -> None:
-    """Register every method of a service (full name) as answering `code` without reading the request."""
-    from .v1 import ember_pb2
-
-    service = ember_pb2.DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[-1]]
-
-    async def refuse(_request, context):
-        await context.abort(code, message)
-
-    handlers = {}
-    for m in service.methods:  # a coroutine serves a streaming method too (grpc.aio's reader/writer form)
-        make = {(False, False): grpc.unary_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler,
-                (False, True): grpc.unary_stream_rpc_method_handler,
-                (True, False): grpc.stream_unary_rpc_method_handler}[(m.client_streaming, m.server_streaming)]
-        handlers[m.name] = make(refuse)  # no deserializer: the request bytes are never parsed
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def server_credentials(s: Settings) -> grpc.ServerCredentials | None:

@@ -35,13 +35,20 @@ def admin(server) -> pb_grpc.AdminStub:
     return pb_grpc.AdminStub(server.channel)
 
 
-def test_admin_service_needs_an_admin_key(live_dir):
+@pytest.mark.parametrize("keys", [(), ("data-key",)])
+def test_admin_service_needs_an_admin_key(live_dir, keys):
+    """Off without admin keys, whether or not the data RPCs have keys (with none, the server has
+    no interceptor and the service refuses by itself), for every Admin method."""
     d, _, _ = live_dir
-    s = start_server(models_dir=str(d))
+    s = start_server(models_dir=str(d), api_keys=keys)
     try:
-        with pytest.raises(grpc.RpcError) as e:
-            admin(s).Rescan(pb.RescanRequest(), metadata=ADMIN)
-        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "--admin-api-keys" in e.value.details()
+        calls = [lambda md: admin(s).Rescan(pb.RescanRequest(), metadata=md),
+                 lambda md: admin(s).LoadModel(pb.ModelRequest(name="tiny-embed"), metadata=md)]
+        for call in calls:
+            for md in (ADMIN, (("authorization", "Bearer data-key"),), None):
+                with pytest.raises(grpc.RpcError) as e:
+                    call(md)
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "--admin-api-keys" in e.value.details()
     finally:
         s.stop()
     s = start_server(models_dir=str(d), api_keys=("data-key",), admin_api_keys=("admin-key",))
