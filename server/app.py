@@ -104,10 +104,11 @@ class EmberServer:
         self.core = Core(self.registry, settings, self.state)
         self.health = DrainingHealth()
         keys = settings.all_api_keys()
-        # Without any key there is nothing to check: no interceptor, so no Python call per RPC
-        # before its handler (the Admin service then refuses by itself, below).
+        # Without any key, data or admin, there is nothing to check: no interceptor, so no Python
+        # call per RPC before its handler (the Admin service then refuses by itself, below).
+        any_keys = bool(keys or settings.admin_api_keys)
         self.server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(keys, settings.admin_api_keys)] if keys else [],
+            interceptors=[ApiKeyInterceptor(keys, settings.admin_api_keys)] if any_keys else [],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),

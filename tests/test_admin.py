@@ -65,6 +65,22 @@ def test_admin_service_needs_an_admin_key(live_dir, keys):
         s.stop()
 
 
+def test_admin_keys_alone_still_guard_the_admin_service(live_dir):
+    """Admin keys without data keys: the data RPCs are open, the Admin service is not."""
+    d, _, _ = live_dir
+    s = start_server(models_dir=str(d), admin_api_keys=("admin-key",))
+    try:
+        for md, code in (((), grpc.StatusCode.UNAUTHENTICATED),
+                         ((("authorization", "Bearer wrong-key"),), grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.RpcError) as e:
+                admin(s).Rescan(pb.RescanRequest(), metadata=md)
+            assert e.value.code() == code
+        assert admin(s).Rescan(pb.RescanRequest(), metadata=ADMIN).loaded == []
+        assert len(s.embedder.Embed(pb.EmbedRequest(inputs=["x"])).embeddings) == 1
+    finally:
+        s.stop()
+
+
 def test_load_reload_unload_under_load_fail_nothing_in_flight(live_dir):
     d, spare, tampered = live_dir
     s = start_server(models_dir=str(d), default_embed_model="tiny-embed", admin_api_keys=("admin-key",))
