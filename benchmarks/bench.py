@@ -325,7 +325,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict
         go.close()
     ch.close()
     out = {k: np.concatenate(v) for k, v in lat.items()}
-    timing = np.array(server[-len(out["ember_single_ms"]):], dtype=np.float64) / 1e6
+    timing = np.array(server, dtype=np.float64) / 1e6  # one row per ember_single_ms call, in order
     out.update(ember_server_tokenize_ms=timing[:, 0], ember_server_inference_ms=timing[:, 1],
                ember_server_total_ms=timing[:, 2])
     return out
@@ -380,12 +380,7 @@ def main() -> int:
             res.update(single_text_latency(srv.address, raw, texts[-n_lat:]))
         finally:
             srv.stop()
-        lines = [f"Machine: {res['machine']}", "", "| measurement | value | ratio | target |", "|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in latency_rows(res)]
-        print("\n".join(lines))
-        (OUT / "latency.md").write_text("\n".join(lines) + "\n")
-        (OUT / "latency.json").write_text(json.dumps(
-            {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.items()}, indent=1))
+        write_table(res, latency_rows(res), f"Machine: {res['machine']}", "latency")
         return 0
     samples: dict[str, list[float]] = {}
 
@@ -548,15 +543,21 @@ def report(res: dict) -> None:
     for enc, v in res["encode_cost"].items():
         rows.append((f"building + serializing an EmbedResponse, {enc} (µs per 384-d embedding)",
                      f"{v['us_per_embedding']:.2f}", f"{v['bytes'] / 1024:.0f} KiB per 1024", ""))
-    lines = [f"Machine: {res['machine']}; medians of {res['rounds']} interleaved rounds", "", "| measurement | value | ratio | target |", "|---|---|---|---|"]
+    write_table(res, rows, f"Machine: {res['machine']}; medians of {res['rounds']} interleaved rounds", "results")
+    print("and throughput_vs_concurrency.png, latency_cdf.png")
+    plot(res)
+
+
+def write_table(res: dict, rows: list[tuple[str, str, str, str]], heading: str, stem: str) -> None:
+    """Print the rows as a Markdown table and write it to out/STEM.md, and every result to out/STEM.json."""
+    lines = [heading, "", "| measurement | value | ratio | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines)
     print(text)
-    (OUT / "results.md").write_text(text + "\n")
-    (OUT / "results.json").write_text(json.dumps(
+    (OUT / f"{stem}.md").write_text(text + "\n")
+    (OUT / f"{stem}.json").write_text(json.dumps(
         {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.items()}, indent=1))
-    print(f"wrote {OUT / 'results.md'}, results.json, throughput_vs_concurrency.png, latency_cdf.png")
-    plot(res)
+    print(f"wrote {OUT / stem}.md and {stem}.json")
 
 
 def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
