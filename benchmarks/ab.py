@@ -31,9 +31,11 @@ def main() -> int:
     model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
     raw = RawOrt(model_dir)
     raw.encode(texts[:256])
-    servers = [EmberProcess(model_dir.parent, args.port + i, shlex.split(c)) for i, c in enumerate(args.configs)]
+    servers: list[EmberProcess] = []
     samples: dict[str, list[float]] = {"raw ORT": []}
     try:
+        for i, c in enumerate(args.configs):  # inside the try: one that fails to start stops the others
+            servers.append(EmberProcess(model_dir.parent, args.port + i, shlex.split(c)))
         for r in range(args.rounds):
             samples["raw ORT"].append(throughput(raw.encode_ideal, texts))
             for c, srv in zip(args.configs, servers):
