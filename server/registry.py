@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -141,13 +142,14 @@ class Registry:
             log.error("model %s failed to load: %s: %s", name, type(e).__name__, e)
             return None
         s = self.settings
+        lanes = self._lanes(path, manifest, engine)
         scheduler = ModelScheduler(
             engine, max_batch_tokens=mc.max_batch_tokens or s.max_batch_tokens, max_batch_size=s.max_batch_size,
             max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
             pad_id=manifest.pad_token_id, bulk_max_batch_tokens=s.bulk_max_batch_tokens,
-            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=s.inference_workers,
+            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=s.inference_workers or 1,
             inline_max_tokens=s.inline_max_tokens, bulk_solo_batch_tokens=s.bulk_solo_batch_tokens,
-            realtime_recent_s=s.realtime_recent_ms / 1000,
+            realtime_recent_s=s.realtime_recent_ms / 1000, lanes=lanes,
         )
         scheduler.metrics = self.metrics
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
@@ -192,6 +194,26 @@ class Registry:
         cpu.pool = engine.pool
         return FallbackEngine(engine, cpu, breaker)
 
+    def _lanes(self, path: Path, manifest: Manifest, engine) -> list[Engine]:
+        """The worker sessions of a model on the CPU (see Settings.inference_workers); [] when the
+        workers share the main engine (an accelerator, one worker, or one thread in all)."""
+        s = self.settings
+        threads = s.intra_op_threads or (os.cpu_count() or 1)
+        workers = s.inference_workers or (2 if threads >= 2 else 1)
+        if workers < 2 or not isinstance(engine, Engine) or engine.providers != ["cpu"]:
+            return []
+        per = max(1, threads // workers)
+        if per == 1:  # a one-thread run needs no thread pool: all workers can share one session
+            shared = Engine(path, manifest, ("cpu",), 1, s.ort_spinning)
+            lanes = [shared] * workers
+        else:
+            lanes = [Engine(path, manifest, ("cpu",), per, s.ort_spinning) for _ in range(workers)]
+        for lane in lanes:
+            lane.pool = engine.pool
+        log.info("model %s: %d workers on %d lane session(s) of %d thread(s); lone batches on %d threads",
+                 manifest.name, workers, len({id(x) for x in lanes}), per, threads)
+        return lanes
+
     def _pooled(self, engine: Engine) -> Engine:
         mb = self.settings.buffer_pool_mb
         if mb and BufferPool is not None:
@@ -204,12 +226,15 @@ class Registry:
         return engine
 
     def warm_up(self, model: LoadedModel) -> None:
-        """Run one batch per length bucket so the first requests do not pay for graph set-up."""
+        """Run one batch per length bucket on each session so the first requests do not pay for
+        graph set-up."""
+        engines = {id(e): e for e in [model.engine, *model.scheduler.lanes]}
         for n in WARMUP_LENGTHS:
             n = min(n, model.manifest.max_tokens)
             ids = np.full((4, n), model.manifest.pad_token_id or 1, dtype=np.int64)
             mask = np.ones_like(ids)
-            model.engine.infer(ids, mask, np.zeros_like(ids) if model.engine.needs_type_ids else None)
+            for engine in engines.values():
+                engine.infer(ids, mask, np.zeros_like(ids) if engine.needs_type_ids else None)
         model.ready = True
         log.info("model %s ready (%s, %s, providers %s, loaded in %.2fs)", model.name, model.manifest.task,
                  model.manifest.architecture, ",".join(model.engine.providers), model.load_seconds)

@@ -10,7 +10,13 @@ requests are about, i.e. one came in the last `realtime_recent_s`; with none abo
 alone and its batches grow to `bulk_solo_batch_tokens`, whose lower per-run overhead is worth a
 few percent of throughput (the first REALTIME request after a quiet spell waits for at most one
 such batch). The batch holding the oldest item runs next, so
-every item makes progress. Items of cancelled or expired jobs are dropped before inference. The
+every item makes progress.
+
+On the CPU the workers can run on lanes: sessions with a share of the cores each, so that
+several batches run at once (a small batch does not keep two cores busy inside one run). A batch
+that finds the model otherwise idle, and the inline path, run on the main session, which has all
+the threads: a lone request is as fast as it can be, a loaded model runs its batches side by
+side. Items of cancelled or expired jobs are dropped before inference. The
 queue is bounded: a job that does not fit is refused at once.
 """
 from __future__ import annotations
@@ -74,8 +80,13 @@ class ModelScheduler:
     def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
                  pad_left: bool, pad_id: int, bulk_max_batch_tokens: int | None = None, batch_overhead_tokens: int = 32,
                  max_wait_us: int = 0, workers: int = 1, inline_max_tokens: int = 0,
-                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0):
+                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes: list | None = None):
         self.engine = engine
+        # Worker i runs batches on lanes[i] (its own session, or one shared one-thread session),
+        # except a batch that runs alone, which takes the main engine. No lanes: all on the engine.
+        self.lanes = list(lanes or [])
+        if self.lanes:
+            workers = len(self.lanes)
         self.max_batch_tokens = max_batch_tokens
         # BULK batches never exceed the model's own budget
         self.bulk_max_batch_tokens = min(bulk_max_batch_tokens or max_batch_tokens, max_batch_tokens)
@@ -97,7 +108,8 @@ class ModelScheduler:
         self.metrics = None  # ember.metrics.Metrics, when the server has metrics on
         self.name = engine.manifest.name
         self._threads = [
-            threading.Thread(target=self._run, name=f"ember-infer-{engine.manifest.name}-{i}", daemon=True)
+            threading.Thread(target=self._run, args=(i,), name=f"ember-infer-{engine.manifest.name}-{i}",
+                             daemon=True)
             for i in range(workers)
         ]
         for t in self._threads:
@@ -148,7 +160,7 @@ class ModelScheduler:
             self._busy += 1
             self._last_realtime = job.enqueued
         try:
-            self._execute([_Item(job, i) for i in range(len(items))], _deliver_here)
+            self._execute([_Item(job, i) for i in range(len(items))], _deliver_here, self.engine)
         except Exception as e:
             log.exception("inference failed for model %s", self.engine.manifest.name)
             job.failed = True
@@ -165,13 +177,13 @@ class ModelScheduler:
             t.join(timeout=10)
 
     # ---- worker side ------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, i: int) -> None:
         while True:
-            batch = self._next_batch()
+            batch, main = self._next_batch()
             if batch is None:
                 return
             try:
-                self._execute(batch, _deliver_threadsafe)
+                self._execute(batch, _deliver_threadsafe, self.engine if main else self.lanes[i])
             except Exception as e:  # a failed batch fails its jobs, never the worker
                 log.exception("inference failed for model %s", self.engine.manifest.name)
                 for it in batch:
@@ -187,11 +199,13 @@ class ModelScheduler:
             if self.queued():
                 self._cond.notify()
 
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self) -> tuple[list[_Item] | None, bool]:
+        """The next batch, and whether it runs on the main engine (it does when there are no lanes,
+        or when it is all the model has to do: nothing else running, nothing left queued)."""
         with self._cond:
             while True:
                 if self._stopping and not self.queued():
-                    return None
+                    return None, False
                 bulk = not self._queues[REALTIME]
                 q = self._queues[BULK] if bulk else self._queues[REALTIME]
                 self._drop_dead(q)
@@ -200,8 +214,10 @@ class ModelScheduler:
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
+                    batch = self._take(q, bulk)
+                    main = not self.lanes or (not self._busy and not self.queued())
                     self._busy += 1
-                    return self._take(q, bulk)
+                    return batch, main
                 if not self.queued():
                     self._cond.wait()
 
@@ -259,7 +275,7 @@ class ModelScheduler:
         q.extendleft(window[i] for i in reversed(range(len(window))) if i not in chosen)
         return [window[i] for i in sorted(chosen)]
 
-    def _execute(self, batch: list[_Item], deliver) -> None:
+    def _execute(self, batch: list[_Item], deliver, engine) -> None:
         t0 = time.monotonic()
         toks = [it.job.items[it.index] for it in batch]
         seq_len = max(t.tokens for t in toks)
@@ -268,22 +284,22 @@ class ModelScheduler:
         np.cumsum(lengths, out=offsets[1:])
         # The engine's pooled buffers (page-locked on a GPU machine), packed in place and bound to
         # the session as they are; engines without a pool (or test doubles) get new arrays.
-        buffers = getattr(self.engine, "buffers", None)
+        buffers = getattr(engine, "buffers", None)
         ids_o, mask_o, type_o, blocks = buffers(len(toks), seq_len) if buffers else (None, None, None, [])
         try:
             ids, mask = kernels.pack_batch(np.concatenate([t.ids for t in toks]), offsets, seq_len, self.pad_id,
                                            self.pad_left, ids_o, mask_o)
             type_ids = None
-            if self.engine.needs_type_ids and toks[0].type_ids is not None:
+            if engine.needs_type_ids and toks[0].type_ids is not None:
                 type_ids, _ = kernels.pack_batch(np.concatenate([t.type_ids for t in toks]), offsets, seq_len, 0,
                                                  self.pad_left, type_o)
             for it in batch:
                 if it.job.started is None:
                     it.job.started = t0
-            out = self.engine.infer(ids, mask, type_ids)
+            out = engine.infer(ids, mask, type_ids)
         finally:
             if blocks:
-                self.engine.release(blocks)
+                engine.release(blocks)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
             self.metrics.inference_seconds.labels(self.name).observe(elapsed)

@@ -97,8 +97,12 @@ class Settings:
     stream_max_in_flight: int = field(default=16, metadata={"help": "messages in flight per stream"})
     intra_op_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0 = cores)"})
     inference_workers: int = field(
-        default=1, metadata={"help": "inference threads per model sharing its session (1 suits a CPU: ORT "
-                                     "already uses every core inside one run)"}
+        default=0, metadata={"help": "batches a model runs at once (0 = auto: 2 for a model on the CPU with 2+ "
+                                     "intra-op threads, else 1). On the CPU each worker runs on a lane, an ONNX "
+                                     "Runtime session with intra_op_threads / workers threads (one shared "
+                                     "session when that is 1), and a batch that has the model to itself runs "
+                                     "on the main session with all of them; each session holds its own copy "
+                                     "of the weights (1 = one session only)"}
     )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(
@@ -162,7 +166,7 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise bad("port", f"{self.port} is not a port number")
         for name in ("max_inputs_per_request", "max_batch_tokens", "bulk_max_batch_tokens", "max_batch_size",
-                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads", "inference_workers",
+                     "max_queue_items", "stream_max_in_flight", "tokenizer_threads",
                      "max_message_bytes", "max_input_chars", "max_request_chars", "max_documents_per_request"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
@@ -172,8 +176,8 @@ class Settings:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         if self.batch_overhead_tokens < 0 or self.max_wait_us < 0:
             raise bad("batch_overhead_tokens" if self.batch_overhead_tokens < 0 else "max_wait_us", "must be >= 0")
-        if self.intra_op_threads < 0:
-            raise bad("intra_op_threads", "must be >= 0")
+        if self.intra_op_threads < 0 or self.inference_workers < 0:
+            raise bad("intra_op_threads" if self.intra_op_threads < 0 else "inference_workers", "must be >= 0")
         for name in ("device_id", "gpu_mem_limit_mb", "gpu_timeout_ms", "buffer_pool_mb"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")

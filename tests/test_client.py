@@ -93,7 +93,8 @@ def test_retry_waits_for_the_servers_retry_hint(tiny_models_dir):
 
     from conftest import start_server
 
-    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), max_queue_items=4, inline_max_tokens=0)
+    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), max_queue_items=4, inline_max_tokens=0,
+                     inference_workers=1)  # one worker: held, it keeps the rest queued
     sched = s.server.registry.models["tiny-embed"].scheduler
     real, gate = sched.engine, threading.Event()
 

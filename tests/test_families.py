@@ -221,7 +221,7 @@ def test_embeddinggemma_matches_sentence_transformers(family_models, family_serv
 def test_long_inputs_do_not_pad_short_ones(family_server):
     """Token-budget batching: one long input and short ones in a request run in separate batches."""
     model = family_server.server.registry.models["bge-m3"]
-    real, shapes = model.scheduler.engine, []
+    real, lanes, shapes = model.scheduler.engine, model.scheduler.lanes, []
 
     class Recording:
         def __init__(self):
@@ -231,11 +231,12 @@ def test_long_inputs_do_not_pad_short_ones(family_server):
             shapes.append((ids.shape, mask.sum(axis=1).tolist()))
             return real.infer(ids, mask, type_ids)
 
-    model.scheduler.engine = Recording()
+    rec = Recording()  # on the main session and on every worker's lane
+    model.scheduler.engine, model.scheduler.lanes = rec, [rec] * len(lanes)
     try:
         embed(family_server, "bge-m3", [LONG] + SHORT * 4)
     finally:
-        model.scheduler.engine = real
+        model.scheduler.engine, model.scheduler.lanes = real, lanes
     long_batch = [s for s in shapes if max(s[1]) > 1000]
     assert len(long_batch) == 1 and long_batch[0][0][0] == 1  # the long one ran alone
     assert all(shape[1] < 100 for shape, _ in shapes if shape not in [b[0] for b in long_batch])

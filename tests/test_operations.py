@@ -63,7 +63,8 @@ def test_metrics_count_known_traffic(tiny_models_dir):
 
 
 def test_expired_deadlines_never_reach_inference_and_are_counted(tiny_models_dir):
-    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), inline_max_tokens=0)
+    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), inline_max_tokens=0,
+                     inference_workers=1)  # one worker: held, it keeps the rest queued
     sched = s.server.registry.models["tiny-embed"].scheduler
     real, ran = sched.engine, []
 

@@ -324,3 +324,64 @@ def test_bulk_budgets_never_exceed_the_models_budget(parts):
         assert (sched.bulk_max_batch_tokens, sched.bulk_solo_batch_tokens) == (40, 40)
     finally:
         sched.stop()
+
+
+def test_lone_batches_run_on_the_main_engine_and_concurrent_ones_side_by_side_on_lanes(parts):
+    """With lanes, a batch that has the model to itself takes the main engine (all the threads);
+    while one runs, the next batch runs at the same time on another worker's lane."""
+    async def run():
+        engine, _ = parts
+        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
+        sched, main, tok = make(parts, lanes=lanes)
+        await sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None).future
+        alone = (len(main.batches), sum(len(x.batches) for x in lanes))
+        main.hold.clear()
+        first = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, main.entered.wait, 10)
+        # the main engine is held: the second job can only finish if it runs beside it, on a lane
+        second = await asyncio.wait_for(sched.submit(texts_of_lengths(tok, [7]), priority=REALTIME,
+                                                     deadline=None).future, 10)
+        running = not first.future.done()
+        main.hold.set()
+        await first.future
+        sched.stop()
+        return alone, running, second, main, lanes
+
+    alone, running, second, main, lanes = asyncio.run(run())
+    assert alone == (1, 0)
+    assert running and second.shape == (1, 32)
+    assert [b[2] for b in main.batches] == [[5], [6]]
+    assert [b[2] for x in lanes for b in x.batches] == [[7]]
+    assert len({*main.threads, *(t for x in lanes for t in x.threads)}) == 2  # two workers
+
+
+def test_no_lanes_means_every_batch_on_the_one_engine(parts):
+    sched, _, _ = make(parts, workers=2)
+    try:
+        assert sched.lanes == [] and len(sched._threads) == 2
+    finally:
+        sched.stop()
+
+
+@pytest.mark.parametrize("threads,workers,lane_threads,sessions", [
+    (2, 0, [1, 1], 1),  # auto: two workers sharing one one-thread session (no thread pool to share)
+    (4, 2, [2, 2], 2),  # two-thread runs: a session per worker
+    (2, 1, [], 0),  # one worker: the main session only
+])
+def test_cpu_models_get_lanes_with_a_share_of_the_threads(tiny_models_dir, threads, workers, lane_threads, sessions):
+    from ember.registry import Registry
+    from ember.settings import Settings
+
+    reg = Registry(Settings(intra_op_threads=threads, inference_workers=workers, metrics=False))
+    model = reg.load(tiny_models_dir / "tiny-embed", register=False)
+    try:
+        sched = model.scheduler
+        opts = [lane.session.get_session_options().intra_op_num_threads for lane in sched.lanes]
+        assert opts == lane_threads and len({id(x) for x in sched.lanes}) == sessions
+        assert model.engine.session.get_session_options().intra_op_num_threads == threads
+        assert len(sched._threads) == max(1, len(lane_threads))
+        assert all(lane.pool is model.engine.pool for lane in sched.lanes)  # one buffer pool
+        reg.warm_up(model)  # every session runs
+        assert model.ready
+    finally:
+        model.scheduler.stop()

@@ -10,14 +10,14 @@ def test_precedence_cli_over_env_over_default():
     s = from_sources({"port": 7000, "providers": None}, env)
     assert s.port == 7000  # CLI wins
     assert s.providers == ("cuda", "cpu") and s.reflection is False and s.max_batch_tokens == 4096  # env
-    assert s.max_inputs_per_request == 1024 and s.inference_workers == 1  # defaults
+    assert s.max_inputs_per_request == 1024 and s.inference_workers == 0  # defaults
     assert from_sources({}, {}) == Settings()
 
 
 @pytest.mark.parametrize("env,needle", [
     ({"EMBER_PORT": "http"}, "port"),
     ({"EMBER_REFLECTION": "maybe"}, "EMBER_REFLECTION"),
-    ({"EMBER_INFERENCE_WORKERS": "0"}, "inference_workers"),
+    ({"EMBER_INFERENCE_WORKERS": "-1"}, "inference_workers"),
     ({"EMBER_LOG_LEVEL": "loud"}, "log_level"),
 ])
 def test_bad_values_name_the_setting(env, needle):
