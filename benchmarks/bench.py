@@ -171,6 +171,21 @@ class EmberProcess:
         self.proc.wait(30)
 
 
+class FloorProcess:
+    """`floor_server.py`: the least a Python gRPC server adds to raw ORT's single-text work."""
+
+    def __init__(self, model_dir: Path, port: int):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"),
+                                      str(model_dir), str(port)], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("floor_server.py did not start")
+        self.address = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def _req(texts, priority=pb.PRIORITY_REALTIME, rid=""):
     return pb.EmbedRequest(inputs=texts, encoding=pb.ENCODING_FLOAT32_BYTES, priority=priority, request_id=rid)
 
@@ -279,14 +294,19 @@ class GoClient:
         self.proc.wait(10)
 
 
-def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict[str, np.ndarray]:
-    """Single-text latency of raw ORT and of ember (ms per call), closed and open loop."""
+def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_address: str = "",
+                        ) -> dict[str, np.ndarray]:
+    """Single-text latency of raw ORT and of ember (ms per call), closed and open loop; with
+    floor_address, also of `floor_server.py` (the Python gRPC stack around raw ORT's work)."""
     ch = grpc.insecure_channel(address)
     stub = pb_grpc.EmbedderStub(ch)
     models_stub = pb_grpc.ModelsStub(ch)
     go = GoClient(address) if GO_LATENCY.is_file() else None
     if go is None:
         print(f"no {GO_LATENCY.relative_to(OUT.parent.parent)} (make clients): no Go client measurements")
+    floor_ch = grpc.insecure_channel(floor_address) if floor_address else None
+    floor = pb_grpc.EmbedderStub(floor_ch) if floor_ch else None
+    floor_go = GoClient(floor_address) if floor_address and go is not None else None
     # Blocks of 25 texts, alternating raw ORT / ember / a bare gRPC round trip (ListModels, no
     # model work), from the Python client and from the Go one: the machine's drift over minutes
     # falls on all alike. Closed loop (each call right after the last) and then open loop
@@ -305,14 +325,25 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict
         ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), 0.0, False)]
     if go is not None:
         plan += [("ember_single_go_ms", go.embed, 0.0, True), ("grpc_roundtrip_go_ms", go.list_models, 0.0, True)]
+    if floor is not None:
+        plan.append(("floor_single_ms", lambda t: floor.Embed(_req([t])), 0.0, False))
+    if floor_go is not None:
+        plan.append(("floor_single_go_ms", floor_go.embed, 0.0, True))
     plan += [("raw_ort_paced_ms", raw.one, PACED_INTERVAL_S, False),
              ("ember_paced_ms", lambda t: stub.Embed(_req([t])), PACED_INTERVAL_S, False)]
     if go is not None:
         plan.append(("ember_paced_go_ms", go.embed, PACED_INTERVAL_S, True))
-    for t in lat_texts[:10]:  # both clients' connections are warm before they are timed
+    if floor is not None:
+        plan.append(("floor_paced_ms", lambda t: floor.Embed(_req([t])), PACED_INTERVAL_S, False))
+    if floor_go is not None:
+        plan.append(("floor_paced_go_ms", floor_go.embed, PACED_INTERVAL_S, True))
+    for t in lat_texts[:10]:  # every client's connection is warm before it is timed
         stub.Embed(_req([t]))
-        if go is not None:
-            go.embed(t)
+        for c in (go, floor_go):
+            if c is not None:
+                c.embed(t)
+        if floor is not None:
+            floor.Embed(_req([t]))
     lat: dict[str, list] = {key: [] for key, *_ in plan}
     for paced in (False, True):
         for b in range(0, len(lat_texts), 25):
@@ -321,14 +352,27 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str]) -> dict
                 if bool(interval) == paced:
                     lat[key].append(single_latencies(fn, block, interval, self_timed))
                     time.sleep(0.05)  # let the last run's spinning threads settle before the next block
-    if go is not None:
-        go.close()
-    ch.close()
+    for c in (go, floor_go):
+        if c is not None:
+            c.close()
+    for c in (ch, floor_ch):
+        if c is not None:
+            c.close()
     out = {k: np.concatenate(v) for k, v in lat.items()}
     timing = np.array(server, dtype=np.float64) / 1e6  # one row per ember_single_ms call, in order
     out.update(ember_server_tokenize_ms=timing[:, 0], ember_server_inference_ms=timing[:, 1],
                ember_server_total_ms=timing[:, 2])
     return out
+
+
+def latency_with_floor(address: str, raw: RawOrt, lat_texts: list[str], model_dir: Path,
+                       floor_port: int) -> dict[str, np.ndarray]:
+    """single_text_latency, with floor_server.py running beside ember for the section."""
+    floor = FloorProcess(model_dir, floor_port)
+    try:
+        return single_text_latency(address, raw, lat_texts, floor.address)
+    finally:
+        floor.stop()
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -377,7 +421,7 @@ def main() -> int:
     res["cold_start_s"] = srv.cold_start_s
     if args.latency_only:
         try:
-            res.update(single_text_latency(srv.address, raw, texts[-n_lat:]))
+            res.update(latency_with_floor(srv.address, raw, texts[-n_lat:], models["fp32"], args.port + 2))
         finally:
             srv.stop()
         write_table(res, latency_rows(res), f"Machine: {res['machine']}", "latency")
@@ -409,7 +453,7 @@ def main() -> int:
         res["rss_after_10k_mb"] = rss_mb(srv.proc.pid)
 
         lat_texts = texts[-n_lat:]
-        res.update(single_text_latency(srv.address, raw, lat_texts))
+        res.update(latency_with_floor(srv.address, raw, lat_texts, models["fp32"], args.port + 2))
 
         # REALTIME single texts while a BULK stream saturates the server.
         stop, counter = threading.Event(), [0]
@@ -587,6 +631,10 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
                 if key in res:
                     rows.append((f"gRPC round trip floor (ListModels), {client} client, p50 (ms)",
                                  f"{pct(res[key], 50):.2f}", "", ""))
+        for client, key in (("Python", f"floor_{suffix}_ms"), ("Go", f"floor_{suffix}_go_ms")):
+            if key in res:  # the same work as raw ORT's, in a bare grpc.aio handler
+                rows.append((f"floor_server.py single text, {loop}, {client} client, p50 / p99 (ms)", p(key),
+                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms", ""))
     return rows
 
 
