@@ -13,10 +13,11 @@ such batch). The batch holding the oldest item runs next, so
 every item makes progress.
 
 On the CPU the workers can run on lanes: sessions with a share of the cores each, so that
-several batches run at once (a small batch does not keep two cores busy inside one run). A batch
-that finds the model otherwise idle, and the inline path, run on the main session, which has all
-the threads: a lone request is as fast as it can be, a loaded model runs its batches side by
-side. Items of cancelled or expired jobs are dropped before inference. The
+several batches run at once (a small batch does not keep two cores busy inside one run). When
+the model is idle and everything queued belongs to one request, that request's batches run one
+after another on the main session, which has all the threads (as does the inline path), and
+no lane starts meanwhile: a lone request is as fast as it can be, and its batches are not split
+unevenly over one-thread lanes. Once several requests are queued, the lanes run side by side. Items of cancelled or expired jobs are dropped before inference. The
 queue is bounded: a job that does not fit is refused at once.
 """
 from __future__ import annotations
@@ -87,6 +88,7 @@ class ModelScheduler:
         self.lanes = list(lanes or [])
         if self.lanes:
             workers = len(self.lanes)
+        self._main_running = False  # a batch is on the main engine: with lanes, it has the cores alone
         self.max_batch_tokens = max_batch_tokens
         # BULK batches never exceed the model's own budget
         self.bulk_max_batch_tokens = min(bulk_max_batch_tokens or max_batch_tokens, max_batch_tokens)
@@ -158,6 +160,7 @@ class ModelScheduler:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None
             self._busy += 1
+            self._main_running = bool(self.lanes)
             self._last_realtime = job.enqueued
         try:
             self._execute([_Item(job, i) for i in range(len(items))], _deliver_here, self.engine)
@@ -196,8 +199,9 @@ class ModelScheduler:
         with self._cond:
             self._busy -= 1
             self.idle_since = time.monotonic()
+            self._main_running = False  # at most one batch runs while it is set: this one
             if self.queued():
-                self._cond.notify()
+                self._cond.notify_all()  # with lanes, every worker may have waited for the main session
 
     def _next_batch(self) -> tuple[list[_Item] | None, bool]:
         """The next batch, and whether it runs on the main engine (it does when there are no lanes,
@@ -209,17 +213,29 @@ class ModelScheduler:
                 bulk = not self._queues[REALTIME]
                 q = self._queues[BULK] if bulk else self._queues[REALTIME]
                 self._drop_dead(q)
+                if q and self._main_running:  # the main session has every thread: wait for it
+                    self._cond.wait()
+                    continue
                 if q:
                     wait = self._fill_wait(q, bulk)
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
+                    main = not self.lanes or (not self._busy and self._one_job_queued())
                     batch = self._take(q, bulk)
-                    main = not self.lanes or (not self._busy and not self.queued())
                     self._busy += 1
+                    self._main_running = main and bool(self.lanes)
                     return batch, main
                 if not self.queued():
                     self._cond.wait()
+
+    def _one_job_queued(self) -> bool:
+        """Everything queued belongs to one job (called with the lock held; a long queue is taken
+        to hold several)."""
+        if self.queued() > self.max_batch_size * 4:
+            return False
+        jobs = {id(it.job) for q in self._queues for it in q}
+        return len(jobs) <= 1
 
     def _budget(self, bulk: bool) -> int:
         """Padded tokens allowed in the next batch (called with the lock held)."""

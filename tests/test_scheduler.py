@@ -270,8 +270,8 @@ class _Context:
 def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server):
     """A lone call skips the queue; calls that arrive together still meet in the queue and batch."""
     model = tiny_server.server.registry.models["tiny-embed"]
-    rec = RecordingEngine(model.scheduler.engine)
-    model.scheduler.engine = rec
+    rec, lanes = RecordingEngine(model.scheduler.engine), model.scheduler.lanes
+    model.scheduler.engine, model.scheduler.lanes = rec, [rec] * len(lanes)  # every batch, wherever it runs
     core = tiny_server.server.core
     try:
         async def alone():
@@ -287,7 +287,7 @@ def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server)
         rec.batches.clear(), rec.threads.clear()
         answers = tiny_server.call(together())
     finally:
-        model.scheduler.engine = rec.real
+        model.scheduler.engine, model.scheduler.lanes = rec.real, lanes
     assert len(answers) == 6 and sum(rows for rows, _, _ in rec.batches) == 6
     assert all(t.startswith("ember-infer-") for t in rec.threads)
     assert len(rec.batches) < 6  # merged: they were all queued before the worker woke for the first
@@ -326,33 +326,42 @@ def test_bulk_budgets_never_exceed_the_models_budget(parts):
         sched.stop()
 
 
-def test_lone_batches_run_on_the_main_engine_and_concurrent_ones_side_by_side_on_lanes(parts):
-    """With lanes, a batch that has the model to itself takes the main engine (all the threads);
-    while one runs, the next batch runs at the same time on another worker's lane."""
+def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_lanes(parts):
+    """With lanes: a request that has the model to itself runs all its batches on the main engine
+    (all the threads), and no lane starts beside it; requests queued together run on the lanes at
+    the same time."""
     async def run():
         engine, _ = parts
         lanes = [RecordingEngine(engine), RecordingEngine(engine)]
-        sched, main, tok = make(parts, lanes=lanes)
-        await sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None).future
-        alone = (len(main.batches), sum(len(x.batches) for x in lanes))
+        sched, main, tok = make(parts, lanes=lanes, max_batch_tokens=40)
+        await sched.submit(texts_of_lengths(tok, [10] * 8), priority=REALTIME, deadline=None).future
+        alone = [rows for rows, _, _ in main.batches], sum(len(x.batches) for x in lanes)
         main.hold.clear()
-        first = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
+        held = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
         await asyncio.get_running_loop().run_in_executor(None, main.entered.wait, 10)
-        # the main engine is held: the second job can only finish if it runs beside it, on a lane
-        second = await asyncio.wait_for(sched.submit(texts_of_lengths(tok, [7]), priority=REALTIME,
-                                                     deadline=None).future, 10)
-        running = not first.future.done()
+        for lane in lanes:
+            lane.hold.clear()
+        a = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)  # one full batch
+        b = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)
+        await asyncio.sleep(0.3)
+        waited = not any(lane.entered.is_set() for lane in lanes)  # nothing beside the main engine
         main.hold.set()
-        await first.future
+        await held.future
+        # a and b were queued together: one on each lane, both in inference at once
+        both = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: all(lane.entered.wait(10) for lane in lanes))
+        for lane in lanes:
+            lane.hold.set()
+        await a.future
+        await b.future
         sched.stop()
-        return alone, running, second, main, lanes
+        return alone, waited, both, main, lanes
 
-    alone, running, second, main, lanes = asyncio.run(run())
-    assert alone == (1, 0)
-    assert running and second.shape == (1, 32)
-    assert [b[2] for b in main.batches] == [[5], [6]]
-    assert [b[2] for x in lanes for b in x.batches] == [[7]]
-    assert len({*main.threads, *(t for x in lanes for t in x.threads)}) == 2  # two workers
+    alone, waited, both, main, lanes = asyncio.run(run())
+    assert alone == ([4, 4], 0)  # 8 × 10 tokens in 40-token batches, both on the main engine
+    assert waited and both
+    assert [b[2] for x in lanes for b in x.batches] == [[20, 20], [20, 20]]
+    assert len({t for x in lanes for t in x.threads}) == 2  # two workers
 
 
 def test_no_lanes_means_every_batch_on_the_one_engine(parts):
