@@ -355,9 +355,9 @@ def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_
         await a.future
         await b.future
         sched.stop()
-        return alone, waited, both, main, lanes
+        return alone, waited, both, lanes
 
-    alone, waited, both, main, lanes = asyncio.run(run())
+    alone, waited, both, lanes = asyncio.run(run())
     assert alone == ([4, 4], 0)  # 8 × 10 tokens in 40-token batches, both on the main engine
     assert waited and both
     assert [b[2] for x in lanes for b in x.batches] == [[20, 20], [20, 20]]
