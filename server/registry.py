@@ -46,6 +46,8 @@ class LoadedModel:
     load_seconds: float
     ready: bool = False
     users: int = 0  # calls holding this model now (counted by the servicers)
+    lane_plan: tuple[int, int] = (0, 0)  # (workers, threads each) of the lanes to build once ready
+    lanes_ready: threading.Event = field(default_factory=threading.Event)  # built (or none planned)
 
 
 @dataclass(eq=False)
@@ -57,6 +59,7 @@ class Registry:
     metrics: object | None = None  # ember.metrics.Metrics, handed to each model's scheduler
     models_dir: Path | None = None  # where model names are looked up (set when the server loads)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lane_builders: list[threading.Thread] = field(default_factory=list)
 
     # ---- discovery and loading --------------------------------------------------------------
     def discover_named(self, models_dir: Path | None) -> dict[str, Path]:
@@ -142,17 +145,20 @@ class Registry:
             log.error("model %s failed to load: %s: %s", name, type(e).__name__, e)
             return None
         s = self.settings
-        lanes = self._lanes(path, manifest, engine)
+        plan = self._lane_plan(engine)
         scheduler = ModelScheduler(
             engine, max_batch_tokens=mc.max_batch_tokens or s.max_batch_tokens, max_batch_size=s.max_batch_size,
             max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
             pad_id=manifest.pad_token_id, bulk_max_batch_tokens=s.bulk_max_batch_tokens,
-            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=s.inference_workers or 1,
+            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=plan[0] or s.inference_workers or 1,
             inline_max_tokens=s.inline_max_tokens, bulk_solo_batch_tokens=s.bulk_solo_batch_tokens,
-            realtime_recent_s=s.realtime_recent_ms / 1000, lanes=lanes,
+            realtime_recent_s=s.realtime_recent_ms / 1000, lanes_planned=bool(plan[0]),
         )
         scheduler.metrics = self.metrics
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
+        model.lane_plan = plan
+        if not plan[0]:
+            model.lanes_ready.set()
         if register:
             self.swap_in(model)
         return model
@@ -194,25 +200,39 @@ class Registry:
         cpu.pool = engine.pool
         return FallbackEngine(engine, cpu, breaker)
 
-    def _lanes(self, path: Path, manifest: Manifest, engine) -> list[Engine]:
-        """The worker sessions of a model on the CPU (see Settings.inference_workers); [] when the
-        workers share the main engine (an accelerator, one worker, or one thread in all)."""
+    def _lane_plan(self, engine) -> tuple[int, int]:
+        """(workers, threads each) of a CPU model's lanes (see Settings.inference_workers); (0, 0)
+        when the workers share the main engine (an accelerator, one worker)."""
         s = self.settings
         threads = s.intra_op_threads or (os.cpu_count() or 1)
         workers = s.inference_workers or (2 if threads >= 2 else 1)
         if workers < 2 or not isinstance(engine, Engine) or engine.providers != ["cpu"]:
-            return []
-        per = max(1, threads // workers)
-        if per == 1:  # a one-thread run needs no thread pool: all workers can share one session
-            shared = Engine(path, manifest, ("cpu",), 1, s.ort_spinning)
-            lanes = [shared] * workers
-        else:
-            lanes = [Engine(path, manifest, ("cpu",), per, s.ort_spinning) for _ in range(workers)]
-        for lane in lanes:
-            lane.pool = engine.pool
-        log.info("model %s: %d workers on %d lane session(s) of %d thread(s); lone batches on %d threads",
-                 manifest.name, workers, len({id(x) for x in lanes}), per, threads)
-        return lanes
+            return 0, 0
+        return workers, max(1, threads // workers)
+
+    def build_lanes(self, model: LoadedModel) -> None:
+        """Build and warm a ready model's lane sessions, then hand them to its workers. Runs after
+        the model went SERVING (in the background: lanes add throughput, not availability); a model
+        whose lanes fail keeps serving on its main session."""
+        workers, per = model.lane_plan
+        try:
+            if per == 1:  # a one-thread run needs no thread pool: all workers can share one session
+                lanes = [Engine(model.path, model.manifest, ("cpu",), 1, self.settings.ort_spinning)] * workers
+            else:
+                lanes = [Engine(model.path, model.manifest, ("cpu",), per, self.settings.ort_spinning)
+                         for _ in range(workers)]
+            for lane in {id(x): x for x in lanes}.values():
+                lane.pool = model.engine.pool
+                self._warm(model, lane)
+            model.scheduler.add_lanes(lanes)
+            log.info("model %s: %d workers on %d lane session(s) of %d thread(s); a lone request on %d",
+                     model.name, workers, len({id(x) for x in lanes}), per,
+                     model.engine.session.get_session_options().intra_op_num_threads)
+        except Exception as e:
+            log.warning("model %s: its lanes could not be built (%s: %s); it serves on its main session only",
+                        model.name, type(e).__name__, e)
+        finally:
+            model.lanes_ready.set()
 
     def _pooled(self, engine: Engine) -> Engine:
         mb = self.settings.buffer_pool_mb
@@ -226,19 +246,25 @@ class Registry:
         return engine
 
     def warm_up(self, model: LoadedModel) -> None:
-        """Run one batch per length bucket on each session so the first requests do not pay for
-        graph set-up."""
-        engines = {id(e): e for e in [model.engine, *model.scheduler.lanes]}
-        for n in WARMUP_LENGTHS:
-            n = min(n, model.manifest.max_tokens)
-            ids = np.full((4, n), model.manifest.pad_token_id or 1, dtype=np.int64)
-            mask = np.ones_like(ids)
-            for engine in engines.values():
-                engine.infer(ids, mask, np.zeros_like(ids) if engine.needs_type_ids else None)
+        """Run one batch per length bucket so the first requests do not pay for graph set-up; the
+        model is then ready, and its lanes (if any) are built in the background."""
+        self._warm(model, model.engine)
         model.ready = True
+        if not model.lanes_ready.is_set():
+            t = threading.Thread(target=self.build_lanes, args=(model,), name=f"ember-lanes-{model.name}",
+                                 daemon=True)
+            self._lane_builders = [b for b in self._lane_builders if b.is_alive()] + [t]
+            t.start()
         log.info("model %s ready (%s, %s, providers %s, loaded in %.2fs)", model.name, model.manifest.task,
                  model.manifest.architecture, ",".join(model.engine.providers), model.load_seconds)
         self._changed()
+
+    @staticmethod
+    def _warm(model: LoadedModel, engine) -> None:
+        for n in WARMUP_LENGTHS:
+            n = min(n, model.manifest.max_tokens)
+            ids = np.full((4, n), model.manifest.pad_token_id or 1, dtype=np.int64)
+            engine.infer(ids, np.ones_like(ids), np.zeros_like(ids) if engine.needs_type_ids else None)
 
     def _changed(self) -> None:
         if self.on_change:
@@ -285,6 +311,9 @@ class Registry:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
     def stop(self) -> None:
+        # A session still being built when the process exits would abort it: let the builds end.
+        for t in self._lane_builders:
+            t.join(60)
         for m in self.models.values():
             m.scheduler.stop()
 

@@ -81,14 +81,18 @@ class ModelScheduler:
     def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
                  pad_left: bool, pad_id: int, bulk_max_batch_tokens: int | None = None, batch_overhead_tokens: int = 32,
                  max_wait_us: int = 0, workers: int = 1, inline_max_tokens: int = 0,
-                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes: list | None = None):
+                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes: list | None = None,
+                 lanes_planned: bool = False):
         self.engine = engine
         # Worker i runs batches on lanes[i] (its own session, or one shared one-thread session),
-        # except a batch that runs alone, which takes the main engine. No lanes: all on the engine.
+        # except a lone request's, which take the main engine. No lanes: all on the engine. With
+        # lanes_planned, lanes come later (add_lanes); until then one batch at a time runs on the
+        # main engine, which has every thread.
         self.lanes = list(lanes or [])
         if self.lanes:
             workers = len(self.lanes)
-        self._main_running = False  # a batch is on the main engine: with lanes, it has the cores alone
+        self.exclusive_main = bool(self.lanes) or lanes_planned
+        self._main_running = False  # a batch is on the main engine and, when exclusive_main, alone
         self.max_batch_tokens = max_batch_tokens
         # BULK batches never exceed the model's own budget
         self.bulk_max_batch_tokens = min(bulk_max_batch_tokens or max_batch_tokens, max_batch_tokens)
@@ -160,7 +164,7 @@ class ModelScheduler:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None
             self._busy += 1
-            self._main_running = bool(self.lanes)
+            self._main_running = self.exclusive_main
             self._last_realtime = job.enqueued
         try:
             self._execute([_Item(job, i) for i in range(len(items))], _deliver_here, self.engine)
@@ -171,6 +175,15 @@ class ModelScheduler:
         finally:
             self._batch_done()
         return job
+
+    def add_lanes(self, lanes: list) -> None:
+        """Give the workers their lanes (one per worker thread), built after the model went ready."""
+        if len(lanes) != len(self._threads):
+            raise ValueError(f"{len(lanes)} lanes for {len(self._threads)} workers")
+        with self._cond:
+            self.lanes = list(lanes)
+            self.exclusive_main = True
+            self._cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:
@@ -224,7 +237,7 @@ class ModelScheduler:
                     main = not self.lanes or (not self._busy and self._one_job_queued())
                     batch = self._take(q, bulk)
                     self._busy += 1
-                    self._main_running = main and bool(self.lanes)
+                    self._main_running = main and self.exclusive_main
                     return batch, main
                 if not self.queued():
                     self._cond.wait()

@@ -134,7 +134,11 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def wait_loaded(self, timeout: float = 300) -> None:
+        """Until the server is SERVING and every model's lanes are built (they come in the
+        background; a test that looks at which engine ran a batch needs them in place)."""
         self.call(asyncio.wait_for(self.server.loaded.wait(), timeout), timeout + 5)
+        for model in list(self.server.registry.models.values()):
+            assert model.lanes_ready.wait(timeout), f"model {model.name}: lanes not built"
 
     def stop(self, grace: float = 5.0) -> None:
         self.channel.close()

@@ -364,6 +364,46 @@ def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_
     assert len({t for x in lanes for t in x.threads}) == 2  # two workers
 
 
+def test_until_its_lanes_come_one_batch_at_a_time_runs_on_the_main_engine(parts):
+    async def run():
+        engine, _ = parts
+        sched, main, tok = make(parts, workers=2, lanes_planned=True)
+        main.hold.clear()
+        first = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, main.entered.wait, 10)
+        main.entered.clear()
+        second = sched.submit(texts_of_lengths(tok, [7]), priority=REALTIME, deadline=None)
+        await asyncio.sleep(0.3)
+        alone = not main.entered.is_set()  # the second worker did not start beside the first
+        main.hold.set()
+        await first.future
+        await second.future
+        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
+        sched.add_lanes(lanes)
+        for lane in lanes:
+            lane.hold.clear()
+        main.hold.clear()
+        main.entered.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, main.entered.wait, 10)
+        a = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)  # queued together
+        b = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)
+        main.hold.set()
+        await blocker.future
+        both = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: all(lane.entered.wait(10) for lane in lanes))
+        for lane in lanes:
+            lane.hold.set()
+        await a.future
+        await b.future
+        sched.stop()
+        return alone, main, both
+
+    alone, main, both = asyncio.run(run())
+    assert alone and [b[2] for b in main.batches] == [[6], [7], [5]]
+    assert both  # once added, the lanes run side by side
+
+
 def test_no_lanes_means_every_batch_on_the_one_engine(parts):
     sched, _, _ = make(parts, workers=2)
     try:
@@ -385,12 +425,14 @@ def test_cpu_models_get_lanes_with_a_share_of_the_threads(tiny_models_dir, threa
     model = reg.load(tiny_models_dir / "tiny-embed", register=False)
     try:
         sched = model.scheduler
+        assert sched.lanes == [] and sched.exclusive_main == bool(lane_threads)
+        reg.warm_up(model)
+        assert model.ready  # serving on the main session; the lanes are built in the background
+        assert model.lanes_ready.wait(60)
         opts = [lane.session.get_session_options().intra_op_num_threads for lane in sched.lanes]
         assert opts == lane_threads and len({id(x) for x in sched.lanes}) == sessions
         assert model.engine.session.get_session_options().intra_op_num_threads == threads
         assert len(sched._threads) == max(1, len(lane_threads))
         assert all(lane.pool is model.engine.pool for lane in sched.lanes)  # one buffer pool
-        reg.warm_up(model)  # every session runs
-        assert model.ready
     finally:
         model.scheduler.stop()
