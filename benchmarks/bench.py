@@ -118,6 +118,12 @@ class RawOrt:
     def encode_ideal(self, texts: list[str]) -> np.ndarray:
         """All texts sorted by length, cut into least-cost batches (the same plan ember uses, but
         over the whole input at once, which a server never sees): the local limit."""
+        out = np.empty((len(texts), self.m.dimensions), dtype=np.float32)
+        for idx, vectors in map(self._run_batch, self._ideal_batches(texts)):
+            out[idx] = vectors
+        return out
+
+    def _ideal_batches(self, texts: list[str]) -> list[tuple[list[int], list]]:
         from ember.ext import kernels
         from ember.settings import Settings
 
@@ -126,16 +132,39 @@ class RawOrt:
         order = sorted(range(len(texts)), key=lambda i: -len(encs[i].ids))
         lengths = np.array([len(encs[i].ids) for i in order], dtype=np.int64)
         ends = kernels.plan_batches(lengths, s.max_batch_tokens, s.max_batch_size, s.batch_overhead_tokens)
-        out = np.empty((len(texts), self.m.dimensions), dtype=np.float32)
-        start = 0
-        for end in ends.tolist():
-            idx = order[start:end]
-            out[idx] = self._run([encs[i] for i in idx])
-            start = end
-        return out
+        starts = [0, *ends.tolist()[:-1]]
+        return [(order[a:b], [encs[i] for i in order[a:b]]) for a, b in zip(starts, ends.tolist())]
+
+    def _run_batch(self, batch: tuple[list[int], list]) -> tuple[list[int], np.ndarray]:
+        return batch[0], self._run(batch[1])
 
     def one(self, text: str) -> np.ndarray:
         return self._run([self.tok.encode(text)])
+
+
+class RawOrtLanes(RawOrt):
+    """Raw ORT run as ember's lanes run it: the same least-cost batches, `lanes` at a time, each
+    in its own thread on a one-thread session (ORT releases the GIL): a second local limit, for
+    the lane layout (`--inference-workers`) rather than one session with every thread."""
+
+    def __init__(self, model_dir: Path, lanes: int = 2):
+        import onnxruntime as ort
+
+        super().__init__(model_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_dir / self.m.onnx_file), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.lanes = lanes
+
+    def encode_ideal(self, texts: list[str]) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        out = np.empty((len(texts), self.m.dimensions), dtype=np.float32)
+        with ThreadPoolExecutor(self.lanes) as pool:
+            for idx, vectors in pool.map(self._run_batch, self._ideal_batches(texts)):
+                out[idx] = vectors
+        return out
 
 
 def throughput(fn, texts) -> float:

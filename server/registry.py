@@ -150,7 +150,8 @@ class Registry:
             engine, max_batch_tokens=mc.max_batch_tokens or s.max_batch_tokens, max_batch_size=s.max_batch_size,
             max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
             pad_id=manifest.pad_token_id, bulk_max_batch_tokens=s.bulk_max_batch_tokens,
-            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us, workers=plan[0] or s.inference_workers or 1,
+            batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us,
+            workers=plan[0] or s.inference_workers or 1,
             inline_max_tokens=s.inline_max_tokens, bulk_solo_batch_tokens=s.bulk_solo_batch_tokens,
             realtime_recent_s=s.realtime_recent_ms / 1000, lanes_planned=bool(plan[0]),
         )
@@ -228,7 +229,7 @@ class Registry:
             log.info("model %s: %d workers on %d lane session(s) of %d thread(s); a lone request on %d",
                      model.name, workers, len({id(x) for x in lanes}), per,
                      model.engine.session.get_session_options().intra_op_num_threads)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the model serves on its main session
             log.warning("model %s: its lanes could not be built (%s: %s); it serves on its main session only",
                         model.name, type(e).__name__, e)
         finally:

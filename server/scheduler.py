@@ -9,16 +9,18 @@ tokens), so similar lengths run together and padding stays small; a batch's padd
 requests are about, i.e. one came in the last `realtime_recent_s`; with none about, BULK runs
 alone and its batches grow to `bulk_solo_batch_tokens`, whose lower per-run overhead is worth a
 few percent of throughput (the first REALTIME request after a quiet spell waits for at most one
-such batch). The batch holding the oldest item runs next, so
-every item makes progress.
+such batch). The batch holding the oldest item runs next, so every item makes progress. Items of
+cancelled or expired jobs are dropped before inference. The queue is bounded: a job that does not
+fit is refused at once.
 
-On the CPU the workers can run on lanes: sessions with a share of the cores each, so that
-several batches run at once (a small batch does not keep two cores busy inside one run). When
-the model is idle and everything queued belongs to one request, that request's batches run one
-after another on the main session, which has all the threads (as does the inline path), and
-no lane starts meanwhile: a lone request is as fast as it can be, and its batches are not split
-unevenly over one-thread lanes. Once several requests are queued, the lanes run side by side. Items of cancelled or expired jobs are dropped before inference. The
-queue is bounded: a job that does not fit is refused at once.
+On the CPU the workers run on lanes: sessions with a share of the cores each, so that several
+batches run at once (a small batch does not keep two cores busy inside one run). When the model
+is idle and everything queued belongs to one request, that request's batches run one after
+another on the main session, which has all the threads (as does the inline path), and no lane
+starts meanwhile: a lone request is as fast as it can be, and its batches are not split unevenly
+over one-thread lanes. Once several requests are queued, the lanes run side by side. The lanes
+are built after the model is ready (`add_lanes`); until then one batch at a time runs on the
+main session.
 """
 from __future__ import annotations
 

@@ -100,9 +100,9 @@ class Settings:
         default=0, metadata={"help": "batches a model runs at once (0 = auto: 2 for a model on the CPU with 2+ "
                                      "intra-op threads, else 1). On the CPU each worker runs on a lane, an ONNX "
                                      "Runtime session with intra_op_threads / workers threads (one shared "
-                                     "session when that is 1), and a batch that has the model to itself runs "
-                                     "on the main session with all of them; each session holds its own copy "
-                                     "of the weights (1 = one session only)"}
+                                     "session when that is 1), built once the model is ready; a request that "
+                                     "has the model to itself runs on the main session with all of them. Each "
+                                     "session holds its own copy of the weights (1 = one session only)"}
     )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(
