@@ -326,6 +326,31 @@ def test_bulk_budgets_never_exceed_the_models_budget(parts):
         sched.stop()
 
 
+async def queued_together_on_lanes(sched, main, lanes, tok, pause_s: float = 0.0) -> tuple[bool, bool]:
+    """Hold the main engine with a one-item job, queue two requests of one full batch each behind
+    it, wait pause_s, let it go. Returns (no lane started while the main engine ran, both lanes
+    were in inference at once afterwards)."""
+    loop = asyncio.get_running_loop()
+    main.hold.clear()
+    main.entered.clear()
+    for lane in lanes:
+        lane.hold.clear()
+    blocker = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
+    await loop.run_in_executor(None, main.entered.wait, 10)
+    a = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)  # one full batch each
+    b = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)
+    await asyncio.sleep(pause_s)
+    waited = not any(lane.entered.is_set() for lane in lanes)
+    main.hold.set()
+    await blocker.future
+    both = await loop.run_in_executor(None, lambda: all(lane.entered.wait(10) for lane in lanes))
+    for lane in lanes:
+        lane.hold.set()
+    await a.future
+    await b.future
+    return waited, both
+
+
 def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_lanes(parts):
     """With lanes: a request that has the model to itself runs all its batches on the main engine
     (all the threads), and no lane starts beside it; requests queued together run on the lanes at
@@ -336,24 +361,7 @@ def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_
         sched, main, tok = make(parts, lanes=lanes, max_batch_tokens=40)
         await sched.submit(texts_of_lengths(tok, [10] * 8), priority=REALTIME, deadline=None).future
         alone = [rows for rows, _, _ in main.batches], sum(len(x.batches) for x in lanes)
-        main.hold.clear()
-        held = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
-        await asyncio.get_running_loop().run_in_executor(None, main.entered.wait, 10)
-        for lane in lanes:
-            lane.hold.clear()
-        a = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)  # one full batch
-        b = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)
-        await asyncio.sleep(0.3)
-        waited = not any(lane.entered.is_set() for lane in lanes)  # nothing beside the main engine
-        main.hold.set()
-        await held.future
-        # a and b were queued together: one on each lane, both in inference at once
-        both = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: all(lane.entered.wait(10) for lane in lanes))
-        for lane in lanes:
-            lane.hold.set()
-        await a.future
-        await b.future
+        waited, both = await queued_together_on_lanes(sched, main, lanes, tok, pause_s=0.3)
         sched.stop()
         return alone, waited, both, lanes
 
@@ -380,27 +388,12 @@ def test_until_its_lanes_come_one_batch_at_a_time_runs_on_the_main_engine(parts)
         await second.future
         lanes = [RecordingEngine(engine), RecordingEngine(engine)]
         sched.add_lanes(lanes)
-        for lane in lanes:
-            lane.hold.clear()
-        main.hold.clear()
-        main.entered.clear()
-        blocker = sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None)
-        await asyncio.get_running_loop().run_in_executor(None, main.entered.wait, 10)
-        a = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)  # queued together
-        b = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)
-        main.hold.set()
-        await blocker.future
-        both = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: all(lane.entered.wait(10) for lane in lanes))
-        for lane in lanes:
-            lane.hold.set()
-        await a.future
-        await b.future
+        _, both = await queued_together_on_lanes(sched, main, lanes, tok)
         sched.stop()
         return alone, main, both
 
     alone, main, both = asyncio.run(run())
-    assert alone and [b[2] for b in main.batches] == [[6], [7], [5]]
+    assert alone and [b[2] for b in main.batches] == [[6], [7], [6]]
     assert both  # once added, the lanes run side by side
 
 
