@@ -160,7 +160,10 @@ func run(address string) error {
 
 	docs := []string{"Kubernetes probes the gRPC health service", "Embers glow in the fireplace",
 		"A health check tells the orchestrator whether a server can take traffic"}
-	rr, err := emberv1.NewRerankerClient(conn).Rerank(cctx, &emberv1.RerankRequest{
+	// A deadline of its own: the Embed call's context has been running through the whole stream.
+	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer rcancel()
+	rr, err := emberv1.NewRerankerClient(conn).Rerank(rctx, &emberv1.RerankRequest{
 		Query: "how do I check that a server is healthy?", Documents: docs, ReturnDocuments: true})
 	if err != nil {
 		return fmt.Errorf("Rerank: %w", err)
