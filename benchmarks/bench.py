@@ -119,9 +119,13 @@ class RawOrt:
         """All texts sorted by length, cut into least-cost batches (the same plan ember uses, but
         over the whole input at once, which a server never sees): the local limit."""
         out = np.empty((len(texts), self.m.dimensions), dtype=np.float32)
-        for idx, vectors in map(self._run_batch, self._ideal_batches(texts)):
+        for idx, vectors in self._map(self._run_batch, self._ideal_batches(texts)):
             out[idx] = vectors
         return out
+
+    def _map(self, fn, batches):
+        """Run fn over the batches, in order (one at a time here; RawOrtLanes runs several)."""
+        return map(fn, batches)
 
     def _ideal_batches(self, texts: list[str]) -> list[tuple[list[int], list]]:
         from ember.ext import kernels
@@ -157,14 +161,11 @@ class RawOrtLanes(RawOrt):
                                             providers=["CPUExecutionProvider"])
         self.lanes = lanes
 
-    def encode_ideal(self, texts: list[str]) -> np.ndarray:
+    def _map(self, fn, batches):
         from concurrent.futures import ThreadPoolExecutor
 
-        out = np.empty((len(texts), self.m.dimensions), dtype=np.float32)
         with ThreadPoolExecutor(self.lanes) as pool:
-            for idx, vectors in pool.map(self._run_batch, self._ideal_batches(texts)):
-                out[idx] = vectors
-        return out
+            return list(pool.map(fn, batches))
 
 
 def throughput(fn, texts) -> float:

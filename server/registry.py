@@ -217,17 +217,15 @@ class Registry:
         whose lanes fail keeps serving on its main session."""
         workers, per = model.lane_plan
         try:
-            if per == 1:  # a one-thread run needs no thread pool: all workers can share one session
-                lanes = [Engine(model.path, model.manifest, ("cpu",), 1, self.settings.ort_spinning)] * workers
-            else:
-                lanes = [Engine(model.path, model.manifest, ("cpu",), per, self.settings.ort_spinning)
-                         for _ in range(workers)]
-            for lane in {id(x): x for x in lanes}.values():
+            # A one-thread run needs no thread pool: then all workers can share one session.
+            sessions = [Engine(model.path, model.manifest, ("cpu",), per, self.settings.ort_spinning)
+                        for _ in range(1 if per == 1 else workers)]
+            for lane in sessions:
                 lane.pool = model.engine.pool
                 self._warm(model, lane)
-            model.scheduler.add_lanes(lanes)
+            model.scheduler.add_lanes(sessions * workers if per == 1 else sessions)
             log.info("model %s: %d workers on %d lane session(s) of %d thread(s); a lone request on %d",
-                     model.name, workers, len({id(x) for x in lanes}), per,
+                     model.name, workers, len(sessions), per,
                      model.engine.session.get_session_options().intra_op_num_threads)
         except Exception as e:  # noqa: BLE001 - whatever failed, the model serves on its main session
             log.warning("model %s: its lanes could not be built (%s: %s); it serves on its main session only",

@@ -83,17 +83,14 @@ class ModelScheduler:
     def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
                  pad_left: bool, pad_id: int, bulk_max_batch_tokens: int | None = None, batch_overhead_tokens: int = 32,
                  max_wait_us: int = 0, workers: int = 1, inline_max_tokens: int = 0,
-                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes: list | None = None,
-                 lanes_planned: bool = False):
+                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes_planned: bool = False):
         self.engine = engine
         # Worker i runs batches on lanes[i] (its own session, or one shared one-thread session),
         # except a lone request's, which take the main engine. No lanes: all on the engine. With
-        # lanes_planned, lanes come later (add_lanes); until then one batch at a time runs on the
-        # main engine, which has every thread.
-        self.lanes = list(lanes or [])
-        if self.lanes:
-            workers = len(self.lanes)
-        self.exclusive_main = bool(self.lanes) or lanes_planned
+        # lanes_planned, the lanes come later (add_lanes, one per worker); until then, and for
+        # lone requests after, one batch at a time runs on the main engine, which has every thread.
+        self.lanes: list = []
+        self.exclusive_main = lanes_planned
         self._main_running = False  # a batch is on the main engine and, when exclusive_main, alone
         self.max_batch_tokens = max_batch_tokens
         # BULK batches never exceed the model's own budget
@@ -180,11 +177,11 @@ class ModelScheduler:
 
     def add_lanes(self, lanes: list) -> None:
         """Give the workers their lanes (one per worker thread), built after the model went ready."""
-        if len(lanes) != len(self._threads):
-            raise ValueError(f"{len(lanes)} lanes for {len(self._threads)} workers")
+        if not self.exclusive_main or len(lanes) != len(self._threads):
+            raise ValueError(f"{len(lanes)} lanes for {len(self._threads)} workers "
+                             f"(lanes_planned={self.exclusive_main})")
         with self._cond:
             self.lanes = list(lanes)
-            self.exclusive_main = True
             self._cond.notify_all()
 
     def stop(self) -> None:
@@ -220,7 +217,7 @@ class ModelScheduler:
 
     def _next_batch(self) -> tuple[list[_Item] | None, bool]:
         """The next batch, and whether it runs on the main engine (it does when there are no lanes,
-        or when it is all the model has to do: nothing else running, nothing left queued)."""
+        or when one request has the model to itself: nothing running, only its items queued)."""
         with self._cond:
             while True:
                 if self._stopping and not self.queued():

@@ -35,6 +35,16 @@ def admin(server) -> pb_grpc.AdminStub:
     return pb_grpc.AdminStub(server.channel)
 
 
+def assert_admin_guarded(server, other_key: str) -> None:
+    """Rescan: UNAUTHENTICATED without a key, PERMISSION_DENIED with other_key, served with ADMIN."""
+    for md, code in (((), grpc.StatusCode.UNAUTHENTICATED),
+                     ((("authorization", f"Bearer {other_key}"),), grpc.StatusCode.PERMISSION_DENIED)):
+        with pytest.raises(grpc.RpcError) as e:
+            admin(server).Rescan(pb.RescanRequest(), metadata=md)
+        assert e.value.code() == code
+    assert admin(server).Rescan(pb.RescanRequest(), metadata=ADMIN).loaded == []
+
+
 @pytest.mark.parametrize("keys", [(), ("data-key",)])
 def test_admin_service_needs_an_admin_key(live_dir, keys):
     """Off without admin keys, whether or not the data RPCs have keys (with none, the server has
@@ -53,12 +63,7 @@ def test_admin_service_needs_an_admin_key(live_dir, keys):
         s.stop()
     s = start_server(models_dir=str(d), api_keys=("data-key",), admin_api_keys=("admin-key",))
     try:
-        for md, code in (((), grpc.StatusCode.UNAUTHENTICATED),
-                         ((("authorization", "Bearer data-key"),), grpc.StatusCode.PERMISSION_DENIED)):
-            with pytest.raises(grpc.RpcError) as e:
-                admin(s).Rescan(pb.RescanRequest(), metadata=md)
-            assert e.value.code() == code
-        assert admin(s).Rescan(pb.RescanRequest(), metadata=ADMIN).loaded == []
+        assert_admin_guarded(s, other_key="data-key")
         # an admin key is also good for the data RPCs
         assert len(s.embedder.Embed(pb.EmbedRequest(inputs=["x"]), metadata=ADMIN).embeddings) == 1
     finally:
@@ -70,12 +75,7 @@ def test_admin_keys_alone_still_guard_the_admin_service(live_dir):
     d, _, _ = live_dir
     s = start_server(models_dir=str(d), admin_api_keys=("admin-key",))
     try:
-        for md, code in (((), grpc.StatusCode.UNAUTHENTICATED),
-                         ((("authorization", "Bearer wrong-key"),), grpc.StatusCode.PERMISSION_DENIED)):
-            with pytest.raises(grpc.RpcError) as e:
-                admin(s).Rescan(pb.RescanRequest(), metadata=md)
-            assert e.value.code() == code
-        assert admin(s).Rescan(pb.RescanRequest(), metadata=ADMIN).loaded == []
+        assert_admin_guarded(s, other_key="wrong-key")
         assert len(s.embedder.Embed(pb.EmbedRequest(inputs=["x"])).embeddings) == 1
     finally:
         s.stop()

@@ -358,7 +358,8 @@ def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_
     async def run():
         engine, _ = parts
         lanes = [RecordingEngine(engine), RecordingEngine(engine)]
-        sched, main, tok = make(parts, lanes=lanes, max_batch_tokens=40)
+        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
+        sched.add_lanes(lanes)
         await sched.submit(texts_of_lengths(tok, [10] * 8), priority=REALTIME, deadline=None).future
         alone = [rows for rows, _, _ in main.batches], sum(len(x.batches) for x in lanes)
         waited, both = await queued_together_on_lanes(sched, main, lanes, tok, pause_s=0.3)
