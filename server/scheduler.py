@@ -4,28 +4,35 @@ Each request becomes a `Job` of tokenized items. A worker thread per model forms
 REALTIME items before BULK ones. A window at the head of the queue is sorted by length and cut
 into the batches of least cost (`ext.plan_batches`: a fixed per-run overhead plus the padded
 tokens), so similar lengths run together and padding stays small; a batch's padded size
-(longest × count) stays within `max_batch_tokens`. BULK batches are kept to
-`bulk_max_batch_tokens` (small, so a REALTIME item never waits long behind one) while REALTIME
-requests are about, i.e. one came in the last `realtime_recent_s`; with none about, BULK runs
-alone and its batches grow to `bulk_solo_batch_tokens`, whose lower per-run overhead is worth a
-few percent of throughput (the first REALTIME request after a quiet spell waits for at most one
-such batch). The batch holding the oldest item runs next, so every item makes progress. Items of
+(longest × count) stays within `max_batch_tokens`. Without lanes (below), BULK batches are
+kept to `bulk_max_batch_tokens` (small, so a REALTIME item never waits long behind one) while
+REALTIME requests are about, i.e. one came in the last `realtime_recent_s`; with none about, BULK
+runs alone and its batches grow to `bulk_solo_batch_tokens`, whose lower per-run overhead is
+worth a few percent of throughput (the first REALTIME request after a quiet spell waits for at
+most one such batch). The batch holding the oldest item runs next, so every item makes progress. Items of
 cancelled or expired jobs are dropped before inference. The queue is bounded: a job that does not
 fit is refused at once.
 
 On the CPU the workers run on lanes: sessions with a share of the cores each, so that several
 batches run at once (a small batch does not keep two cores busy inside one run). When the model
-is idle and everything queued belongs to one request, that request's batches run one after
-another on the main session, which has all the threads (as does the inline path), and no lane
-starts meanwhile: a lone request is as fast as it can be, and its batches are not split unevenly
-over one-thread lanes. Once several requests are queued, the lanes run side by side. The lanes
-are built after the model is ready (`add_lanes`); until then one batch at a time runs on the
-main session.
+is idle and everything queued belongs to one REALTIME request, that request's batches run one
+after another on the main session, which has all the threads (as does the inline path), and no
+lane starts meanwhile: a lone request is as fast as it can be, and its batches are not split
+unevenly over one-thread lanes. Once several requests are queued, the lanes run side by side; a
+batch that would take all of them while every lane is free is halved, so the other lane does not
+idle. Each priority has workers of its own on the lanes: REALTIME ones, and BULK ones whose
+threads run BULK_NICE steps lower in the OS scheduler. A REALTIME batch thus starts at once
+beside running BULK batches and the kernel gives it the cores, so BULK batches keep their solo
+size whatever REALTIME traffic there is (and never take the main session, which would hold
+REALTIME up). The lanes are built after the model is ready (`add_lanes`); until then one batch at
+a time runs on the main session.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -41,6 +48,7 @@ from .tokenization import Tokenized
 log = logging.getLogger(__name__)
 
 REALTIME, BULK = 0, 1
+BULK_NICE = 10  # with lanes, BULK workers run this many nice steps below REALTIME ones
 
 
 @dataclass(eq=False)
@@ -105,17 +113,26 @@ class ModelScheduler:
         self.pad_left = pad_left
         self.pad_id = pad_id
         self._queues: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
-        self._cond = threading.Condition()
+        # With lanes, each priority has workers of its own: `workers` REALTIME ones, and as many
+        # BULK ones at a lower OS priority (BULK_NICE), so a REALTIME batch starts at once beside
+        # the BULK batches and takes the cores from them. Without lanes, every worker takes both
+        # (REALTIME first). Each kind waits on its own condition; both share one lock.
+        self._roles: list[int | None] = [REALTIME] * workers + [BULK] * workers if lanes_planned else [None] * workers
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # REALTIME workers (all workers when there are no roles)
+        self._bulk_cond = threading.Condition(lock) if lanes_planned else self._cond
+        self._running = {REALTIME: 0, BULK: 0, None: 0}  # batches running now, by worker role
         self._stopping = False
         self._busy = 0  # batches running now (workers and the inline path)
         self.idle_since = time.monotonic()  # when the last batch ended (valid while _busy == 0)
         self.inline_max_tokens = inline_max_tokens
         self.metrics = None  # ember.metrics.Metrics, when the server has metrics on
         self.name = engine.manifest.name
+        self.workers = workers
         self._threads = [
-            threading.Thread(target=self._run, args=(i,), name=f"ember-infer-{engine.manifest.name}-{i}",
-                             daemon=True)
-            for i in range(workers)
+            threading.Thread(target=self._run, args=(i, role), daemon=True,
+                             name=f"ember-{'bulk' if role == BULK else 'infer'}-{engine.manifest.name}-{i % workers}")
+            for i, role in enumerate(self._roles)
         ]
         for t in self._threads:
             t.start()
@@ -144,7 +161,7 @@ class ModelScheduler:
                 self._last_realtime = job.enqueued
             q = self._queues[priority]
             q.extend(_Item(job, i) for i in range(len(items)))
-            self._cond.notify()
+            (self._bulk_cond if priority == BULK else self._cond).notify()
         return job
 
     def run_inline(self, items: list[Tokenized], *, priority: int, min_idle_s: float = 0.0) -> Job | None:
@@ -163,6 +180,7 @@ class ModelScheduler:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None
             self._busy += 1
+            self._running[REALTIME] += 1
             self._main_running = self.exclusive_main
             self._last_realtime = job.enqueued
         try:
@@ -177,69 +195,87 @@ class ModelScheduler:
 
     def add_lanes(self, lanes: list) -> None:
         """Give the workers their lanes (one per worker thread), built after the model went ready."""
-        if not self.exclusive_main or len(lanes) != len(self._threads):
-            raise ValueError(f"{len(lanes)} lanes for {len(self._threads)} workers "
-                             f"(lanes_planned={self.exclusive_main})")
+        if not self.exclusive_main or len(lanes) != self.workers:
+            raise ValueError(f"{len(lanes)} lanes for {self.workers} workers (lanes_planned={self.exclusive_main})")
         with self._cond:
             self.lanes = list(lanes)
-            self._cond.notify_all()
+            self._wake_all()
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._wake_all()
         for t in self._threads:
             t.join(timeout=10)
 
     # ---- worker side ------------------------------------------------------------------------
-    def _run(self, i: int) -> None:
+    def _wake_all(self) -> None:
+        self._cond.notify_all()
+        if self._bulk_cond is not self._cond:
+            self._bulk_cond.notify_all()
+
+    def _run(self, i: int, role: int | None) -> None:
+        if role == BULK:
+            _lower_thread_priority(BULK_NICE)
         while True:
-            batch, main = self._next_batch()
+            batch, main = self._next_batch(role)
             if batch is None:
                 return
             try:
-                self._execute(batch, _deliver_threadsafe, self.engine if main else self.lanes[i])
+                self._execute(batch, _deliver_threadsafe, self.engine if main else self.lanes[i % self.workers])
             except Exception as e:  # a failed batch fails its jobs, never the worker
                 log.exception("inference failed for model %s", self.engine.manifest.name)
                 for it in batch:
                     self._fail(it.job, e)
             finally:
-                self._batch_done()
+                self._batch_done(role)
 
-    def _batch_done(self) -> None:
+    def _batch_done(self, role: int | None = REALTIME) -> None:
         """A batch (worker or inline) has ended: the model is idle from now unless more is queued."""
         with self._cond:
             self._busy -= 1
+            self._running[role] -= 1
             self.idle_since = time.monotonic()
             self._main_running = False  # at most one batch runs while it is set: this one
             if self.queued():
-                self._cond.notify_all()  # with lanes, every worker may have waited for the main session
+                self._wake_all()  # with lanes, every worker may have waited for the main session
 
-    def _next_batch(self) -> tuple[list[_Item] | None, bool]:
-        """The next batch, and whether it runs on the main engine (it does when there are no lanes,
-        or when one request has the model to itself: nothing running, only its items queued)."""
+    def _next_batch(self, role: int | None = None) -> tuple[list[_Item] | None, bool]:
+        """The next batch for a worker of this role (None: either priority, REALTIME first), and
+        whether it runs on the main engine. It does when there are no lanes, or when one request
+        has the model to itself (nothing running, only its items queued) and is not BULK: a BULK
+        batch on the main engine would hold up every REALTIME one."""
+        cond = self._bulk_cond if role == BULK else self._cond
         with self._cond:
             while True:
-                if self._stopping and not self.queued():
-                    return None, False
-                bulk = not self._queues[REALTIME]
+                if role is None:
+                    bulk = not self._queues[REALTIME]
+                else:
+                    bulk = role == BULK
                 q = self._queues[BULK] if bulk else self._queues[REALTIME]
+                if self._stopping and not q:
+                    return None, False
                 self._drop_dead(q)
                 if q and self._main_running:  # the main session has every thread: wait for it
-                    self._cond.wait()
+                    cond.wait()
                     continue
                 if q:
                     wait = self._fill_wait(q, bulk)
                     if wait > 0:
-                        self._cond.wait(wait)
+                        cond.wait(wait)
                         continue
-                    main = not self.lanes or (not self._busy and self._one_job_queued())
-                    batch = self._take(q, bulk)
+                    main = not self.lanes or (not self._busy and role != BULK and self._one_job_queued())
+                    # Several requests and every lane of this role free: a batch that would take
+                    # all of them is halved, so that a second lane takes the rest at once instead of
+                    # idling (two clients whose calls arrived together stayed merged on one lane).
+                    batch = self._take(q, bulk, halve=not main and not self._running[role])
+                    if self.lanes and q:
+                        cond.notify()  # another worker may take the rest now
                     self._busy += 1
+                    self._running[role] += 1
                     self._main_running = main and self.exclusive_main
                     return batch, main
-                if not self.queued():
-                    self._cond.wait()
+                cond.wait()
 
     def _one_job_queued(self) -> bool:
         """Everything queued belongs to one job (called with the lock held; a long queue is taken
@@ -253,6 +289,8 @@ class ModelScheduler:
         """Padded tokens allowed in the next batch (called with the lock held)."""
         if not bulk:
             return self.max_batch_tokens
+        if self.lanes and self._bulk_cond is not self._cond:
+            return self.bulk_solo_batch_tokens  # REALTIME batches start beside BULK ones: no need to wait
         if time.monotonic() - self._last_realtime < self.realtime_recent_s:
             return self.bulk_max_batch_tokens
         return self.bulk_solo_batch_tokens
@@ -288,13 +326,16 @@ class ModelScheduler:
         q.clear()
         q.extend(keep)
 
-    def _take(self, q: deque[_Item], bulk: bool) -> list[_Item]:
-        """Take the least-cost batch holding the oldest item from the head window of q."""
+    def _take(self, q: deque[_Item], bulk: bool, halve: bool = False) -> list[_Item]:
+        """Take the least-cost batch holding the oldest item from the head window of q; with halve,
+        at most half of q when one batch would otherwise take it all."""
         window = [q.popleft() for _ in range(min(len(q), self.max_batch_size * 4))]
         order = sorted(range(len(window)), key=lambda i: -window[i].length)  # stable: ties keep arrival order
         lengths = np.fromiter((window[i].length for i in order), dtype=np.int64, count=len(order))
         budget = self._budget(bulk)
         ends = kernels.plan_batches(lengths, budget, self.max_batch_size, self.batch_overhead_tokens)
+        if halve and not q and len(ends) == 1 and len(window) > 1:
+            ends = kernels.plan_batches(lengths, budget, (len(window) + 1) // 2, self.batch_overhead_tokens)
         rank_of_oldest = order.index(0)
         g = int(np.searchsorted(ends, rank_of_oldest, side="right"))
         start = int(ends[g - 1]) if g else 0
@@ -353,6 +394,18 @@ class ModelScheduler:
             return
         job.failed = True
         _post(job.loop, _reject, job.future, err)
+
+
+def _lower_thread_priority(steps: int) -> None:
+    """Lower the calling thread's OS scheduling priority by `steps` nice steps (Linux, where nice is
+    per thread; raising it needs no privilege). Elsewhere the thread keeps its priority."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except OSError as e:
+        log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, e)
 
 
 def _new_job(items: list[Tokenized], priority: int, deadline: float | None) -> Job:

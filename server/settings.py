@@ -77,7 +77,8 @@ class Settings:
     max_batch_tokens: int = field(default=16384, metadata={"help": "padded tokens in one inference batch"})
     bulk_max_batch_tokens: int = field(
         default=256, metadata={"help": "padded tokens in one BULK batch while REALTIME requests are about "
-                                       "(small: a REALTIME request waits at most one)"}
+                                       "(small: a REALTIME request waits at most one). Models with lanes on the "
+                                       "CPU run REALTIME batches beside BULK ones and keep the solo size"}
     )
     bulk_solo_batch_tokens: int = field(
         default=1024, metadata={"help": "padded tokens in one BULK batch when no REALTIME request came in the "
@@ -101,8 +102,10 @@ class Settings:
                                      "intra-op threads, else 1). On the CPU each worker runs on a lane, an ONNX "
                                      "Runtime session with intra_op_threads / workers threads (one shared "
                                      "session when that is 1), built once the model is ready; a request that "
-                                     "has the model to itself runs on the main session with all of them. Each "
-                                     "session holds its own copy of the weights (1 = one session only)"}
+                                     "has the model to itself runs on the main session with all of them. With "
+                                     "lanes, BULK batches run on as many workers again at a lower OS priority, "
+                                     "so REALTIME ones start at once beside them. Each session holds its own "
+                                     "copy of the weights (1 = one session only)"}
     )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(

@@ -3,6 +3,8 @@
 The engine is the real tiny model's, wrapped so a test can hold a batch and record every batch.
 """
 import asyncio
+import os
+import sys
 import threading
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from ember.engine import Engine
 from ember.errors import DeadlineExceeded, ResourceExhausted
 from ember.manifest import read_manifest
-from ember.scheduler import BULK, REALTIME, ModelScheduler
+from ember.scheduler import BULK, BULK_NICE, REALTIME, ModelScheduler
 from ember.servicers import stream
 from ember.tokenization import ModelTokenizer
 from ember.v1 import ember_pb2 as pb
@@ -20,21 +22,25 @@ from ember.v1 import ember_pb2 as pb
 class RecordingEngine:
     """The real engine; records each batch's padded shape and item lengths, and can hold a batch."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, hold_threads: str = ""):
         self.real = engine
         self.manifest = engine.manifest
         self.needs_type_ids = engine.needs_type_ids
         self.batches: list[tuple[int, int, list[int]]] = []
         self.threads: list[str] = []  # the thread that ran each batch
+        self.nices: list[int] = []  # that thread's OS nice value
         self.hold = threading.Event()
         self.hold.set()
+        self.hold_threads = hold_threads  # only threads whose names start with this are held
         self.entered = threading.Event()
 
     def infer(self, ids, mask, type_ids):
-        self.entered.set()
-        self.hold.wait(30)
+        if threading.current_thread().name.startswith(self.hold_threads):
+            self.entered.set()
+            self.hold.wait(30)
         self.batches.append((ids.shape[0], ids.shape[1], mask.sum(axis=1).tolist()))
         self.threads.append(threading.current_thread().name)
+        self.nices.append(os.getpriority(os.PRIO_PROCESS, 0))  # Linux: the calling thread's
         return self.real.infer(ids, mask, type_ids)
 
 
@@ -326,9 +332,10 @@ def test_bulk_budgets_never_exceed_the_models_budget(parts):
         sched.stop()
 
 
-async def queued_together_on_lanes(sched, main, lanes, tok, pause_s: float = 0.0) -> tuple[bool, bool]:
-    """Hold the main engine with a one-item job, queue two requests of one full batch each behind
-    it, wait pause_s, let it go. Returns (no lane started while the main engine ran, both lanes
+async def queued_together_on_lanes(sched, main, lanes, tok, pause_s: float = 0.0,
+                                   lengths=(20, 20)) -> tuple[bool, bool]:
+    """Hold the main engine with a one-item job, queue two requests of these lengths (one full
+    batch each by default) behind it, wait pause_s, let it go. Returns (no lane started while the main engine ran, both lanes
     were in inference at once afterwards)."""
     loop = asyncio.get_running_loop()
     main.hold.clear()
@@ -337,8 +344,8 @@ async def queued_together_on_lanes(sched, main, lanes, tok, pause_s: float = 0.0
         lane.hold.clear()
     blocker = sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None)
     await loop.run_in_executor(None, main.entered.wait, 10)
-    a = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)  # one full batch each
-    b = sched.submit(texts_of_lengths(tok, [20, 20]), priority=REALTIME, deadline=None)
+    a = sched.submit(texts_of_lengths(tok, lengths), priority=REALTIME, deadline=None)
+    b = sched.submit(texts_of_lengths(tok, lengths), priority=REALTIME, deadline=None)
     await asyncio.sleep(pause_s)
     waited = not any(lane.entered.is_set() for lane in lanes)
     main.hold.set()
@@ -371,6 +378,74 @@ def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_
     assert waited and both
     assert [b[2] for x in lanes for b in x.batches] == [[20, 20], [20, 20]]
     assert len({t for x in lanes for t in x.threads}) == 2  # two workers
+
+
+def test_requests_that_fit_one_batch_together_are_split_over_both_lanes(parts):
+    """Two requests queued together whose items would make one batch, with every lane free: the
+    batch is halved and both lanes run at once. Two clients whose calls kept arriving together
+    were merged onto one one-thread lane, the other idle, at half speed (found by
+    test_reliability's overload test)."""
+    async def run():
+        engine, _ = parts
+        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
+        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
+        sched.add_lanes(lanes)
+        _, both = await queued_together_on_lanes(sched, main, lanes, tok, lengths=[10, 10])
+        sched.stop()
+        return main, lanes, both
+
+    main, lanes, both = asyncio.run(run())
+    assert both and [b[2] for b in main.batches] == [[6]]
+    assert [b[2] for x in lanes for b in x.batches] == [[10, 10], [10, 10]]
+
+
+def test_with_lanes_a_realtime_request_runs_at_once_beside_bulk_batches(parts):
+    """With lanes, BULK batches run on workers of their own at a lower OS priority: a REALTIME
+    request starts at once while BULK batches hold every lane, and finishes before them."""
+    async def run():
+        engine, _ = parts
+        lanes = [RecordingEngine(engine, hold_threads="ember-bulk"), RecordingEngine(engine, hold_threads="ember-bulk")]
+        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
+        sched.add_lanes(lanes)
+        for lane in lanes:
+            lane.hold.clear()
+        bulk = sched.submit(texts_of_lengths(tok, [20] * 4), priority=BULK, deadline=None)  # two full batches
+        loop = asyncio.get_running_loop()
+        both = await loop.run_in_executor(None, lambda: all(lane.entered.wait(10) for lane in lanes))
+        rt = await asyncio.wait_for(sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None).future,
+                                    10)
+        bulk_held = not bulk.future.done()
+        for lane in lanes:
+            lane.hold.set()
+        await bulk.future
+        sched.stop()
+        return both, rt, bulk_held, main, lanes
+
+    both, rt, bulk_held, main, lanes = asyncio.run(run())
+    assert both and rt.shape[0] == 1 and bulk_held  # REALTIME done while both BULK batches were held
+    assert main.batches == []
+    ran = sorted((b[2], t.split("-")[1], n) for x in lanes for b, t, n in zip(x.batches, x.threads, x.nices))
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    bulk_nice = min(19, base + BULK_NICE) if sys.platform.startswith("linux") else base
+    assert ran == [([6], "infer", base), ([20, 20], "bulk", bulk_nice), ([20, 20], "bulk", bulk_nice)]
+
+
+def test_with_lanes_a_lone_bulk_request_runs_on_the_lanes(parts):
+    """A BULK request never takes the main engine once there are lanes (a REALTIME one arriving
+    would wait for the whole batch): alone, its batches run on the BULK workers' lanes."""
+    async def run():
+        engine, _ = parts
+        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
+        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
+        sched.add_lanes(lanes)
+        await sched.submit(texts_of_lengths(tok, [10] * 8), priority=BULK, deadline=None).future
+        sched.stop()
+        return main, lanes
+
+    main, lanes = asyncio.run(run())
+    assert main.batches == []
+    assert sorted(b[2] for x in lanes for b in x.batches) == [[10] * 4, [10] * 4]
+    assert all(t.startswith("ember-bulk-") for x in lanes for t in x.threads)
 
 
 def test_until_its_lanes_come_one_batch_at_a_time_runs_on_the_main_engine(parts):
@@ -426,7 +501,7 @@ def test_cpu_models_get_lanes_with_a_share_of_the_threads(tiny_models_dir, threa
         opts = [lane.session.get_session_options().intra_op_num_threads for lane in sched.lanes]
         assert opts == lane_threads and len({id(x) for x in sched.lanes}) == sessions
         assert model.engine.session.get_session_options().intra_op_num_threads == threads
-        assert len(sched._threads) == max(1, len(lane_threads))
+        assert len(sched._threads) == (2 * len(lane_threads) or 1)  # with lanes: REALTIME and BULK workers
         assert all(lane.pool is model.engine.pool for lane in sched.lanes)  # one buffer pool
     finally:
         model.scheduler.stop()
