@@ -176,11 +176,11 @@ def throughput(fn, texts) -> float:
 
 # ---- ember ----------------------------------------------------------------------------------
 class EmberProcess:
-    def __init__(self, models_dir: Path, port: int, extra: list[str]):
+    def __init__(self, models_dir: Path, port: int, extra: list[str], env: dict | None = None):
         t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port",
                                       str(port), "--models-dir", str(models_dir), "--log-level", "warning",
-                                      "--metrics-port", "0", *extra])
+                                      "--metrics-port", "0", *extra], env=env)
         self.address = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(self.address)
         stub = health_pb2_grpc.HealthStub(channel)
@@ -463,8 +463,6 @@ def main() -> int:
         print(f"  {key}: {value:.1f}", flush=True)
 
     try:
-        ch = grpc.insecure_channel(srv.address)
-        stub = pb_grpc.EmbedderStub(ch)
         # Interleaved rounds: this machine's speed drifts over minutes, so each ratio compares
         # medians of measurements taken side by side.
         for r in range(rounds):
@@ -485,22 +483,7 @@ def main() -> int:
         lat_texts = texts[-n_lat:]
         res.update(latency_with_floor(srv.address, raw, lat_texts, models["fp32"], args.port + 2))
 
-        # REALTIME single texts while a BULK stream saturates the server.
-        stop, counter = threading.Event(), [0]
-        bulk = threading.Thread(target=lambda: stream_load(srv.address, texts, 32, stop, counter))
-        bulk.start()
-        time.sleep(3.0)
-        c0, t0 = counter[0], time.perf_counter()
-        # Open loop, 5 per second: independent users' requests arrive whatever the last one's latency
-        # (a closed loop would send each right after the last answer, i.e. just as the next BULK
-        # batch starts, and so always wait for a whole batch).
-        res["ember_realtime_under_bulk_ms"] = single_latencies(lambda t: stub.Embed(_req([t])), lat_texts[:200],
-                                                               interval_s=0.2)
-        res["bulk_tps_during_realtime"] = (counter[0] - c0) / (time.perf_counter() - t0)
-        stop.set()
-        bulk.join()
-        # BULK alone over the same stretch of texts, right after, for the ratio.
-        res["bulk_solo_tps"] = stream_load(srv.address, texts[c0:c0 + max(2048, counter[0] - c0)], 32)[0]
+        res.update(realtime_under_bulk(srv.address, texts, lat_texts[:200]))
 
         # RSS after many more streamed texts (short ones, cycled: the memory question is per text).
         done = n_stream * rounds
@@ -509,7 +492,6 @@ def main() -> int:
             done += n
         res["rss_after_many_mb"] = rss_mb(srv.proc.pid)
         res["rss_many_texts"] = done
-        ch.close()
     finally:
         srv.stop()
 
@@ -568,6 +550,27 @@ def stsb(address: str, raw: RawOrt) -> tuple[float, float]:
     fp32 = spearmanr((a * b).sum(1), gold).statistic
     ch.close()
     return float(int8), float(fp32)
+
+
+def realtime_under_bulk(address: str, texts: list[str], lat_texts: list[str]) -> dict:
+    """REALTIME single texts (lat_texts) while a BULK stream of `texts` saturates the server, then
+    BULK alone over the same stretch of texts, for the ratio."""
+    stub = pb_grpc.EmbedderStub(grpc.insecure_channel(address))
+    stop, counter = threading.Event(), [0]
+    bulk = threading.Thread(target=lambda: stream_load(address, texts, 32, stop, counter))
+    bulk.start()
+    time.sleep(3.0)
+    c0, t0 = counter[0], time.perf_counter()
+    # Open loop, 5 per second: independent users' requests arrive whatever the last one's latency
+    # (a closed loop would send each right after the last answer, i.e. just as the next BULK
+    # batch starts, and so always wait for a whole batch).
+    out = {"ember_realtime_under_bulk_ms": single_latencies(lambda t: stub.Embed(_req([t])), lat_texts,
+                                                            interval_s=0.2)}
+    out["bulk_tps_during_realtime"] = (counter[0] - c0) / (time.perf_counter() - t0)
+    stop.set()
+    bulk.join()
+    out["bulk_solo_tps"] = stream_load(address, texts[c0:c0 + max(2048, counter[0] - c0)], 32)[0]
+    return out
 
 
 def pct(a: np.ndarray, p: float) -> float:
