@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -33,11 +34,17 @@ class RecordingEngine:
         self.hold.set()
         self.hold_threads = hold_threads  # only threads whose names start with this are held
         self.entered = threading.Event()
+        self.held_rows = 0  # rows of the batches waiting on `hold` now
+        self._lock = threading.Lock()
 
     def infer(self, ids, mask, type_ids):
         if threading.current_thread().name.startswith(self.hold_threads):
+            with self._lock:
+                self.held_rows += ids.shape[0]
             self.entered.set()
             self.hold.wait(30)
+            with self._lock:
+                self.held_rows -= ids.shape[0]
         self.batches.append((ids.shape[0], ids.shape[1], mask.sum(axis=1).tolist()))
         self.threads.append(threading.current_thread().name)
         self.nices.append(os.getpriority(os.PRIO_PROCESS, 0))  # Linux: the calling thread's
@@ -291,12 +298,28 @@ def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server)
         tiny_server.call(alone())
         assert len(rec.batches) == 1 and not rec.threads[0].startswith("ember-infer-")
         rec.batches.clear(), rec.threads.clear()
+        # The workers may wake between two of the six submissions (tokenizing releases the GIL):
+        # hold the first batches until all six calls are in, so the test sees whether the rest
+        # meet in the queue, not how fast this machine tokenizes.
+        rec.hold_threads = "ember-infer-"
+        rec.hold.clear()
+
+        def release():
+            end = time.monotonic() + 30
+            while model.scheduler.queued() + rec.held_rows < 6 and time.monotonic() < end:
+                time.sleep(0.001)
+            rec.hold.set()
+
+        releaser = threading.Thread(target=release, daemon=True)
+        releaser.start()
         answers = tiny_server.call(together())
+        releaser.join()
     finally:
+        rec.hold.set()
         model.scheduler.engine, model.scheduler.lanes = rec.real, lanes
     assert len(answers) == 6 and sum(rows for rows, _, _ in rec.batches) == 6
     assert all(t.startswith("ember-infer-") for t in rec.threads)
-    assert len(rec.batches) < 6  # merged: they were all queued before the worker woke for the first
+    assert len(rec.batches) < 6  # merged: those queued behind the first batches ran together
 
 
 def test_bulk_batches_grow_while_no_realtime_request_is_about(parts):
@@ -444,7 +467,10 @@ def test_with_lanes_a_lone_bulk_request_runs_on_the_lanes(parts):
 
     main, lanes = asyncio.run(run())
     assert main.batches == []
-    assert sorted(b[2] for x in lanes for b in x.batches) == [[10] * 4, [10] * 4]
+    batches = [b[2] for x in lanes for b in x.batches]
+    # every item ran once, within the budget (4 x 10 padded tokens); how the second half splits
+    # depends on which worker is free first (a lone worker halves the rest over two lanes)
+    assert sum(len(b) for b in batches) == 8 and all(len(b) <= 4 for b in batches)
     assert all(t.startswith("ember-bulk-") for x in lanes for t in x.threads)
 
 
