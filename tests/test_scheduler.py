@@ -67,6 +67,15 @@ def make(parts, **kw):
     return ModelScheduler(rec, **opts), rec, tok
 
 
+def make_with_lanes(parts, hold_threads: str = "", **kw):
+    """A scheduler with two workers whose two lanes are already built (each a RecordingEngine)."""
+    engine, _ = parts
+    lanes = [RecordingEngine(engine, hold_threads=hold_threads) for _ in range(2)]
+    sched, main, tok = make(parts, **{"workers": 2, "lanes_planned": True, "max_batch_tokens": 40, **kw})
+    sched.add_lanes(lanes)
+    return sched, main, lanes, tok
+
+
 def texts_of_lengths(tok, lengths):
     # "a" is one token: n-2 of them plus [CLS]/[SEP] give exactly n tokens
     out = tok.encode([" ".join(["a"] * (n - 2)) for n in lengths], truncate=True, direction="right")
@@ -386,10 +395,7 @@ def test_a_lone_request_runs_on_the_main_engine_and_several_run_side_by_side_on_
     (all the threads), and no lane starts beside it; requests queued together run on the lanes at
     the same time."""
     async def run():
-        engine, _ = parts
-        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
-        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
-        sched.add_lanes(lanes)
+        sched, main, lanes, tok = make_with_lanes(parts)
         await sched.submit(texts_of_lengths(tok, [10] * 8), priority=REALTIME, deadline=None).future
         alone = [rows for rows, _, _ in main.batches], sum(len(x.batches) for x in lanes)
         waited, both = await queued_together_on_lanes(sched, main, lanes, tok, pause_s=0.3)
@@ -409,10 +415,7 @@ def test_requests_that_fit_one_batch_together_are_split_over_both_lanes(parts):
     were merged onto one one-thread lane, the other idle, at half speed (found by
     test_reliability's overload test)."""
     async def run():
-        engine, _ = parts
-        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
-        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
-        sched.add_lanes(lanes)
+        sched, main, lanes, tok = make_with_lanes(parts)
         _, both = await queued_together_on_lanes(sched, main, lanes, tok, lengths=[10, 10])
         sched.stop()
         return main, lanes, both
@@ -426,10 +429,7 @@ def test_with_lanes_a_realtime_request_runs_at_once_beside_bulk_batches(parts):
     """With lanes, BULK batches run on workers of their own at a lower OS priority: a REALTIME
     request starts at once while BULK batches hold every lane, and finishes before them."""
     async def run():
-        engine, _ = parts
-        lanes = [RecordingEngine(engine, hold_threads="ember-bulk"), RecordingEngine(engine, hold_threads="ember-bulk")]
-        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
-        sched.add_lanes(lanes)
+        sched, main, lanes, tok = make_with_lanes(parts, hold_threads="ember-bulk")
         for lane in lanes:
             lane.hold.clear()
         bulk = sched.submit(texts_of_lengths(tok, [20] * 4), priority=BULK, deadline=None)  # two full batches
@@ -457,10 +457,7 @@ def test_with_lanes_a_lone_bulk_request_runs_on_the_lanes(parts):
     """A BULK request never takes the main engine once there are lanes (a REALTIME one arriving
     would wait for the whole batch): alone, its batches run on the BULK workers' lanes."""
     async def run():
-        engine, _ = parts
-        lanes = [RecordingEngine(engine), RecordingEngine(engine)]
-        sched, main, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=40)
-        sched.add_lanes(lanes)
+        sched, main, lanes, tok = make_with_lanes(parts)
         await sched.submit(texts_of_lengths(tok, [10] * 8), priority=BULK, deadline=None).future
         sched.stop()
         return main, lanes
