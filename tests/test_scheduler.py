@@ -457,17 +457,23 @@ def test_with_lanes_a_lone_bulk_request_runs_on_the_lanes(parts):
     """A BULK request never takes the main engine once there are lanes (a REALTIME one arriving
     would wait for the whole batch): alone, its batches run on the BULK workers' lanes."""
     async def run():
-        sched, main, lanes, tok = make_with_lanes(parts)
-        await sched.submit(texts_of_lengths(tok, [10] * 8), priority=BULK, deadline=None).future
+        sched, main, lanes, tok = make_with_lanes(parts, hold_threads="ember-bulk")
+        for lane in lanes:
+            lane.hold.clear()
+        job = sched.submit(texts_of_lengths(tok, [10] * 8), priority=BULK, deadline=None)
+        # Held until both BULK workers are in: a worker that finished its batch before the other
+        # woke would rightly halve the rest over the two lanes, and the split would be a race.
+        both = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: all(lane.entered.wait(10) for lane in lanes))
+        for lane in lanes:
+            lane.hold.set()
+        await job.future
         sched.stop()
-        return main, lanes
+        return main, lanes, both
 
-    main, lanes = asyncio.run(run())
-    assert main.batches == []
-    batches = [b[2] for x in lanes for b in x.batches]
-    # every item ran once, within the budget (4 x 10 padded tokens); how the second half splits
-    # depends on which worker is free first (a lone worker halves the rest over two lanes)
-    assert sum(len(b) for b in batches) == 8 and all(len(b) <= 4 for b in batches)
+    main, lanes, both = asyncio.run(run())
+    assert both and main.batches == []
+    assert sorted(b[2] for x in lanes for b in x.batches) == [[10] * 4, [10] * 4]
     assert all(t.startswith("ember-bulk-") for x in lanes for t in x.threads)
 
 
