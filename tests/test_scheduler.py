@@ -221,11 +221,15 @@ def test_inline_path_is_refused_unless_the_model_is_idle_and_the_job_small_and_r
         running = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
         await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
         refused["a batch running"] = sched.run_inline(small, priority=REALTIME)
-        waiting = sched.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None)
         rec.hold.set()
         await running.future
-        if not waiting.future.done():
-            refused["items queued"] = sched.run_inline(small, priority=REALTIME)
+        # Items queued and no batch running: a lone short item waits (max_wait) to fill a batch.
+        # (Checked behind a running batch instead, the worker could finish the queued batch just
+        # before the check while its results were still on their way to the loop.)
+        filling, _, _ = make(parts, inline_max_tokens=40, max_wait_us=60_000_000)
+        waiting = filling.submit(texts_of_lengths(tok, [5]), priority=REALTIME, deadline=None)
+        refused["items queued"] = filling.run_inline(small, priority=REALTIME)
+        filling.stop()  # a stopping scheduler runs what is queued without waiting
         await waiting.future
         while not sched.idle():  # the worker posts results just before it counts itself done
             await asyncio.sleep(0.001)
