@@ -51,6 +51,17 @@ class Metrics:
         self.cache_misses = Counter("ember_cache_misses", "embedding cache misses (inputs)", ("model",), registry=r)
         r.register(_StateCollector(registry))
         self.http = None
+        self._children: dict[tuple, object] = {}
+
+    def of(self, metric, *labels: str):
+        """metric.labels(*labels), kept: prometheus_client checks the labels and takes a lock on every
+        labels() call, a cost paid several times per request on the hot path otherwise. Label sets
+        are bounded (RPCs × models × status codes) and a child, once made, lives as long anyway."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port (port 0 = any free port)."""

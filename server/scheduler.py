@@ -371,9 +371,10 @@ class ModelScheduler:
                 engine.release(blocks)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
-            self.metrics.inference_seconds.labels(self.name).observe(elapsed)
-            self.metrics.batch_size.labels(self.name).observe(len(batch))
-            self.metrics.batch_tokens.labels(self.name).observe(ids.size)
+            m = self.metrics
+            m.of(m.inference_seconds, self.name).observe(elapsed)
+            m.of(m.batch_size, self.name).observe(len(batch))
+            m.of(m.batch_tokens, self.name).observe(ids.size)
         seen: set[int] = set()
         for row, it in enumerate(batch):
             job = it.job

@@ -70,6 +70,8 @@ def test_io_binding_through_the_pool_gives_the_same_vectors(tiny_models_dir):
     plain = Engine(d, m, ("cpu",))
     bound = Engine(d, m, ("cpu",))
     bound.pool = BufferPool("no")
+    assert not bound.bind_io  # a CPU engine runs its pooled inputs through session.run ...
+    bound.bind_io = True  # ... as an accelerator's binds them: the bound path, tested here on the CPU
     ids = np.array([[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     want = plain.infer(ids, mask, np.zeros_like(ids))

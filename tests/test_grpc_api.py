@@ -32,6 +32,12 @@ def test_embed_default_model_float_and_bytes_agree(tiny_server):
     assert f.timing.total_ns > 0 and f.timing.inference_ns > 0 and f.timing.tokenize_ns > 0
 
 
+def test_a_request_without_an_id_gets_a_distinct_one(tiny_server):
+    ids = [embed(tiny_server, ["hello"]).request_id for _ in range(3)]
+    ids.append(tiny_server.reranker.Rerank(pb.RerankRequest(query="q", documents=["d"])).request_id)
+    assert len(set(ids)) == 4 and all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+
+
 def test_results_do_not_depend_on_batch_company(tiny_server):
     alone = [vectors(embed(tiny_server, [t]))[0] for t in TEXTS]
     together = vectors(embed(tiny_server, TEXTS))
