@@ -395,6 +395,15 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     return out
 
 
+def own_work() -> dict:
+    """`overhead.py` in its own process (ember's handler in-process, without the gRPC stack):
+    ember's work around the ORT run per single text, and raw ORT's, p50 in µs."""
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "overhead.py")], check=True,
+                   stdout=subprocess.DEVNULL)
+    p50 = json.loads((OUT / "overhead.json").read_text())["p50_us"]
+    return {"ember_around_us": p50["ember"]["around_ns"], "raw_around_us": p50["raw"]["around_ns"]}
+
+
 def latency_with_floor(address: str, raw: RawOrt, lat_texts: list[str], model_dir: Path,
                        floor_port: int) -> dict[str, np.ndarray]:
     """single_text_latency, with floor_server.py running beside ember for the section."""
@@ -454,6 +463,7 @@ def main() -> int:
             res.update(latency_with_floor(srv.address, raw, texts[-n_lat:], models["fp32"], args.port + 2))
         finally:
             srv.stop()
+        res.update(own_work())
         write_table(res, latency_rows(res), f"Machine: {res['machine']}", "latency")
         return 0
     samples: dict[str, list[float]] = {}
@@ -496,6 +506,7 @@ def main() -> int:
         srv.stop()
 
     res["encode_cost"] = response_encoding_cost()
+    res.update(own_work())
     raw8 = RawOrt(models["int8"])
     raw8.encode(texts[:256])
     srv8 = EmberProcess(models["int8"].parent, args.port + 1, [])
@@ -659,6 +670,11 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
                          f"{total:.2f} / {inf:.2f} / {tok:.2f}",
                          f"outside it (per call, p50) {pct(res['ember_single_ms'] - res['ember_server_total_ms'], 50):.2f}"
                          " ms", ""))
+        if suffix == "single" and "ember_around_us" in res:
+            label = ("… ember's own work per text without gRPC (overhead.py): around the ORT run, ember / raw ORT, "
+                     "p50 (µs)")
+            rows.append((label, f"{res['ember_around_us']:.0f} / {res['raw_around_us']:.0f}",
+                         f"ember + {res['ember_around_us'] - res['raw_around_us']:.0f} µs", ""))
         if suffix == "single":
             for client, key in (("Python", "grpc_roundtrip_ms"), ("Go", "grpc_roundtrip_go_ms")):
                 if key in res:
