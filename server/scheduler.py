@@ -316,10 +316,10 @@ class ModelScheduler:
             if job.cancelled or job.failed or expired:
                 if expired and not job.cancelled:
                     self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
-                if self.metrics is not None and (expired or job.cancelled):
+                m = self.metrics
+                if m is not None and (expired or job.cancelled):
                     # gRPC cancels a call whose deadline passed: count those as expired, not cancelled
-                    (self.metrics.deadline_dropped if expired else self.metrics.cancelled_dropped).labels(
-                        self.name).inc()
+                    m.of(m.deadline_dropped if expired else m.cancelled_dropped, self.name).inc()
                 continue
             keep.append(it)
         keep.extend(q)
