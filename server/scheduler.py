@@ -347,6 +347,13 @@ class ModelScheduler:
     def _execute(self, batch: list[_Item], deliver, engine) -> None:
         t0 = time.monotonic()
         toks = [it.job.items[it.index] for it in batch]
+        if len(toks) == 1 and not getattr(engine, "bind_io", False):
+            # One input, not bound: its own arrays are the batch, with nothing to pad or pack.
+            t = toks[0]
+            ids = t.ids.reshape(1, -1)
+            type_ids = t.type_ids.reshape(1, -1) if engine.needs_type_ids and t.type_ids is not None else None
+            self._run_batch(batch, deliver, engine, ids, np.ones_like(ids), type_ids, t0)
+            return
         seq_len = max(t.tokens for t in toks)
         lengths = np.fromiter((t.tokens for t in toks), dtype=np.int64, count=len(toks))
         offsets = np.zeros(len(toks) + 1, dtype=np.int64)
@@ -362,13 +369,18 @@ class ModelScheduler:
             if engine.needs_type_ids and toks[0].type_ids is not None:
                 type_ids, _ = kernels.pack_batch(np.concatenate([t.type_ids for t in toks]), offsets, seq_len, 0,
                                                  self.pad_left, type_o)
-            for it in batch:
-                if it.job.started is None:
-                    it.job.started = t0
-            out = engine.infer(ids, mask, type_ids)
+            self._run_batch(batch, deliver, engine, ids, mask, type_ids, t0)
         finally:
             if blocks:
                 engine.release(blocks)
+
+    def _run_batch(self, batch: list[_Item], deliver, engine, ids: np.ndarray, mask: np.ndarray,
+                   type_ids: np.ndarray | None, t0: float) -> None:
+        """Run the packed batch and hand each finished job its rows."""
+        for it in batch:
+            if it.job.started is None:
+                it.job.started = t0
+        out = engine.infer(ids, mask, type_ids)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
             m = self.metrics

@@ -209,6 +209,21 @@ def test_idle_model_runs_a_small_realtime_job_on_the_callers_thread(parts):
     assert threads[0] == threading.current_thread().name and threads[1].startswith("ember-infer-")
 
 
+def test_a_lone_input_runs_unpadded_with_the_numbers_it_gets_in_a_padded_batch(parts):
+    async def run():
+        sched, rec, tok = make(parts, inline_max_tokens=64)
+        inline = sched.run_inline(texts_of_lengths(tok, [6]), priority=REALTIME)  # first: the model is idle
+        alone = await sched.submit(texts_of_lengths(tok, [6]), priority=REALTIME, deadline=None).future
+        batched = await sched.submit(texts_of_lengths(tok, [6, 12]), priority=REALTIME, deadline=None).future
+        sched.stop()
+        return alone, inline.future.result(), batched, rec.batches
+
+    alone, inline, batched, batches = asyncio.run(run())
+    assert batches == [(1, 6, [6]), (1, 6, [6]), (2, 12, [6, 12])]  # its own 6 tokens, no padding
+    np.testing.assert_array_equal(alone, inline)
+    np.testing.assert_allclose(alone[0], batched[0], rtol=1e-5, atol=1e-6)
+
+
 def test_inline_path_is_refused_unless_the_model_is_idle_and_the_job_small_and_realtime(parts):
     async def run():
         sched, rec, tok = make(parts, inline_max_tokens=40)
