@@ -296,22 +296,33 @@ def single_latencies(fn, texts: list[str], interval_s: float = 0.0, self_timed: 
     return np.array(out)
 
 
-class GoClient:
-    """Single calls timed by a Go gRPC client (`clients/go/src/ember/latency`, built by `make
-    clients`): the same requests as the Python client's, with less client-side overhead. This
-    process says what to call and when; the Go process times the call alone."""
+class PipeTimed:
+    """A timer in another process, driven over its stdin/stdout: one command line in, one line of
+    nanoseconds out (the call timed there alone). This process says what to call and when."""
 
-    def __init__(self, address: str):
-        self.proc = subprocess.Popen([str(GO_LATENCY), address], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+    def __init__(self, argv: list[str], name: str):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def _call(self, line: str) -> float:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline().strip()
         if not answer.isdigit():
-            raise RuntimeError(f"ember-latency: {answer or 'exited'}")
+            raise RuntimeError(f"{self.name}: {answer or 'exited'}")
         return int(answer) / 1e6
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+class GoClient(PipeTimed):
+    """Single calls timed by a Go gRPC client (`clients/go/src/ember/latency`, built by `make
+    clients`): the same requests as the Python client's, with less client-side overhead."""
+
+    def __init__(self, address: str):
+        super().__init__([str(GO_LATENCY), address], "ember-latency")
 
     def embed(self, text: str) -> float:
         return self._call("embed " + " ".join(text.split()))  # one line; the same words
@@ -319,15 +330,25 @@ class GoClient:
     def list_models(self, _text: str = "") -> float:
         return self._call("list")
 
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(10)
+
+class RawProcess(PipeTimed):
+    """`raw_process.py`: raw ORT's single text (`RawOrt.one`) in a process of its own."""
+
+    def __init__(self, model_dir: Path):
+        super().__init__([sys.executable, str(Path(__file__).resolve().parent / "raw_process.py"), str(model_dir)],
+                         "raw_process.py")
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("raw_process.py did not start")
+
+    def one(self, text: str) -> float:
+        return self._call(" ".join(text.split()))  # one line; the same words
 
 
 def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_address: str = "",
-                        ) -> dict[str, np.ndarray]:
+                        raw_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Single-text latency of raw ORT and of ember (ms per call), closed and open loop; with
-    floor_address, also of `floor_server.py` (the Python gRPC stack around raw ORT's work)."""
+    floor_address, also of `floor_server.py` (the Python gRPC stack around raw ORT's work); with
+    raw_dir, also of raw ORT in a process of its own (`raw_process.py`, that model directory)."""
     ch = grpc.insecure_channel(address)
     stub = pb_grpc.EmbedderStub(ch)
     models_stub = pb_grpc.ModelsStub(ch)
@@ -337,12 +358,15 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     floor_ch = grpc.insecure_channel(floor_address) if floor_address else None
     floor = pb_grpc.EmbedderStub(floor_ch) if floor_ch else None
     floor_go = GoClient(floor_address) if floor_address and go is not None else None
-    # Blocks of 25 texts, alternating raw ORT / ember / a bare gRPC round trip (ListModels, no
-    # model work), from the Python client and from the Go one: the machine's drift over minutes
-    # falls on all alike. Closed loop (each call right after the last) and then open loop
-    # (PACED_INTERVAL_S apart, as independent users' requests arrive): a call that follows an
-    # idle stretch is slower than one in a tight loop, for raw ORT as for ember, so each is
-    # compared with raw ORT measured the same way.
+    raw_proc = RawProcess(raw_dir) if raw_dir is not None else None
+    # Each text goes through every arm in turn (raw ORT, ember, a bare gRPC round trip with no
+    # model work (ListModels), the floor server; from the Python client and from the Go one), the
+    # order rotating from text to text: calls on the same text are seconds apart at most, so this
+    # machine's swings (its ORT run alone moves by 2x within a minute) fall on every arm alike, and
+    # each arm's samples pair up per text. Closed loop (each call right after the last) and then
+    # open loop (one call every PACED_INTERVAL_S whatever the last one's latency, as independent
+    # users' requests arrive): a call that follows an idle stretch is slower than one in a tight
+    # loop, for raw ORT as for ember, so each is compared with raw ORT measured the same way.
     server: list[tuple[int, int, int]] = []  # ember's own Timing of each closed-loop Python call
 
     def embed_timed(text: str) -> None:
@@ -353,6 +377,8 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
         ("raw_ort_single_ms", raw.one, 0.0, False),
         ("ember_single_ms", embed_timed, 0.0, False),
         ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), 0.0, False)]
+    if raw_proc is not None:
+        plan.append(("raw_ort_process_single_ms", raw_proc.one, 0.0, True))
     if go is not None:
         plan += [("ember_single_go_ms", go.embed, 0.0, True), ("grpc_roundtrip_go_ms", go.list_models, 0.0, True)]
     if floor is not None:
@@ -361,6 +387,8 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
         plan.append(("floor_single_go_ms", floor_go.embed, 0.0, True))
     plan += [("raw_ort_paced_ms", raw.one, PACED_INTERVAL_S, False),
              ("ember_paced_ms", lambda t: stub.Embed(_req([t])), PACED_INTERVAL_S, False)]
+    if raw_proc is not None:
+        plan.append(("raw_ort_process_paced_ms", raw_proc.one, PACED_INTERVAL_S, True))
     if go is not None:
         plan.append(("ember_paced_go_ms", go.embed, PACED_INTERVAL_S, True))
     if floor is not None:
@@ -374,21 +402,27 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
                 c.embed(t)
         if floor is not None:
             floor.Embed(_req([t]))
+        if raw_proc is not None:
+            raw_proc.one(t)
     lat: dict[str, list] = {key: [] for key, *_ in plan}
     for paced in (False, True):
-        for b in range(0, len(lat_texts), 25):
-            block = lat_texts[b:b + 25]
-            for key, fn, interval, self_timed in plan:
-                if bool(interval) == paced:
-                    lat[key].append(single_latencies(fn, block, interval, self_timed))
-                    time.sleep(0.05)  # let the last run's spinning threads settle before the next block
-    for c in (go, floor_go):
+        arms = [(key, fn, self_timed) for key, fn, interval, self_timed in plan if bool(interval) == paced]
+        start, tick = time.perf_counter(), 0
+        for i, text in enumerate(lat_texts):
+            for key, fn, self_timed in arms[i % len(arms):] + arms[:i % len(arms)]:
+                if paced:
+                    time.sleep(max(0.0, start + tick * PACED_INTERVAL_S - time.perf_counter()))
+                    tick += 1
+                t0 = time.perf_counter()
+                ms = fn(text)
+                lat[key].append(ms if self_timed else (time.perf_counter() - t0) * 1000)
+    for c in (go, floor_go, raw_proc):
         if c is not None:
             c.close()
     for c in (ch, floor_ch):
         if c is not None:
             c.close()
-    out = {k: np.concatenate(v) for k, v in lat.items()}
+    out = {k: np.array(v) for k, v in lat.items()}
     timing = np.array(server, dtype=np.float64) / 1e6  # one row per ember_single_ms call, in order
     out.update(ember_server_tokenize_ms=timing[:, 0], ember_server_inference_ms=timing[:, 1],
                ember_server_total_ms=timing[:, 2])
@@ -409,7 +443,7 @@ def latency_with_floor(address: str, raw: RawOrt, lat_texts: list[str], model_di
     """single_text_latency, with floor_server.py running beside ember for the section."""
     floor = FloorProcess(model_dir, floor_port)
     try:
-        return single_text_latency(address, raw, lat_texts, floor.address)
+        return single_text_latency(address, raw, lat_texts, floor.address, model_dir)
     finally:
         floor.stop()
 
@@ -653,6 +687,11 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
     def p(key: str) -> str:
         return f"{pct(res[key], 50):.2f} / {pct(res[key], 99):.2f}"
 
+    def paired(key: str, raw_key: str) -> str:
+        """The median of the per-text differences, where the arms were timed text by text."""
+        a, b = np.asarray(res[key]), np.asarray(res[raw_key])
+        return f"; per text, median + {np.median(a - b):.2f} ms" if a.shape == b.shape else ""
+
     rows = []
     for loop, raw_key, suffix in (("closed loop", "raw_ort_single_ms", "single"),
                                   (f"open loop, {1 / PACED_INTERVAL_S:.0f}/s", "raw_ort_paced_ms", "paced")):
@@ -660,10 +699,17 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
             continue
         raw_p50 = pct(res[raw_key], 50)
         rows.append((f"raw ORT single text, {loop}, p50 / p99 (ms)", p(raw_key), "reference", ""))
+        proc_key = f"raw_ort_process_{suffix}_ms"  # the same, in a process of its own (raw_process.py)
+        if proc_key in res:
+            rows.append((f"raw ORT single text in its own process, {loop}, p50 / p99 (ms)", p(proc_key),
+                         f"p50 = raw + {pct(res[proc_key], 50) - raw_p50:.2f} ms", "second reference"))
         for client, key in (("Python", f"ember_{suffix}_ms"), ("Go", f"ember_{suffix}_go_ms")):
             if key in res:
+                vs_proc = f"; own-process raw + {pct(res[key], 50) - pct(res[proc_key], 50):.2f} ms" \
+                    if proc_key in res else ""
                 rows.append((f"ember single text, {loop}, {client} client, p50 / p99 (ms)", p(key),
-                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms", "p50 ≤ raw + 1 ms"))
+                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms{paired(key, raw_key)}{vs_proc}",
+                             "p50 ≤ raw + 1 ms (against both)" if proc_key in res else "p50 ≤ raw + 1 ms"))
         if suffix == "single" and "ember_server_total_ms" in res:
             total, inf, tok = (pct(res[f"ember_server_{k}_ms"], 50) for k in ("total", "inference", "tokenize"))
             rows.append(("… of which in ember's handler (its Timing): total / inference / tokenize p50 (ms)",
@@ -683,7 +729,7 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
         for client, key in (("Python", f"floor_{suffix}_ms"), ("Go", f"floor_{suffix}_go_ms")):
             if key in res:  # the same work as raw ORT's, in a bare grpc.aio handler
                 rows.append((f"floor_server.py single text, {loop}, {client} client, p50 / p99 (ms)", p(key),
-                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms", ""))
+                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms{paired(key, raw_key)}", ""))
     return rows
 
 

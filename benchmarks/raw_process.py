@@ -1,0 +1,34 @@
+"""Raw ONNX Runtime's single text in a process of its own, for bench.py's latency section.
+
+    python benchmarks/raw_process.py MODEL_DIR
+
+Reads one text per line on stdin and answers each with the nanoseconds `bench.RawOrt.one` took
+on it (tokenize, one session run, pooling, normalization), timed here around that call only.
+ember and floor_server.py run in processes of their own that wait on a socket between calls;
+raw ORT in bench.py's own process shares it with the clients and their threads. Run like this,
+raw ORT waits on a pipe between calls as the servers do, so the single-text table can show
+whether the reference's process placement moves it. Prints "ready" once the session is warm.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from bench import RawOrt
+
+
+def main() -> int:
+    raw = RawOrt(Path(sys.argv[1]))
+    raw.one("warm up")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        t0 = time.perf_counter_ns()
+        raw.one(text)
+        print(time.perf_counter_ns() - t0, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
