@@ -281,19 +281,29 @@ def stream_load(address: str, texts: list[str], batch: int, stop: threading.Even
     return rate, n
 
 
+def timed_call(fn, text: str, self_timed: bool = False) -> float:
+    """Latency of fn(text) in ms; with self_timed, fn returns its own latency in ms (a client in
+    another process timed it)."""
+    t0 = time.perf_counter()
+    ms = fn(text)
+    return ms if self_timed else (time.perf_counter() - t0) * 1000
+
+
 def single_latencies(fn, texts: list[str], interval_s: float = 0.0, self_timed: bool = False) -> np.ndarray:
     """Latency of fn(text) for each text, in ms. With interval_s the calls start on a fixed clock
-    (open loop: one every interval_s, whatever the latency), as independent users' requests do.
-    With self_timed, fn returns its own latency in ms (a client in another process timed it)."""
+    (open loop: one every interval_s, whatever the latency), as independent users' requests do."""
     out = []
     start = time.perf_counter()
     for i, t in enumerate(texts):
         if interval_s:
             time.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
-        t0 = time.perf_counter()
-        ms = fn(t)
-        out.append(ms if self_timed else (time.perf_counter() - t0) * 1000)
+        out.append(timed_call(fn, t, self_timed))
     return np.array(out)
+
+
+def one_line(text: str) -> str:
+    """The text's words on one line, for the line-based timers (the same tokens)."""
+    return " ".join(text.split())
 
 
 class PipeTimed:
@@ -325,7 +335,7 @@ class GoClient(PipeTimed):
         super().__init__([str(GO_LATENCY), address], "ember-latency")
 
     def embed(self, text: str) -> float:
-        return self._call("embed " + " ".join(text.split()))  # one line; the same words
+        return self._call("embed " + one_line(text))
 
     def list_models(self, _text: str = "") -> float:
         return self._call("list")
@@ -341,7 +351,7 @@ class RawProcess(PipeTimed):
             raise RuntimeError("raw_process.py did not start")
 
     def one(self, text: str) -> float:
-        return self._call(" ".join(text.split()))  # one line; the same words
+        return self._call(one_line(text))
 
 
 def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_address: str = "",
@@ -413,9 +423,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
                 if paced:
                     time.sleep(max(0.0, start + tick * PACED_INTERVAL_S - time.perf_counter()))
                     tick += 1
-                t0 = time.perf_counter()
-                ms = fn(text)
-                lat[key].append(ms if self_timed else (time.perf_counter() - t0) * 1000)
+                lat[key].append(timed_call(fn, text, self_timed))
     for c in (go, floor_go, raw_proc):
         if c is not None:
             c.close()
