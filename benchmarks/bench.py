@@ -354,11 +354,15 @@ class RawProcess(PipeTimed):
         return self._call(one_line(text))
 
 
+RAW_PROCESSES = 2  # raw ORT's own-process reference, pooled over this many processes
+CLOSED_BLOCK = 5  # closed loop: texts per arm in a row, the first untimed
+
+
 def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_address: str = "",
                         raw_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Single-text latency of raw ORT and of ember (ms per call), closed and open loop; with
     floor_address, also of `floor_server.py` (the Python gRPC stack around raw ORT's work); with
-    raw_dir, also of raw ORT in a process of its own (`raw_process.py`, that model directory)."""
+    raw_dir, also of raw ORT in processes of their own (`raw_process.py`, that model directory)."""
     ch = grpc.insecure_channel(address)
     stub = pb_grpc.EmbedderStub(ch)
     models_stub = pb_grpc.ModelsStub(ch)
@@ -368,27 +372,31 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     floor_ch = grpc.insecure_channel(floor_address) if floor_address else None
     floor = pb_grpc.EmbedderStub(floor_ch) if floor_ch else None
     floor_go = GoClient(floor_address) if floor_address and go is not None else None
-    raw_proc = RawProcess(raw_dir) if raw_dir is not None else None
-    # Each text goes through every arm in turn (raw ORT, ember, a bare gRPC round trip with no
-    # model work (ListModels), the floor server; from the Python client and from the Go one), the
-    # order rotating from text to text: calls on the same text are seconds apart at most, so this
-    # machine's swings (its ORT run alone moves by 2x within a minute) fall on every arm alike, and
-    # each arm's samples pair up per text. Closed loop (each call right after the last) and then
-    # open loop (one call every PACED_INTERVAL_S whatever the last one's latency, as independent
-    # users' requests arrive): a call that follows an idle stretch is slower than one in a tight
-    # loop, for raw ORT as for ember, so each is compared with raw ORT measured the same way.
-    server: list[tuple[int, int, int]] = []  # ember's own Timing of each closed-loop Python call
+    raw_procs = [RawProcess(raw_dir) for _ in range(RAW_PROCESSES)] if raw_dir is not None else []
+    # Every arm (raw ORT, ember, a bare gRPC round trip with no model work (ListModels), raw ORT in
+    # processes of its own, the floor server; from the Python client and from the Go one) times
+    # the same texts, the arms taking turns in a rotating order, so this machine's swings (its ORT
+    # run alone moves by 2x within a minute) fall on every arm alike and each arm's samples pair
+    # up per text. Closed loop (each call right after the last): each arm takes CLOSED_BLOCK texts
+    # in a row and the first is not timed, so every timed call follows a call of its own arm, as a
+    # client's does (a call that follows another process's ORT run is slowed by that run's
+    # spinning threads, by several ms on 2 cores). Open loop (one call every PACED_INTERVAL_S,
+    # whatever the last one's latency, as independent users' requests arrive): one text per arm
+    # in turn. A call that follows an idle stretch is slower than one in a tight loop, for raw ORT
+    # as for ember, so each is compared with raw ORT measured the same way. The own-process
+    # reference is pooled over RAW_PROCESSES processes: one process's ORT speed differs from
+    # another's by a few tenths of a ms for as long as it lives.
+    last_timing: list = [None]
 
     def embed_timed(text: str) -> None:
         t = stub.Embed(_req([text])).timing
-        server.append((t.tokenize_ns, t.inference_ns, t.total_ns))
+        last_timing[0] = (t.tokenize_ns, t.inference_ns, t.total_ns)
 
     plan: list[tuple[str, object, float, bool]] = [
         ("raw_ort_single_ms", raw.one, 0.0, False),
         ("ember_single_ms", embed_timed, 0.0, False),
         ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), 0.0, False)]
-    if raw_proc is not None:
-        plan.append(("raw_ort_process_single_ms", raw_proc.one, 0.0, True))
+    plan += [(f"raw_ort_process{i}_single_ms", rp.one, 0.0, True) for i, rp in enumerate(raw_procs)]
     if go is not None:
         plan += [("ember_single_go_ms", go.embed, 0.0, True), ("grpc_roundtrip_go_ms", go.list_models, 0.0, True)]
     if floor is not None:
@@ -397,8 +405,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
         plan.append(("floor_single_go_ms", floor_go.embed, 0.0, True))
     plan += [("raw_ort_paced_ms", raw.one, PACED_INTERVAL_S, False),
              ("ember_paced_ms", lambda t: stub.Embed(_req([t])), PACED_INTERVAL_S, False)]
-    if raw_proc is not None:
-        plan.append(("raw_ort_process_paced_ms", raw_proc.one, PACED_INTERVAL_S, True))
+    plan += [(f"raw_ort_process{i}_paced_ms", rp.one, PACED_INTERVAL_S, True) for i, rp in enumerate(raw_procs)]
     if go is not None:
         plan.append(("ember_paced_go_ms", go.embed, PACED_INTERVAL_S, True))
     if floor is not None:
@@ -412,26 +419,39 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
                 c.embed(t)
         if floor is not None:
             floor.Embed(_req([t]))
-        if raw_proc is not None:
-            raw_proc.one(t)
+        for rp in raw_procs:
+            rp.one(t)
     lat: dict[str, list] = {key: [] for key, *_ in plan}
+    server: list[tuple[int, int, int]] = []  # ember's own Timing of each timed closed-loop Python call
     for paced in (False, True):
         arms = [(key, fn, self_timed) for key, fn, interval, self_timed in plan if bool(interval) == paced]
+        groups = [[t] for t in lat_texts] if paced else \
+            [lat_texts[s:s + CLOSED_BLOCK] for s in range(0, len(lat_texts), CLOSED_BLOCK)]
         start, tick = time.perf_counter(), 0
-        for i, text in enumerate(lat_texts):
-            for key, fn, self_timed in arms[i % len(arms):] + arms[:i % len(arms)]:
-                if paced:
-                    time.sleep(max(0.0, start + tick * PACED_INTERVAL_S - time.perf_counter()))
-                    tick += 1
-                lat[key].append(timed_call(fn, text, self_timed))
-    for c in (go, floor_go, raw_proc):
+        for g, group in enumerate(groups):
+            for key, fn, self_timed in arms[g % len(arms):] + arms[:g % len(arms)]:
+                for j, text in enumerate(group):
+                    if paced:
+                        time.sleep(max(0.0, start + tick * PACED_INTERVAL_S - time.perf_counter()))
+                        tick += 1
+                    ms = timed_call(fn, text, self_timed)
+                    if paced or j:
+                        lat[key].append(ms)
+                        if key == "ember_single_ms":
+                            server.append(last_timing[0])
+    for c in (go, floor_go, *raw_procs):
         if c is not None:
             c.close()
     for c in (ch, floor_ch):
         if c is not None:
             c.close()
     out = {k: np.array(v) for k, v in lat.items()}
-    timing = np.array(server, dtype=np.float64) / 1e6  # one row per ember_single_ms call, in order
+    for suffix in ("single", "paced"):  # the pooled own-process reference, and each process's p50
+        each = [out.pop(f"raw_ort_process{i}_{suffix}_ms") for i in range(len(raw_procs))]
+        if each:
+            out[f"raw_ort_process_{suffix}_ms"] = np.concatenate(each)
+            out[f"raw_ort_process_{suffix}_each_p50_ms"] = np.array([np.median(e) for e in each])
+    timing = np.array(server, dtype=np.float64) / 1e6  # one row per timed ember_single_ms call, in order
     out.update(ember_server_tokenize_ms=timing[:, 0], ember_server_inference_ms=timing[:, 1],
                ember_server_total_ms=timing[:, 2])
     return out
@@ -709,7 +729,10 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"raw ORT single text, {loop}, p50 / p99 (ms)", p(raw_key), "reference", ""))
         proc_key = f"raw_ort_process_{suffix}_ms"  # the same, in a process of its own (raw_process.py)
         if proc_key in res:
-            rows.append((f"raw ORT single text in its own process, {loop}, p50 / p99 (ms)", p(proc_key),
+            each = res.get(f"raw_ort_process_{suffix}_each_p50_ms")
+            n = f"{len(each)} processes of its own (p50 of each: {', '.join(f'{e:.2f}' for e in each)})" \
+                if each is not None else "its own process"
+            rows.append((f"raw ORT single text in {n}, {loop}, p50 / p99 (ms)", p(proc_key),
                          f"p50 = raw + {pct(res[proc_key], 50) - raw_p50:.2f} ms", "second reference"))
         for client, key in (("Python", f"ember_{suffix}_ms"), ("Go", f"ember_{suffix}_go_ms")):
             if key in res:
