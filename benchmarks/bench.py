@@ -37,7 +37,9 @@ from ember.v1 import ember_pb2_grpc as pb_grpc  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 MODEL = "all-MiniLM-L6-v2"
 GO_LATENCY = Path(__file__).resolve().parent.parent / "clients" / "go" / "bin" / "ember-latency"
-PACED_INTERVAL_S = 0.05  # open-loop single-text arrivals: 20 per second, far below capacity
+SETTLE_S = 0.15  # single text: the pause before each arm's turn (see `interleaved`)
+PACED_INTERVAL_S = SETTLE_S  # open loop: one call per turn, so one every SETTLE_S across the arms
+PACED_TEXTS = 240  # open loop: texts per arm (each costs SETTLE_S per arm)
 
 
 # ---- set-up ---------------------------------------------------------------------------------
@@ -355,7 +357,39 @@ class RawProcess(PipeTimed):
 
 
 RAW_PROCESSES = 2  # raw ORT's own-process reference, pooled over this many processes
-CLOSED_BLOCK = 5  # closed loop: texts per arm in a row, the first untimed
+CLOSED_BLOCK = 10  # closed loop: texts per arm in a row, the first untimed
+
+
+def interleaved(arms: list[tuple[str, object, bool]], texts: list[str], paced: bool,
+                on_timed=None) -> dict[str, list[float]]:
+    """Single-text latency (ms) of each arm (key, fn, self_timed) on the same texts, the arms taking
+    turns in a rotating order, so this machine's swings (its ORT run alone moves by 2x within a
+    minute) fall on every arm alike and each arm's samples pair up per text.
+
+    A turn starts SETTLE_S after the last call of the arm before it. ONNX Runtime's intra-op
+    threads spin after a run (its default, and ember's), and on 2 cores another process's spinning
+    threads slow a run by ~4 ms just after, ~3 ms 30 ms after, and not measurably 100 ms after; an
+    arm that always followed an ORT arm was slower than one that followed a gRPC-only arm.
+
+    Closed loop (paced False; each call right after the last): each arm takes CLOSED_BLOCK texts in
+    a row and the first is not timed, so every timed call follows a call of its own arm, as a
+    client's does. Open loop: one call per turn, so each call finds its server idle, as independent
+    users' requests do, one every PACED_INTERVAL_S across the arms. A call that follows an idle
+    stretch differs from one in a tight loop, for raw ORT as for a server, so each is compared with
+    raw ORT measured the same way. on_timed(key) follows each timed call."""
+    lat: dict[str, list[float]] = {key: [] for key, *_ in arms}
+    groups = [[t] for t in texts] if paced else \
+        [texts[s:s + CLOSED_BLOCK] for s in range(0, len(texts), CLOSED_BLOCK)]
+    for g, group in enumerate(groups):
+        for key, fn, self_timed in arms[g % len(arms):] + arms[:g % len(arms)]:
+            time.sleep(SETTLE_S)
+            for j, text in enumerate(group):
+                ms = timed_call(fn, text, self_timed)
+                if paced or j:
+                    lat[key].append(ms)
+                    if on_timed is not None:
+                        on_timed(key)
+    return lat
 
 
 def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_address: str = "",
@@ -373,19 +407,10 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     floor = pb_grpc.EmbedderStub(floor_ch) if floor_ch else None
     floor_go = GoClient(floor_address) if floor_address and go is not None else None
     raw_procs = [RawProcess(raw_dir) for _ in range(RAW_PROCESSES)] if raw_dir is not None else []
-    # Every arm (raw ORT, ember, a bare gRPC round trip with no model work (ListModels), raw ORT in
-    # processes of its own, the floor server; from the Python client and from the Go one) times
-    # the same texts, the arms taking turns in a rotating order, so this machine's swings (its ORT
-    # run alone moves by 2x within a minute) fall on every arm alike and each arm's samples pair
-    # up per text. Closed loop (each call right after the last): each arm takes CLOSED_BLOCK texts
-    # in a row and the first is not timed, so every timed call follows a call of its own arm, as a
-    # client's does (a call that follows another process's ORT run is slowed by that run's
-    # spinning threads, by several ms on 2 cores). Open loop (one call every PACED_INTERVAL_S,
-    # whatever the last one's latency, as independent users' requests arrive): one text per arm
-    # in turn. A call that follows an idle stretch is slower than one in a tight loop, for raw ORT
-    # as for ember, so each is compared with raw ORT measured the same way. The own-process
-    # reference is pooled over RAW_PROCESSES processes: one process's ORT speed differs from
-    # another's by a few tenths of a ms for as long as it lives.
+    # Every arm: raw ORT, ember, a bare gRPC round trip with no model work (ListModels), raw ORT in
+    # processes of its own, the floor server; from the Python client and from the Go one. The
+    # own-process reference is pooled over RAW_PROCESSES processes: one process's ORT speed differs
+    # from another's by a few tenths of a ms for as long as it lives.
     last_timing: list = [None]
 
     def embed_timed(text: str) -> None:
@@ -421,24 +446,16 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
             floor.Embed(_req([t]))
         for rp in raw_procs:
             rp.one(t)
-    lat: dict[str, list] = {key: [] for key, *_ in plan}
     server: list[tuple[int, int, int]] = []  # ember's own Timing of each timed closed-loop Python call
+
+    def timed(key: str) -> None:
+        if key == "ember_single_ms":
+            server.append(last_timing[0])
+
+    lat: dict[str, list] = {}
     for paced in (False, True):
         arms = [(key, fn, self_timed) for key, fn, interval, self_timed in plan if bool(interval) == paced]
-        groups = [[t] for t in lat_texts] if paced else \
-            [lat_texts[s:s + CLOSED_BLOCK] for s in range(0, len(lat_texts), CLOSED_BLOCK)]
-        start, tick = time.perf_counter(), 0
-        for g, group in enumerate(groups):
-            for key, fn, self_timed in arms[g % len(arms):] + arms[:g % len(arms)]:
-                for j, text in enumerate(group):
-                    if paced:
-                        time.sleep(max(0.0, start + tick * PACED_INTERVAL_S - time.perf_counter()))
-                        tick += 1
-                    ms = timed_call(fn, text, self_timed)
-                    if paced or j:
-                        lat[key].append(ms)
-                        if key == "ember_single_ms":
-                            server.append(last_timing[0])
+        lat.update(interleaved(arms, lat_texts[:PACED_TEXTS] if paced else lat_texts, paced, timed))
     for c in (go, floor_go, *raw_procs):
         if c is not None:
             c.close()
@@ -722,7 +739,7 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
 
     rows = []
     for loop, raw_key, suffix in (("closed loop", "raw_ort_single_ms", "single"),
-                                  (f"open loop, {1 / PACED_INTERVAL_S:.0f}/s", "raw_ort_paced_ms", "paced")):
+                                  ("open loop (each call after an idle stretch)", "raw_ort_paced_ms", "paced")):
         if raw_key not in res:
             continue
         raw_p50 = pct(res[raw_key], 50)

@@ -1,0 +1,87 @@
+"""Single-text latency of server option sets side by side, each in several processes.
+
+    python benchmarks/single_ab.py ""                        # ember's defaults vs the references
+    python benchmarks/single_ab.py "" "--no-metrics"         # two option sets
+    python benchmarks/single_ab.py --processes 3 "@067f43e" ""  # an earlier commit's server (see ab.py)
+
+On this 2-core VM one process's ORT speed differs from another's by a few tenths of a ms for as
+long as it lives, and raw ORT in bench.py's own process runs slower than in a process of its own,
+so bench.py's single-text rows move by more than the differences this is for. Here every arm runs
+in `--processes` processes (default 2), each timed with the Go client (`make clients`): every option
+set as `ember serve`, `floor_server.py` (raw ORT's work in a bare grpc.aio handler) and raw ORT in
+processes of its own (`raw_process.py`, the reference). The arms take turns on the same texts as in
+bench.py (`bench.interleaved`: closed loop in blocks, then open loop). Prints, per arm, the
+p50 pooled over its processes and each process's p50, against the pooled reference; writes
+out/single_ab.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from ab import start
+from bench import (GO_LATENCY, MODEL, OUT, PACED_TEXTS, FloorProcess, GoClient, RawProcess, export_models,
+                   interleaved)
+from corpus import load_texts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("configs", nargs="+", help="`ember serve` options, one quoted string per server")
+    ap.add_argument("--processes", type=int, default=2, help="processes per arm")
+    ap.add_argument("--texts", type=int, default=400)
+    ap.add_argument("--port", type=int, default=50700)
+    args = ap.parse_args()
+    if not GO_LATENCY.is_file():
+        raise SystemExit(f"{GO_LATENCY} is missing: run `make clients`")
+    texts = load_texts()[-args.texts:]  # bench.py's single-text texts
+    model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
+    procs: list = []  # everything started, stopped at the end
+    arms: list[tuple[str, object, bool]] = []
+    try:
+        port = args.port
+        for k in range(args.processes):
+            for c in args.configs:
+                srv = start(c, model_dir.parent, port)
+                procs.append(srv)
+                client = GoClient(srv.address)
+                procs.append(client)
+                arms.append((f"ember `{c or '(defaults)'}`#{k}", client.embed, True))
+                port += 1
+            floor = FloorProcess(model_dir, port)
+            client = GoClient(floor.address)
+            procs += [floor, client]
+            arms.append((f"floor_server.py#{k}", client.embed, True))
+            raw = RawProcess(model_dir)
+            procs.append(raw)
+            arms.append((f"raw ORT in its own process#{k}", raw.one, True))
+            port += 1
+        for t in texts[:10]:
+            for _, fn, _ in arms:
+                fn(t)
+        res = {"closed": interleaved(arms, texts, paced=False),
+               "open": interleaved(arms, texts[:PACED_TEXTS], paced=True)}
+    finally:
+        for p in procs:
+            (p.close if isinstance(p, (GoClient, RawProcess)) else p.stop)()
+    print(f"\n{MODEL} fp32, single text, Go client, {args.processes} processes per arm, p50 (ms)\n")
+    print("| loop | arm | p50 pooled | p50 of each process | vs raw ORT (pooled) |\n|---|---|---|---|---|")
+    for loop, lat in res.items():
+        pooled: dict[str, list[np.ndarray]] = {}
+        for key, v in lat.items():
+            pooled.setdefault(key.rsplit("#", 1)[0], []).append(np.asarray(v))
+        ref = float(np.median(np.concatenate(pooled["raw ORT in its own process"])))
+        name = loop
+        for arm, vs in pooled.items():
+            p50 = float(np.median(np.concatenate(vs)))
+            each = ", ".join(f"{np.median(v):.2f}" for v in vs)
+            vs_ref = "reference" if arm.startswith("raw ORT") else f"{p50 - ref:+.2f} ms"
+            print(f"| {name} | {arm} | {p50:.2f} | {each} | {vs_ref} |")
+    (OUT / "single_ab.json").write_text(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
