@@ -80,7 +80,7 @@ def cpu_description() -> str:
 class RawOrt:
     """The local limit: ONNX Runtime alone, length-sorted batches, pooling + normalize in NumPy."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, spinning: bool = True):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -89,6 +89,8 @@ class RawOrt:
         self.m = read_manifest(model_dir, verify=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1
+        if not spinning:  # ORT's default (and ember's) lets idle intra-op threads spin
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_dir / self.m.onnx_file), opts,
                                             providers=["CPUExecutionProvider"])
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -346,9 +348,9 @@ class GoClient(PipeTimed):
 class RawProcess(PipeTimed):
     """`raw_process.py`: raw ORT's single text (`RawOrt.one`) in a process of its own."""
 
-    def __init__(self, model_dir: Path):
-        super().__init__([sys.executable, str(Path(__file__).resolve().parent / "raw_process.py"), str(model_dir)],
-                         "raw_process.py")
+    def __init__(self, model_dir: Path, spinning: bool = True):
+        super().__init__([sys.executable, str(Path(__file__).resolve().parent / "raw_process.py"), str(model_dir),
+                          *([] if spinning else ["--no-spinning"])], "raw_process.py")
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("raw_process.py did not start")
 

@@ -1,6 +1,6 @@
 """Raw ONNX Runtime's single text in a process of its own, for bench.py's latency section.
 
-    python benchmarks/raw_process.py MODEL_DIR
+    python benchmarks/raw_process.py MODEL_DIR [--no-spinning]
 
 Reads one text per line on stdin and answers each with the nanoseconds `bench.RawOrt.one` took
 on it (tokenize, one session run, pooling, normalization), timed here around that call only.
@@ -8,6 +8,7 @@ ember and floor_server.py run in processes of their own that wait on a socket be
 raw ORT in bench.py's own process shares it with the clients and their threads. Run like this,
 raw ORT waits on a pipe between calls as the servers do, so the single-text table can show
 whether the reference's process placement moves it. Prints "ready" once the session is warm.
+With --no-spinning, the session's idle intra-op threads do not spin (spin_interference.py).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from bench import RawOrt
 
 
 def main() -> int:
-    raw = RawOrt(Path(sys.argv[1]))
+    raw = RawOrt(Path(sys.argv[1]), spinning="--no-spinning" not in sys.argv[2:])
     raw.one("warm up")
     print("ready", flush=True)
     for line in sys.stdin:
