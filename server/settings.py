@@ -122,7 +122,9 @@ class Settings:
     )
     ort_spinning: bool = field(
         default=True, metadata={"help": "let ONNX Runtime's idle intra-op threads spin (faster ops, but they "
-                                         "take CPU from the rest of the server)"}
+                                         "take CPU from the rest of the server, and for tens of ms after each "
+                                         "run from other processes on the machine: "
+                                         "benchmarks/spin_interference.py)"}
     )
     metrics: bool = field(default=True, metadata={"help": "serve Prometheus metrics over HTTP"})
     metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint (0 = any free port)"})
