@@ -308,6 +308,38 @@ class _Context:
         return ()
 
 
+class _Expired(_Context):
+    def time_remaining(self):
+        return 0.0
+
+
+def test_a_call_whose_deadline_passed_never_runs_on_either_path(tiny_server):
+    """The inline path runs nothing that is already late, and neither does the queue."""
+    model = tiny_server.server.registry.models["tiny-embed"]
+    rec, lanes = RecordingEngine(model.scheduler.engine), model.scheduler.lanes
+    model.scheduler.engine, model.scheduler.lanes = rec, [rec] * len(lanes)
+    core, prom = tiny_server.server.core, tiny_server.server.metrics.prom
+
+    def dropped() -> float:
+        return prom.get_sample_value("ember_deadline_dropped_total", {"model": "tiny-embed"}) or 0.0
+
+    before = dropped()
+    try:
+        async def late(inputs):
+            await asyncio.sleep(0.01)  # the model idle: a lone small call would take the inline path
+            return await core.embed(pb.EmbedRequest(inputs=inputs), _Expired(), "r")
+
+        # one text (inline-sized), and 64 of ~12 tokens: more than inline_max_tokens, so queued
+        for inputs in (["late"], ["late " * 10] * 64):
+            with pytest.raises(DeadlineExceeded):
+                tiny_server.call(late(inputs))
+        answer = tiny_server.call(core.embed(pb.EmbedRequest(inputs=["on time"]), _Context(), "r"))
+    finally:
+        model.scheduler.engine, model.scheduler.lanes = rec.real, lanes
+    assert len(rec.batches) == 1 and len(answer.embeddings) == 1  # only the call on time ran
+    assert dropped() - before == 65  # counted as dropped, item by item
+
+
 def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server):
     """A lone call skips the queue; calls that arrive together still meet in the queue and batch."""
     model = tiny_server.server.registry.models["tiny-embed"]
