@@ -164,18 +164,24 @@ class ModelScheduler:
             (self._bulk_cond if priority == BULK else self._cond).notify()
         return job
 
-    def run_inline(self, items: list[Tokenized], *, priority: int, min_idle_s: float = 0.0) -> Job | None:
+    def run_inline(self, items: list[Tokenized], *, priority: int, deadline: float | None = None,
+                   min_idle_s: float = 0.0) -> Job | None:
         """Run a small REALTIME job on the calling (event loop) thread when the model is idle.
 
         With nothing queued and nothing running there is nothing to batch with, and the two thread
         hops of the queue (to the worker and back to the loop) are pure latency. The caller decides
         that no other request is in flight; this checks the model's side and claims it. Returns the
-        finished job, or None when the job must take the queue.
+        finished job, or None when the job must take the queue. A job already past its deadline is
+        refused, as the queue drops one (`_drop_dead`).
         """
         if priority != REALTIME or not items or \
                 max(t.tokens for t in items) * len(items) > self.inline_max_tokens:
             return None
-        job = _new_job(items, priority, None)
+        if deadline is not None and time.monotonic() >= deadline:
+            if self.metrics is not None:  # counted as _drop_dead counts the queued items it drops
+                self.metrics.of(self.metrics.deadline_dropped, self.name).inc(len(items))
+            raise DeadlineExceeded("the deadline passed before inference")
+        job = _new_job(items, priority, deadline)
         with self._cond:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 from . import domain, wire
 from .cache import EmbeddingCache, Entry
 from .domain import EmbedParams, RerankParams
-from .errors import DeadlineExceeded, EmberError, InvalidArgument, Unavailable, to_rpc_status
+from .errors import EmberError, InvalidArgument, Unavailable, to_rpc_status
 from .ext import kernels
 from .manifest import Manifest
 from .registry import LoadedModel, Registry
@@ -218,18 +218,13 @@ class Core:
 
         The inline path is only taken by a call that is alone: the yield lets every call that
         arrived with it reach this point first, so concurrent calls still meet in the queue and
-        batch together. A call whose deadline has already passed is answered DEADLINE_EXCEEDED here,
-        on either path, and never runs.
+        batch together. Either path refuses a call whose deadline has already passed.
         """
         deadline = self.deadline(context)
-        if deadline is not None and deadline <= time.monotonic():
-            if self.metrics is not None:
-                self.metrics.of(self.metrics.deadline_dropped, model.name).inc(len(toks))
-            raise DeadlineExceeded("the deadline passed before inference")
         if self.settings.inline_max_tokens and self.in_flight == 1:
             await asyncio.sleep(0)
             if self.in_flight == 1:
-                job = model.scheduler.run_inline(toks, priority=priority,
+                job = model.scheduler.run_inline(toks, priority=priority, deadline=deadline,
                                                  min_idle_s=self.settings.inline_idle_us / 1e6)
                 if job is not None:
                     return job
