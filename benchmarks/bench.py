@@ -38,7 +38,6 @@ OUT = Path(__file__).resolve().parent / "out"
 MODEL = "all-MiniLM-L6-v2"
 GO_LATENCY = Path(__file__).resolve().parent.parent / "clients" / "go" / "bin" / "ember-latency"
 SETTLE_S = 0.15  # single text: the pause before each arm's turn (see `interleaved`)
-PACED_INTERVAL_S = SETTLE_S  # open loop: one call per turn, so one every SETTLE_S across the arms
 PACED_TEXTS = 240  # open loop: texts per arm (each costs SETTLE_S per arm)
 
 
@@ -376,7 +375,7 @@ def interleaved(arms: list[tuple[str, object, bool]], texts: list[str], paced: b
     Closed loop (paced False; each call right after the last): each arm takes CLOSED_BLOCK texts in
     a row and the first is not timed, so every timed call follows a call of its own arm, as a
     client's does. Open loop: one call per turn, so each call finds its server idle, as independent
-    users' requests do, one every PACED_INTERVAL_S across the arms. A call that follows an idle
+    users' requests do, one every SETTLE_S across the arms. A call that follows an idle
     stretch differs from one in a tight loop, for raw ORT as for a server, so each is compared with
     raw ORT measured the same way. on_timed(key) follows each timed call."""
     lat: dict[str, list[float]] = {key: [] for key, *_ in arms}
@@ -419,26 +418,26 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
         t = stub.Embed(_req([text])).timing
         last_timing[0] = (t.tokenize_ns, t.inference_ns, t.total_ns)
 
-    plan: list[tuple[str, object, float, bool]] = [
-        ("raw_ort_single_ms", raw.one, 0.0, False),
-        ("ember_single_ms", embed_timed, 0.0, False),
-        ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), 0.0, False)]
-    plan += [(f"raw_ort_process{i}_single_ms", rp.one, 0.0, True) for i, rp in enumerate(raw_procs)]
+    plan: list[tuple[str, object, bool, bool]] = [  # key, fn, paced, self_timed
+        ("raw_ort_single_ms", raw.one, False, False),
+        ("ember_single_ms", embed_timed, False, False),
+        ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), False, False)]
+    plan += [(f"raw_ort_process{i}_single_ms", rp.one, False, True) for i, rp in enumerate(raw_procs)]
     if go is not None:
-        plan += [("ember_single_go_ms", go.embed, 0.0, True), ("grpc_roundtrip_go_ms", go.list_models, 0.0, True)]
+        plan += [("ember_single_go_ms", go.embed, False, True), ("grpc_roundtrip_go_ms", go.list_models, False, True)]
     if floor is not None:
-        plan.append(("floor_single_ms", lambda t: floor.Embed(_req([t])), 0.0, False))
+        plan.append(("floor_single_ms", lambda t: floor.Embed(_req([t])), False, False))
     if floor_go is not None:
-        plan.append(("floor_single_go_ms", floor_go.embed, 0.0, True))
-    plan += [("raw_ort_paced_ms", raw.one, PACED_INTERVAL_S, False),
-             ("ember_paced_ms", lambda t: stub.Embed(_req([t])), PACED_INTERVAL_S, False)]
-    plan += [(f"raw_ort_process{i}_paced_ms", rp.one, PACED_INTERVAL_S, True) for i, rp in enumerate(raw_procs)]
+        plan.append(("floor_single_go_ms", floor_go.embed, False, True))
+    plan += [("raw_ort_paced_ms", raw.one, True, False),
+             ("ember_paced_ms", lambda t: stub.Embed(_req([t])), True, False)]
+    plan += [(f"raw_ort_process{i}_paced_ms", rp.one, True, True) for i, rp in enumerate(raw_procs)]
     if go is not None:
-        plan.append(("ember_paced_go_ms", go.embed, PACED_INTERVAL_S, True))
+        plan.append(("ember_paced_go_ms", go.embed, True, True))
     if floor is not None:
-        plan.append(("floor_paced_ms", lambda t: floor.Embed(_req([t])), PACED_INTERVAL_S, False))
+        plan.append(("floor_paced_ms", lambda t: floor.Embed(_req([t])), True, False))
     if floor_go is not None:
-        plan.append(("floor_paced_go_ms", floor_go.embed, PACED_INTERVAL_S, True))
+        plan.append(("floor_paced_go_ms", floor_go.embed, True, True))
     for t in lat_texts[:10]:  # every client's connection is warm before it is timed
         stub.Embed(_req([t]))
         for c in (go, floor_go):
@@ -456,7 +455,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
 
     lat: dict[str, list] = {}
     for paced in (False, True):
-        arms = [(key, fn, self_timed) for key, fn, interval, self_timed in plan if bool(interval) == paced]
+        arms = [(key, fn, self_timed) for key, fn, in_open_loop, self_timed in plan if in_open_loop == paced]
         lat.update(interleaved(arms, lat_texts[:PACED_TEXTS] if paced else lat_texts, paced, timed))
     for c in (go, floor_go, *raw_procs):
         if c is not None:

@@ -22,8 +22,8 @@ import json
 import numpy as np
 
 from ab import start
-from bench import (GO_LATENCY, MODEL, OUT, PACED_TEXTS, FloorProcess, GoClient, RawProcess, export_models,
-                   interleaved)
+from bench import (GO_LATENCY, MODEL, OUT, PACED_TEXTS, FloorProcess, GoClient, PipeTimed, RawProcess,
+                   export_models, interleaved)
 from corpus import load_texts
 
 
@@ -65,7 +65,7 @@ def main() -> int:
                "open": interleaved(arms, texts[:PACED_TEXTS], paced=True)}
     finally:
         for p in procs:
-            (p.close if isinstance(p, (GoClient, RawProcess)) else p.stop)()
+            (p.close if isinstance(p, PipeTimed) else p.stop)()
     print(f"\n{MODEL} fp32, single text, Go client, {args.processes} processes per arm, p50 (ms)\n")
     print("| loop | arm | p50 pooled | p50 of each process | vs raw ORT (pooled) |\n|---|---|---|---|---|")
     for loop, lat in res.items():
@@ -73,12 +73,11 @@ def main() -> int:
         for key, v in lat.items():
             pooled.setdefault(key.rsplit("#", 1)[0], []).append(np.asarray(v))
         ref = float(np.median(np.concatenate(pooled["raw ORT in its own process"])))
-        name = loop
         for arm, vs in pooled.items():
             p50 = float(np.median(np.concatenate(vs)))
             each = ", ".join(f"{np.median(v):.2f}" for v in vs)
             vs_ref = "reference" if arm.startswith("raw ORT") else f"{p50 - ref:+.2f} ms"
-            print(f"| {name} | {arm} | {p50:.2f} | {each} | {vs_ref} |")
+            print(f"| {loop} | {arm} | {p50:.2f} | {each} | {vs_ref} |")
     (OUT / "single_ab.json").write_text(json.dumps(res))
     return 0
 
