@@ -1,7 +1,8 @@
 """Single-text latency of server option sets side by side, each in several processes.
 
     python benchmarks/single_ab.py ""                        # ember's defaults vs the references
-    python benchmarks/single_ab.py "" "--no-metrics"         # two option sets
+    python benchmarks/single_ab.py -- "" "--no-metrics"      # two option sets (after `--`, so that
+                                                             # a one-word set is not read as an option)
     python benchmarks/single_ab.py --processes 3 "@067f43e" ""  # an earlier commit's server (see ab.py)
 
 On this 2-core VM one process's ORT speed differs from another's by a few tenths of a ms for as
@@ -11,13 +12,15 @@ in `--processes` processes (default 2), each timed with the Go client (`make cli
 set as `ember serve`, `floor_server.py` (raw ORT's work in a bare grpc.aio handler) and raw ORT in
 processes of its own (`raw_process.py`, the reference). The arms take turns on the same texts as in
 bench.py (`bench.interleaved`: closed loop in blocks, then open loop). Prints, per arm, the
-p50 pooled over its processes and each process's p50, against the pooled reference; writes
-out/single_ab.json.
+p50 pooled over its processes and each process's p50, against the pooled reference, and the CPU
+time its processes used per call (all threads, the idle stretches between calls included: ONNX
+Runtime's threads spin on after a run unless told not to); writes out/single_ab.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -25,6 +28,18 @@ from ab import start
 from bench import (GO_LATENCY, MODEL, OUT, PACED_TEXTS, FloorProcess, GoClient, PipeTimed, RawProcess,
                    export_models, interleaved)
 from corpus import load_texts
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time a process's threads have used (ns), from Linux's per-thread schedstat."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return total
 
 
 def main() -> int:
@@ -40,6 +55,7 @@ def main() -> int:
     model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
     procs: list = []  # everything started, stopped at the end
     arms: list[tuple[str, object, bool]] = []
+    pids: dict[str, int] = {}  # arm → the process whose CPU time its calls cost
     try:
         port = args.port
         for k in range(args.processes):
@@ -49,25 +65,32 @@ def main() -> int:
                 client = GoClient(srv.address)
                 procs.append(client)
                 arms.append((f"ember `{c or '(defaults)'}`#{k}", client.embed, True))
+                pids[arms[-1][0]] = srv.proc.pid
                 port += 1
             floor = FloorProcess(model_dir, port)
             client = GoClient(floor.address)
             procs += [floor, client]
             arms.append((f"floor_server.py#{k}", client.embed, True))
+            pids[arms[-1][0]] = floor.proc.pid
             raw = RawProcess(model_dir)
             procs.append(raw)
             arms.append((f"raw ORT in its own process#{k}", raw.one, True))
+            pids[arms[-1][0]] = raw.proc.pid
             port += 1
         for t in texts[:10]:
             for _, fn, _ in arms:
                 fn(t)
-        res = {"closed": interleaved(arms, texts, paced=False),
-               "open": interleaved(arms, texts[:PACED_TEXTS], paced=True)}
+        res, cpu = {}, {}
+        for loop, paced, loop_texts in (("closed", False, texts), ("open", True, texts[:PACED_TEXTS])):
+            before = {key: cpu_ns(pid) for key, pid in pids.items()}
+            res[loop] = interleaved(arms, loop_texts, paced=paced)
+            cpu[loop] = {key: (cpu_ns(pid) - before[key]) / 1e6 / len(loop_texts) for key, pid in pids.items()}
     finally:
         for p in procs:
             (p.close if isinstance(p, PipeTimed) else p.stop)()
     print(f"\n{MODEL} fp32, single text, Go client, {args.processes} processes per arm, p50 (ms)\n")
-    print("| loop | arm | p50 pooled | p50 of each process | vs raw ORT (pooled) |\n|---|---|---|---|---|")
+    print("| loop | arm | p50 pooled | p50 of each process | vs raw ORT (pooled) | CPU per call |\n"
+          "|---|---|---|---|---|---|")
     for loop, lat in res.items():
         pooled: dict[str, list[np.ndarray]] = {}
         for key, v in lat.items():
@@ -77,8 +100,11 @@ def main() -> int:
             p50 = float(np.median(np.concatenate(vs)))
             each = ", ".join(f"{np.median(v):.2f}" for v in vs)
             vs_ref = "reference" if arm.startswith("raw ORT") else f"{p50 - ref:+.2f} ms"
-            print(f"| {loop} | {arm} | {p50:.2f} | {each} | {vs_ref} |")
-    (OUT / "single_ab.json").write_text(json.dumps(res))
+            use = np.mean([v for key, v in cpu[loop].items() if key.rsplit("#", 1)[0] == arm])
+            print(f"| {loop} | {arm} | {p50:.2f} | {each} | {vs_ref} | {use:.2f} |")
+    print("\nCPU per call: the arm's server (or raw ORT) process's CPU time, all its threads, over the "
+          "loop (the idle stretches between its calls included), per call, in ms; the client's is not in it.")
+    (OUT / "single_ab.json").write_text(json.dumps({"latency_ms": res, "cpu_ms_per_call": cpu}))
     return 0
 
 

@@ -87,7 +87,7 @@ class Engine:
 
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
                  spinning: bool = False, provider_options: dict[str, dict[str, str]] | None = None,
-                 run_timeout_s: float = 0.0):
+                 run_timeout_s: float = 0.0, spin_after_run: bool = True):
         self.manifest = manifest
         self.creation_error = ""
         self.run_timeout_s = run_timeout_s
@@ -105,6 +105,10 @@ class Engine:
         opts.inter_op_num_threads = 1
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif not spin_after_run:
+            # Spin while a run is in progress (its parallel sections follow each other within
+            # microseconds), not for tens of ms after it, when nothing is left to spin for.
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         graph = str(model_dir / manifest.onnx_file)
         trt_cache = provider_options.get("tensorrt", {}).get("trt_engine_cache_path")
         if trt_cache and ORT_PROVIDER["tensorrt"] in chosen:

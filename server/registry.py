@@ -187,11 +187,12 @@ class Registry:
         s = self.settings
         accelerators = [p for p in providers if p != "cpu" and ORT_PROVIDER[p] in ort.get_available_providers()]
         if not accelerators:  # the CPU only (asked for, or all that this onnxruntime build has)
-            return self._pooled(Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning))
-        cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning)
+            return self._pooled(Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning,
+                                              spin_after_run=s.ort_spin_after_run))
+        cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning, spin_after_run=s.ort_spin_after_run)
         options = accelerator_options(s, cpu.input_names, manifest.max_tokens, max_batch_tokens, manifest.name)
         engine = Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning, provider_options=options,
-                        run_timeout_s=s.gpu_timeout_ms / 1000)
+                        run_timeout_s=s.gpu_timeout_ms / 1000, spin_after_run=s.ort_spin_after_run)
         if engine.providers == ["cpu"]:  # the accelerator did not activate; this engine says why
             return self._pooled(engine)
         breaker = CircuitBreaker(s.breaker_threshold, s.breaker_recovery_seconds, on_change=self._changed)
@@ -218,7 +219,8 @@ class Registry:
         workers, per = model.lane_plan
         try:
             # A one-thread run needs no thread pool: then all workers can share one session.
-            sessions = [Engine(model.path, model.manifest, ("cpu",), per, self.settings.ort_spinning)
+            sessions = [Engine(model.path, model.manifest, ("cpu",), per, self.settings.ort_spinning,
+                               spin_after_run=self.settings.ort_spin_after_run)
                         for _ in range(1 if per == 1 else workers)]
             for lane in sessions:
                 lane.pool = model.engine.pool

@@ -126,6 +126,13 @@ class Settings:
                                          "run from other processes on the machine: "
                                          "benchmarks/spin_interference.py)"}
     )
+    ort_spin_after_run: bool = field(
+        default=True, metadata={"help": "with --ort-spinning, let the threads go on spinning for tens of ms after "
+                                        "a run, as ONNX Runtime does by default. --no-ort-spin-after-run stops "
+                                        "them when a run ends: a quarter less CPU per call back to back and "
+                                        "two thirds less for a call after an idle stretch (for CPU quotas), but "
+                                        "that call is ~3 ms slower (benchmarks/RESULTS.md, eleventh session)"}
+    )
     metrics: bool = field(default=True, metadata={"help": "serve Prometheus metrics over HTTP"})
     metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint (0 = any free port)"})
     log_format: str = field(default="text", metadata={"help": "text or json (one JSON object per line)"})

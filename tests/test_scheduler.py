@@ -585,3 +585,41 @@ def test_cpu_models_get_lanes_with_a_share_of_the_threads(tiny_models_dir, threa
         assert all(lane.pool is model.engine.pool for lane in sched.lanes)  # one buffer pool
     finally:
         model.scheduler.stop()
+
+
+def _spin_config(engine) -> tuple[str, str]:
+    """(allow_spinning, force_spinning_stop) as the engine's ONNX Runtime session was given them
+    ("default" where ember left ORT's own)."""
+    opts = engine.session.get_session_options()
+    out = []
+    for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+        try:
+            out.append(opts.get_session_config_entry(key))
+        except RuntimeError:  # not set: ONNX Runtime's default (spin, and go on spinning after a run)
+            out.append("default")
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("spinning,after_run,expected", [
+    (True, True, ("default", "default")),  # ember's default: ORT's own
+    (True, False, ("default", "1")),  # spin during a run only
+    (False, True, ("0", "default")),  # no spinning at all (after_run has nothing to do)
+])
+def test_spinning_settings_reach_every_session_of_a_cpu_model(tiny_models_dir, spinning, after_run, expected):
+    from ember.registry import Registry
+    from ember.settings import Settings
+
+    reg = Registry(Settings(intra_op_threads=4, inference_workers=2, ort_spinning=spinning,
+                            ort_spin_after_run=after_run, metrics=False))
+    model = reg.load(tiny_models_dir / "tiny-embed", register=False)
+    try:
+        reg.warm_up(model)
+        assert model.lanes_ready.wait(60)
+        engines = [model.engine, *model.scheduler.lanes]
+        assert len(engines) == 3 and [_spin_config(e) for e in engines] == [expected] * 3
+        ids = np.array([[101, 2023, 2003, 1037, 3231, 102]], dtype=np.int64)
+        vectors = [e.infer(ids, np.ones_like(ids), np.zeros_like(ids)) for e in engines]
+        for v in vectors[1:]:  # the option changes when threads wait, not what a run computes
+            np.testing.assert_allclose(v, vectors[0], rtol=1e-5, atol=1e-6)
+    finally:
+        model.scheduler.stop()
