@@ -79,10 +79,11 @@ def cpu_description() -> str:
 class RawOrt:
     """The local limit: ONNX Runtime alone, length-sorted batches, pooling + normalize in NumPy."""
 
-    def __init__(self, model_dir: Path, spinning: bool = True):
+    def __init__(self, model_dir: Path, spinning: bool = True, pin: bool = False):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        from ember.engine import pin_plan
         from ember.manifest import read_manifest
 
         self.m = read_manifest(model_dir, verify=False)
@@ -90,6 +91,11 @@ class RawOrt:
         opts.intra_op_num_threads = os.cpu_count() or 1
         if not spinning:  # ORT's default (and ember's) lets idle intra-op threads spin
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        cores = pin_plan("on", opts.intra_op_num_threads) if pin else []
+        if cores:  # as ember's --pin-threads: the pool thread(s) on cores of their own, this thread on the first
+            opts.add_session_config_entry("session.intra_op_thread_affinities",
+                                          ";".join(str(c + 1) for c in cores[1:]))
+            os.sched_setaffinity(0, {cores[0]})  # this thread only: call it from the thread that runs it
         self.session = ort.InferenceSession(str(model_dir / self.m.onnx_file), opts,
                                             providers=["CPUExecutionProvider"])
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -347,9 +353,9 @@ class GoClient(PipeTimed):
 class RawProcess(PipeTimed):
     """`raw_process.py`: raw ORT's single text (`RawOrt.one`) in a process of its own."""
 
-    def __init__(self, model_dir: Path, spinning: bool = True):
+    def __init__(self, model_dir: Path, spinning: bool = True, pin: bool = False):
         super().__init__([sys.executable, str(Path(__file__).resolve().parent / "raw_process.py"), str(model_dir),
-                          *([] if spinning else ["--no-spinning"])], "raw_process.py")
+                          *([] if spinning else ["--no-spinning"]), *(["--pin"] if pin else [])], "raw_process.py")
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("raw_process.py did not start")
 

@@ -10,8 +10,10 @@ long as it lives, and raw ORT in bench.py's own process runs slower than in a pr
 so bench.py's single-text rows move by more than the differences this is for. Here every arm runs
 in `--processes` processes (default 2), each timed with the Go client (`make clients`): every option
 set as `ember serve`, `floor_server.py` (raw ORT's work in a bare grpc.aio handler) and raw ORT in
-processes of its own (`raw_process.py`, the reference). The arms take turns on the same texts as in
-bench.py (`bench.interleaved`: closed loop in blocks, then open loop). Prints, per arm, the
+processes of its own (`raw_process.py`, the reference), also with its threads pinned as ember's
+`--pin-threads` pins its own (`raw_process.py --pin`, a second reference). The arms take turns on
+the same texts as in bench.py (`bench.interleaved`: closed loop in blocks, then open loop). Prints,
+per arm, the
 p50 pooled over its processes and each process's p50, against the pooled reference, and the CPU
 time its processes used per call (all threads, the idle stretches between calls included: ONNX
 Runtime's threads spin on after a run unless told not to); writes out/single_ab.json.
@@ -28,6 +30,10 @@ from ab import start
 from bench import (GO_LATENCY, MODEL, OUT, PACED_TEXTS, FloorProcess, GoClient, PipeTimed, RawProcess,
                    export_models, interleaved)
 from corpus import load_texts
+
+
+RAW = "raw ORT in its own process"  # the reference
+RAW_PINNED = "raw ORT pinned in its own process"  # the second: its threads pinned as --pin-threads pins ember's
 
 
 def cpu_ns(pid: int) -> int:
@@ -72,10 +78,11 @@ def main() -> int:
             procs += [floor, client]
             arms.append((f"floor_server.py#{k}", client.embed, True))
             pids[arms[-1][0]] = floor.proc.pid
-            raw = RawProcess(model_dir)
-            procs.append(raw)
-            arms.append((f"raw ORT in its own process#{k}", raw.one, True))
-            pids[arms[-1][0]] = raw.proc.pid
+            for name, pin in ((RAW, False), (RAW_PINNED, True)):
+                raw = RawProcess(model_dir, pin=pin)
+                procs.append(raw)
+                arms.append((f"{name}#{k}", raw.one, True))
+                pids[arms[-1][0]] = raw.proc.pid
             port += 1
         for t in texts[:10]:
             for _, fn, _ in arms:
@@ -89,19 +96,19 @@ def main() -> int:
         for p in procs:
             (p.close if isinstance(p, PipeTimed) else p.stop)()
     print(f"\n{MODEL} fp32, single text, Go client, {args.processes} processes per arm, p50 (ms)\n")
-    print("| loop | arm | p50 pooled | p50 of each process | vs raw ORT (pooled) | CPU per call |\n"
-          "|---|---|---|---|---|---|")
+    print("| loop | arm | p50 pooled | p50 of each process | vs raw ORT (pooled) | vs raw ORT pinned | CPU per call |\n"
+          "|---|---|---|---|---|---|---|")
     for loop, lat in res.items():
         pooled: dict[str, list[np.ndarray]] = {}
         for key, v in lat.items():
             pooled.setdefault(key.rsplit("#", 1)[0], []).append(np.asarray(v))
-        ref = float(np.median(np.concatenate(pooled["raw ORT in its own process"])))
+        refs = [float(np.median(np.concatenate(pooled[name]))) for name in (RAW, RAW_PINNED)]
         for arm, vs in pooled.items():
             p50 = float(np.median(np.concatenate(vs)))
             each = ", ".join(f"{np.median(v):.2f}" for v in vs)
-            vs_ref = "reference" if arm.startswith("raw ORT") else f"{p50 - ref:+.2f} ms"
+            vs_refs = " | ".join("reference" if arm.startswith("raw ORT") else f"{p50 - ref:+.2f} ms" for ref in refs)
             use = np.mean([v for key, v in cpu[loop].items() if key.rsplit("#", 1)[0] == arm])
-            print(f"| {loop} | {arm} | {p50:.2f} | {each} | {vs_ref} | {use:.2f} |")
+            print(f"| {loop} | {arm} | {p50:.2f} | {each} | {vs_refs} | {use:.2f} |")
     print("\nCPU per call: the arm's server (or raw ORT) process's CPU time, all its threads, over the "
           "loop (the idle stretches between its calls included), per call, in ms; the client's is not in it.")
     (OUT / "single_ab.json").write_text(json.dumps({"latency_ms": res, "cpu_ms_per_call": cpu}))

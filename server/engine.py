@@ -27,6 +27,21 @@ ORT_PROVIDER = {
 SHORT_NAME = {v: k for k, v in ORT_PROVIDER.items()}
 
 
+def pin_plan(mode: str, threads: int) -> list[int]:
+    """The cores (0-based) a CPU session of `threads` intra-op threads is pinned to, the first for
+    the thread that calls it and one for each of its pool threads; [] for none (Settings.pin_threads).
+
+    auto pins only when this process may use exactly `threads` cores: then the cores are its own
+    (a 2-core VM, a pod with exclusive cores). Where it may use more, they are likely shared with
+    other processes, which might all pin to the same first cores."""
+    if mode == "off" or threads < 2 or not hasattr(os, "sched_getaffinity"):
+        return []
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < threads or (mode == "auto" and len(allowed) != threads):
+        return []
+    return allowed[:threads]
+
+
 def length_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
     """Upper edges of the sequence-length buckets: powers of two from `smallest`, then max_tokens."""
     edges, t = [], smallest
@@ -87,8 +102,10 @@ class Engine:
 
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
                  spinning: bool = False, provider_options: dict[str, dict[str, str]] | None = None,
-                 run_timeout_s: float = 0.0, spin_after_run: bool = True):
+                 run_timeout_s: float = 0.0, spin_after_run: bool = True, pin_cores: list[int] | None = None):
         self.manifest = manifest
+        # The core the calling thread is pinned to for a run (ModelScheduler.run_inline), or None.
+        self.caller_core = pin_cores[0] if pin_cores else None
         self.creation_error = ""
         self.run_timeout_s = run_timeout_s
         provider_options = provider_options or {}
@@ -109,6 +126,12 @@ class Engine:
             # Spin while a run is in progress (its parallel sections follow each other within
             # microseconds), not for tens of ms after it, when nothing is left to spin for.
             opts.add_session_config_entry("session.force_spinning_stop", "1")
+        if pin_cores:
+            if len(pin_cores) != opts.intra_op_num_threads:
+                raise ValueError(f"{len(pin_cores)} cores to pin for {opts.intra_op_num_threads} intra-op threads")
+            # One group per pool thread (ORT never pins the calling thread); ORT counts cores from 1.
+            opts.add_session_config_entry("session.intra_op_thread_affinities",
+                                          ";".join(str(c + 1) for c in pin_cores[1:]))
         graph = str(model_dir / manifest.onnx_file)
         trt_cache = provider_options.get("tensorrt", {}).get("trt_engine_cache_path")
         if trt_cache and ORT_PROVIDER["tensorrt"] in chosen:

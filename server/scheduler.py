@@ -189,6 +189,10 @@ class ModelScheduler:
             self._running[REALTIME] += 1
             self._main_running = self.exclusive_main
             self._last_realtime = job.enqueued
+        # The engine's pool threads are pinned to the other cores (Settings.pin_threads): run beside
+        # them, not on one of theirs, where the OS may place a thread just woken.
+        core = getattr(self.engine, "caller_core", None)
+        mask = _pin_here(core) if core is not None else None
         try:
             self._execute([_Item(job, i) for i in range(len(items))], _deliver_here, self.engine)
         except Exception as e:
@@ -196,6 +200,8 @@ class ModelScheduler:
             job.failed = True
             job.future.set_exception(e)
         finally:
+            if mask is not None:
+                _unpin_here(mask)
             self._batch_done()
         return job
 
@@ -425,6 +431,25 @@ def _lower_thread_priority(steps: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
     except OSError as e:
         log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, e)
+
+
+def _pin_here(core: int) -> set[int] | None:
+    """Pin the calling thread to `core`: its cores before, or None where the OS refused (a cpuset
+    changed under the process), and then the run goes ahead unpinned."""
+    try:
+        mask = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {core})
+        return mask
+    except OSError as e:
+        log.debug("could not pin the calling thread to core %d: %s", core, e)
+        return None
+
+
+def _unpin_here(mask: set[int]) -> None:
+    try:
+        os.sched_setaffinity(0, mask)
+    except OSError as e:  # the OS took some of those cores away meanwhile: keep what it allows
+        log.debug("could not give the calling thread its cores back: %s", e)
 
 
 def _new_job(items: list[Tokenized], priority: int, deadline: float | None) -> Job:

@@ -133,6 +133,16 @@ class Settings:
                                         "two thirds less for a call after an idle stretch (for CPU quotas), but "
                                         "that call is ~3 ms slower (benchmarks/RESULTS.md, eleventh session)"}
     )
+    pin_threads: str = field(
+        default="auto", metadata={"help": "auto, on or off: pin a CPU model's main session, which runs a lone "
+                                          "call, to cores: each ONNX Runtime pool thread to a core of its own, and "
+                                          "the event-loop thread to the first core while it runs an inline call. "
+                                          "auto pins when this process may use exactly as many cores as the "
+                                          "session has threads (a 2-core VM, a pod with exclusive cores); on, "
+                                          "whenever it may use that many. On the 2-core benchmark machine a text "
+                                          "after an idle stretch took ~2 ms less (benchmarks/RESULTS.md, "
+                                          "eleventh session)"}
+    )
     metrics: bool = field(default=True, metadata={"help": "serve Prometheus metrics over HTTP"})
     metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint (0 = any free port)"})
     log_format: str = field(default="text", metadata={"help": "text or json (one JSON object per line)"})
@@ -208,6 +218,8 @@ class Settings:
             raise bad("log_level", f"{self.log_level!r}")
         if not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", f"{self.metrics_port} is not a port number")
+        if self.pin_threads not in ("auto", "on", "off"):
+            raise bad("pin_threads", f"{self.pin_threads!r}; choose auto, on or off")
         if self.log_format not in ("text", "json"):
             raise bad("log_format", f"{self.log_format!r}; choose text or json")
         if self.cache_bytes < 0 or self.cache_ttl_seconds <= 0:

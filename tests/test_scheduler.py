@@ -623,3 +623,55 @@ def test_spinning_settings_reach_every_session_of_a_cpu_model(tiny_models_dir, s
             np.testing.assert_allclose(v, vectors[0], rtol=1e-5, atol=1e-6)
     finally:
         model.scheduler.stop()
+
+
+def test_pin_plan_pins_only_cores_the_process_has_to_itself(monkeypatch):
+    from ember.engine import pin_plan
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {5, 3}, raising=False)
+    assert pin_plan("auto", 2) == [3, 5] and pin_plan("on", 2) == [3, 5]
+    assert pin_plan("off", 2) == [] and pin_plan("auto", 1) == [] and pin_plan("on", 3) == []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    assert pin_plan("auto", 2) == []  # cores likely shared with other processes: auto leaves them be
+    assert pin_plan("on", 2) == [0, 1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs Linux and two cores")
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_an_inline_call_runs_on_the_first_pinned_core_beside_the_pinned_pool(tiny_models_dir, mode):
+    from ember.registry import Registry
+    from ember.settings import Settings
+
+    allowed = sorted(os.sched_getaffinity(0))
+    reg = Registry(Settings(intra_op_threads=2, inference_workers=1, pin_threads=mode, metrics=False))
+    model = reg.load(tiny_models_dir / "tiny-embed", register=False)
+    try:
+        opts = model.engine.session.get_session_options()
+        seen: list[set[int]] = []
+        real_infer = model.engine.infer
+
+        def infer(*a):
+            seen.append(os.sched_getaffinity(0))  # the calling thread's cores during the run
+            return real_infer(*a)
+
+        model.engine.infer = infer
+        toks = model.tokenizer.encode(["a lone text"], truncate=True, direction="right")
+
+        async def lone_call():  # on an event loop, as the server's inline path runs
+            before = os.sched_getaffinity(0)
+            job = model.scheduler.run_inline(toks, priority=REALTIME)
+            assert job is not None and (await job.future).shape[0] == 1
+            return before, os.sched_getaffinity(0)
+
+        before, after = asyncio.run(lone_call())
+        assert after == before  # the calling thread gets its cores back
+        if mode == "on":
+            assert opts.get_session_config_entry("session.intra_op_thread_affinities") == str(allowed[1] + 1)
+            assert seen == [{allowed[0]}]
+        else:
+            with pytest.raises(RuntimeError):
+                opts.get_session_config_entry("session.intra_op_thread_affinities")
+            assert seen == [before]
+    finally:
+        model.scheduler.stop()

@@ -19,6 +19,7 @@ def test_precedence_cli_over_env_over_default():
     ({"EMBER_REFLECTION": "maybe"}, "EMBER_REFLECTION"),
     ({"EMBER_INFERENCE_WORKERS": "-1"}, "inference_workers"),
     ({"EMBER_LOG_LEVEL": "loud"}, "log_level"),
+    ({"EMBER_PIN_THREADS": "sometimes"}, "pin_threads"),
 ])
 def test_bad_values_name_the_setting(env, needle):
     with pytest.raises(ValueError, match=needle):
