@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import load_texts  # noqa: E402
 
+from ember.engine import pin_plan  # noqa: E402
 from ember.v1 import ember_pb2 as pb  # noqa: E402
 from ember.v1 import ember_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -83,7 +84,6 @@ class RawOrt:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from ember.engine import pin_plan
         from ember.manifest import read_manifest
 
         self.m = read_manifest(model_dir, verify=False)
@@ -403,7 +403,8 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
                         raw_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Single-text latency of raw ORT and of ember (ms per call), closed and open loop; with
     floor_address, also of `floor_server.py` (the Python gRPC stack around raw ORT's work); with
-    raw_dir, also of raw ORT in processes of their own (`raw_process.py`, that model directory)."""
+    raw_dir, also of raw ORT in processes of their own (`raw_process.py`, that model directory), unpinned
+    and pinned as ember's --pin-threads pins its main session (where the machine has the cores)."""
     ch = grpc.insecure_channel(address)
     stub = pb_grpc.EmbedderStub(ch)
     models_stub = pb_grpc.ModelsStub(ch)
@@ -414,8 +415,11 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     floor = pb_grpc.EmbedderStub(floor_ch) if floor_ch else None
     floor_go = GoClient(floor_address) if floor_address and go is not None else None
     raw_procs = [RawProcess(raw_dir) for _ in range(RAW_PROCESSES)] if raw_dir is not None else []
+    # ... and pinned as ember's --pin-threads pins its own (where this machine has the cores for it)
+    pinned_procs = [RawProcess(raw_dir, pin=True) for _ in range(RAW_PROCESSES)] \
+        if raw_dir is not None and pin_plan("on", os.cpu_count() or 1) else []
     # Every arm: raw ORT, ember, a bare gRPC round trip with no model work (ListModels), raw ORT in
-    # processes of its own, the floor server; from the Python client and from the Go one. The
+    # processes of its own (also pinned), the floor server; from the Python client and from the Go one. The
     # own-process reference is pooled over RAW_PROCESSES processes: one process's ORT speed differs
     # from another's by a few tenths of a ms for as long as it lives.
     last_timing: list = [None]
@@ -429,6 +433,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
         ("ember_single_ms", embed_timed, False, False),
         ("grpc_roundtrip_ms", lambda t: models_stub.ListModels(pb.ListModelsRequest()), False, False)]
     plan += [(f"raw_ort_process{i}_single_ms", rp.one, False, True) for i, rp in enumerate(raw_procs)]
+    plan += [(f"raw_ort_pinned{i}_single_ms", rp.one, False, True) for i, rp in enumerate(pinned_procs)]
     if go is not None:
         plan += [("ember_single_go_ms", go.embed, False, True), ("grpc_roundtrip_go_ms", go.list_models, False, True)]
     if floor is not None:
@@ -438,6 +443,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     plan += [("raw_ort_paced_ms", raw.one, True, False),
              ("ember_paced_ms", lambda t: stub.Embed(_req([t])), True, False)]
     plan += [(f"raw_ort_process{i}_paced_ms", rp.one, True, True) for i, rp in enumerate(raw_procs)]
+    plan += [(f"raw_ort_pinned{i}_paced_ms", rp.one, True, True) for i, rp in enumerate(pinned_procs)]
     if go is not None:
         plan.append(("ember_paced_go_ms", go.embed, True, True))
     if floor is not None:
@@ -451,7 +457,7 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
                 c.embed(t)
         if floor is not None:
             floor.Embed(_req([t]))
-        for rp in raw_procs:
+        for rp in (*raw_procs, *pinned_procs):
             rp.one(t)
     server: list[tuple[int, int, int]] = []  # ember's own Timing of each timed closed-loop Python call
 
@@ -463,18 +469,19 @@ def single_text_latency(address: str, raw: RawOrt, lat_texts: list[str], floor_a
     for paced in (False, True):
         arms = [(key, fn, self_timed) for key, fn, in_open_loop, self_timed in plan if in_open_loop == paced]
         lat.update(interleaved(arms, lat_texts[:PACED_TEXTS] if paced else lat_texts, paced, timed))
-    for c in (go, floor_go, *raw_procs):
+    for c in (go, floor_go, *raw_procs, *pinned_procs):
         if c is not None:
             c.close()
     for c in (ch, floor_ch):
         if c is not None:
             c.close()
     out = {k: np.array(v) for k, v in lat.items()}
-    for suffix in ("single", "paced"):  # the pooled own-process reference, and each process's p50
-        each = [out.pop(f"raw_ort_process{i}_{suffix}_ms") for i in range(len(raw_procs))]
-        if each:
-            out[f"raw_ort_process_{suffix}_ms"] = np.concatenate(each)
-            out[f"raw_ort_process_{suffix}_each_p50_ms"] = np.array([np.median(e) for e in each])
+    for suffix in ("single", "paced"):  # the pooled own-process references, and each process's p50
+        for name, procs in (("process", raw_procs), ("pinned", pinned_procs)):
+            each = [out.pop(f"raw_ort_{name}{i}_{suffix}_ms") for i in range(len(procs))]
+            if each:
+                out[f"raw_ort_{name}_{suffix}_ms"] = np.concatenate(each)
+                out[f"raw_ort_{name}_{suffix}_each_p50_ms"] = np.array([np.median(e) for e in each])
     timing = np.array(server, dtype=np.float64) / 1e6  # one row per timed ember_single_ms call, in order
     out.update(ember_server_tokenize_ms=timing[:, 0], ember_server_inference_ms=timing[:, 1],
                ember_server_total_ms=timing[:, 2])
@@ -751,20 +758,23 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
             continue
         raw_p50 = pct(res[raw_key], 50)
         rows.append((f"raw ORT single text, {loop}, p50 / p99 (ms)", p(raw_key), "reference", ""))
-        proc_key = f"raw_ort_process_{suffix}_ms"  # the same, in a process of its own (raw_process.py)
-        if proc_key in res:
-            each = res.get(f"raw_ort_process_{suffix}_each_p50_ms")
+        # the same in processes of its own (raw_process.py), as ORT runs by default and pinned
+        own = [(f"raw_ort_{name}_{suffix}_ms", label, what) for name, label, what in
+               (("process", "", "own-process raw"), ("pinned", "pinned ", "own-process raw pinned"))
+               if f"raw_ort_{name}_{suffix}_ms" in res]
+        for k, (proc_key, label, _) in enumerate(own):
+            each = res.get(proc_key.replace("_ms", "_each_p50_ms"))
             n = f"{len(each)} processes of its own (p50 of each: {', '.join(f'{e:.2f}' for e in each)})" \
                 if each is not None else "its own process"
-            rows.append((f"raw ORT single text in {n}, {loop}, p50 / p99 (ms)", p(proc_key),
-                         f"p50 = raw + {pct(res[proc_key], 50) - raw_p50:.2f} ms", "second reference"))
+            rows.append((f"raw ORT {label}single text in {n}, {loop}, p50 / p99 (ms)", p(proc_key),
+                         f"p50 = raw + {pct(res[proc_key], 50) - raw_p50:.2f} ms", ("second", "third")[k] + " reference"))
         for client, key in (("Python", f"ember_{suffix}_ms"), ("Go", f"ember_{suffix}_go_ms")):
             if key in res:
-                vs_proc = f"; own-process raw + {pct(res[key], 50) - pct(res[proc_key], 50):.2f} ms" \
-                    if proc_key in res else ""
+                vs_own = "".join(f"; {what} + {pct(res[key], 50) - pct(res[proc_key], 50):.2f} ms"
+                                 for proc_key, _, what in own)
                 rows.append((f"ember single text, {loop}, {client} client, p50 / p99 (ms)", p(key),
-                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms{paired(key, raw_key)}{vs_proc}",
-                             "p50 ≤ raw + 1 ms (against both)" if proc_key in res else "p50 ≤ raw + 1 ms"))
+                             f"p50 = raw + {pct(res[key], 50) - raw_p50:.2f} ms{paired(key, raw_key)}{vs_own}",
+                             f"p50 ≤ raw + 1 ms (against all {len(own) + 1})" if own else "p50 ≤ raw + 1 ms"))
         if suffix == "single" and "ember_server_total_ms" in res:
             total, inf, tok = (pct(res[f"ember_server_{k}_ms"], 50) for k in ("total", "inference", "tokenize"))
             rows.append(("… of which in ember's handler (its Timing): total / inference / tokenize p50 (ms)",
