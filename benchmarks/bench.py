@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import load_texts  # noqa: E402
 
-from ember.engine import pin_plan  # noqa: E402
+from ember.engine import pin_plan, pin_session  # noqa: E402
 from ember.v1 import ember_pb2 as pb  # noqa: E402
 from ember.v1 import ember_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -91,11 +91,9 @@ class RawOrt:
         opts.intra_op_num_threads = os.cpu_count() or 1
         if not spinning:  # ORT's default (and ember's) lets idle intra-op threads spin
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        cores = pin_plan("on", opts.intra_op_num_threads) if pin else []
-        if cores:  # as ember's --pin-threads: the pool thread(s) on cores of their own, this thread on the first
-            opts.add_session_config_entry("session.intra_op_thread_affinities",
-                                          ";".join(str(c + 1) for c in cores[1:]))
-            os.sched_setaffinity(0, {cores[0]})  # this thread only: call it from the thread that runs it
+        core = pin_session(opts, "on", "raw ORT") if pin else None  # as ember's --pin-threads pins its main session
+        if core is not None:
+            os.sched_setaffinity(0, {core})  # this thread only: call it from the thread that runs it
         self.session = ort.InferenceSession(str(model_dir / self.m.onnx_file), opts,
                                             providers=["CPUExecutionProvider"])
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -767,7 +765,8 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
             n = f"{len(each)} processes of its own (p50 of each: {', '.join(f'{e:.2f}' for e in each)})" \
                 if each is not None else "its own process"
             rows.append((f"raw ORT {label}single text in {n}, {loop}, p50 / p99 (ms)", p(proc_key),
-                         f"p50 = raw + {pct(res[proc_key], 50) - raw_p50:.2f} ms", ("second", "third")[k] + " reference"))
+                         f"p50 = raw + {pct(res[proc_key], 50) - raw_p50:.2f} ms",
+                         ("second", "third")[k] + " reference"))
         for client, key in (("Python", f"ember_{suffix}_ms"), ("Go", f"ember_{suffix}_go_ms")):
             if key in res:
                 vs_own = "".join(f"; {what} + {pct(res[key], 50) - pct(res[proc_key], 50):.2f} ms"

@@ -13,10 +13,10 @@ set as `ember serve`, `floor_server.py` (raw ORT's work in a bare grpc.aio handl
 processes of its own (`raw_process.py`, the reference), also with its threads pinned as ember's
 `--pin-threads` pins its own (`raw_process.py --pin`, a second reference). The arms take turns on
 the same texts as in bench.py (`bench.interleaved`: closed loop in blocks, then open loop). Prints,
-per arm, the
-p50 pooled over its processes and each process's p50, against the pooled reference, and the CPU
-time its processes used per call (all threads, the idle stretches between calls included: ONNX
-Runtime's threads spin on after a run unless told not to); writes out/single_ab.json.
+per arm, the p50 pooled over its processes and each process's p50, against the pooled references,
+and the CPU time its processes used per call (all threads, the idle stretches between calls
+included: ONNX Runtime's threads spin on after a run unless told not to); writes
+out/single_ab.json.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from ab import start
 from bench import (GO_LATENCY, MODEL, OUT, PACED_TEXTS, FloorProcess, GoClient, PipeTimed, RawProcess,
-                   export_models, interleaved)
+                   export_models, interleaved, pin_plan)
 from corpus import load_texts
 
 
@@ -59,6 +59,7 @@ def main() -> int:
         raise SystemExit(f"{GO_LATENCY} is missing: run `make clients`")
     texts = load_texts()[-args.texts:]  # bench.py's single-text texts
     model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
+    pinnable = bool(pin_plan("on", os.cpu_count() or 1))  # a pinned reference needs the cores for it
     procs: list = []  # everything started, stopped at the end
     arms: list[tuple[str, object, bool]] = []
     pids: dict[str, int] = {}  # arm → the process whose CPU time its calls cost
@@ -78,7 +79,7 @@ def main() -> int:
             procs += [floor, client]
             arms.append((f"floor_server.py#{k}", client.embed, True))
             pids[arms[-1][0]] = floor.proc.pid
-            for name, pin in ((RAW, False), (RAW_PINNED, True)):
+            for name, pin in ((RAW, False), (RAW_PINNED, True))[:2 if pinnable else 1]:
                 raw = RawProcess(model_dir, pin=pin)
                 procs.append(raw)
                 arms.append((f"{name}#{k}", raw.one, True))
@@ -102,11 +103,12 @@ def main() -> int:
         pooled: dict[str, list[np.ndarray]] = {}
         for key, v in lat.items():
             pooled.setdefault(key.rsplit("#", 1)[0], []).append(np.asarray(v))
-        refs = [float(np.median(np.concatenate(pooled[name]))) for name in (RAW, RAW_PINNED)]
+        refs = [float(np.median(np.concatenate(pooled[name]))) for name in (RAW, RAW_PINNED) if name in pooled]
         for arm, vs in pooled.items():
             p50 = float(np.median(np.concatenate(vs)))
             each = ", ".join(f"{np.median(v):.2f}" for v in vs)
             vs_refs = " | ".join("reference" if arm.startswith("raw ORT") else f"{p50 - ref:+.2f} ms" for ref in refs)
+            vs_refs += " | —" * (2 - len(refs))  # no pinned reference on this machine
             use = np.mean([v for key, v in cpu[loop].items() if key.rsplit("#", 1)[0] == arm])
             print(f"| {loop} | {arm} | {p50:.2f} | {each} | {vs_refs} | {use:.2f} |")
     print("\nCPU per call: the arm's server (or raw ORT) process's CPU time, all its threads, over the "

@@ -42,6 +42,19 @@ def pin_plan(mode: str, threads: int) -> list[int]:
     return allowed[:threads]
 
 
+def pin_session(opts, mode: str, what: str) -> int | None:
+    """Pin the pool threads of the session `opts` will make (Settings.pin_threads): each on a core of
+    its own from pin_plan. Returns the core left for the thread that calls the session, or None."""
+    cores = pin_plan(mode, opts.intra_op_num_threads)
+    if not cores:
+        return None
+    # One group per pool thread (ORT never pins the calling thread); ORT counts cores from 1.
+    opts.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cores[1:]))
+    log.info("%s: session pinned to cores %s (the first for its caller; --pin-threads %s)", what,
+             ",".join(map(str, cores)), mode)
+    return cores[0]
+
+
 def length_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
     """Upper edges of the sequence-length buckets: powers of two from `smallest`, then max_tokens."""
     edges, t = [], smallest
@@ -102,10 +115,8 @@ class Engine:
 
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
                  spinning: bool = False, provider_options: dict[str, dict[str, str]] | None = None,
-                 run_timeout_s: float = 0.0, spin_after_run: bool = True, pin_cores: list[int] | None = None):
+                 run_timeout_s: float = 0.0, spin_after_run: bool = True, pin: str = "off"):
         self.manifest = manifest
-        # The core the calling thread is pinned to for a run (ModelScheduler.run_inline), or None.
-        self.caller_core = pin_cores[0] if pin_cores else None
         self.creation_error = ""
         self.run_timeout_s = run_timeout_s
         provider_options = provider_options or {}
@@ -126,12 +137,8 @@ class Engine:
             # Spin while a run is in progress (its parallel sections follow each other within
             # microseconds), not for tens of ms after it, when nothing is left to spin for.
             opts.add_session_config_entry("session.force_spinning_stop", "1")
-        if pin_cores:
-            if len(pin_cores) != opts.intra_op_num_threads:
-                raise ValueError(f"{len(pin_cores)} cores to pin for {opts.intra_op_num_threads} intra-op threads")
-            # One group per pool thread (ORT never pins the calling thread); ORT counts cores from 1.
-            opts.add_session_config_entry("session.intra_op_thread_affinities",
-                                          ";".join(str(c + 1) for c in pin_cores[1:]))
+        # The core the calling thread is pinned to for a run (ModelScheduler.run_inline), or None.
+        self.caller_core = pin_session(opts, pin, f"model {manifest.name}")
         graph = str(model_dir / manifest.onnx_file)
         trt_cache = provider_options.get("tensorrt", {}).get("trt_engine_cache_path")
         if trt_cache and ORT_PROVIDER["tensorrt"] in chosen:

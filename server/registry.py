@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from .engine import ORT_PROVIDER, Engine, accelerator_options, pin_plan
+from .engine import ORT_PROVIDER, Engine, accelerator_options
 from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .ext import BufferPool, cuda_error
 from .fallback import CircuitBreaker, FallbackEngine
@@ -187,12 +187,8 @@ class Registry:
         s = self.settings
         accelerators = [p for p in providers if p != "cpu" and ORT_PROVIDER[p] in ort.get_available_providers()]
         if not accelerators:  # the CPU only (asked for, or all that this onnxruntime build has)
-            cores = pin_plan(s.pin_threads, s.intra_op_threads or (os.cpu_count() or 1))  # Engine's count
-            if cores:
-                log.info("model %s: main session pinned to cores %s (--pin-threads %s)", manifest.name,
-                         ",".join(map(str, cores)), s.pin_threads)
             return self._pooled(Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning,
-                                       spin_after_run=s.ort_spin_after_run, pin_cores=cores))
+                                       spin_after_run=s.ort_spin_after_run, pin=s.pin_threads))
         cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning, spin_after_run=s.ort_spin_after_run)
         options = accelerator_options(s, cpu.input_names, manifest.max_tokens, max_batch_tokens, manifest.name)
         engine = Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning, provider_options=options,
