@@ -1,6 +1,6 @@
 """The least a Python gRPC server can add to one text's embedding: the reference for ember's path.
 
-    python benchmarks/floor_server.py MODEL_DIR PORT
+    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH]
 
 Serves `ember.v1.Embedder/Embed` with nothing but what raw ONNX Runtime does in `bench.py`
 (tokenize, one session run with the same options, mean pooling, normalization), inline in a
@@ -8,12 +8,20 @@ Serves `ember.v1.Embedder/Embed` with nothing but what raw ONNX Runtime does in 
 metrics or timing. `bench.py` times it with the same clients as ember, so the single-text table
 shows how much of ember's distance to raw ORT is the Python gRPC stack itself and how much is
 ember. Prints "ready" once it listens.
+
+For call_split.py: with --fixed the handler does everything but the session run (it pools a fixed
+hidden state of the text's length instead), the gRPC round trip with the same request and
+response; with --record it notes the Unix ns at which each call's handler starts and ends, and
+writes them as JSON lines to PATH when stopped (SIGTERM).
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
-import sys
+import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -26,7 +34,7 @@ from tokenizers import Tokenizer
 
 
 class FloorEmbedder(pb_grpc.EmbedderServicer):
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, fixed: bool = False):
         m = read_manifest(model_dir, verify=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1  # as bench.RawOrt
@@ -34,19 +42,36 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tok.no_padding()
         self.tok.enable_truncation(m.max_tokens)
+        self.fixed = np.random.default_rng(0).random((1, m.max_tokens, m.dimensions), dtype=np.float32) \
+            if fixed else None
+        self.calls: list[tuple[int, int]] = []  # (start, end) Unix ns of each handler run, if recorded
+        self.record = False
 
     async def Embed(self, request, context):
+        start = time.time_ns()
         ids = np.array([self.tok.encode(request.inputs[0]).ids], dtype=np.int64)
-        h = self.session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                                    "token_type_ids": np.zeros_like(ids)})[0]
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        h = self.session.run(None, feeds)[0] if self.fixed is None else self.fixed[:, :ids.shape[1]]
         v = h.mean(axis=1)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
-        return wire.embed_response(v, [ids.shape[1]], [False], packed=False)
+        response = wire.embed_response(v, [ids.shape[1]], [False], packed=False)
+        if self.record:
+            self.calls.append((start, time.time_ns()))
+        return response
 
 
-async def serve(model_dir: Path, port: int) -> None:
+async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_EmbedderServicer_to_server(FloorEmbedder(model_dir), server)
+    embedder = FloorEmbedder(model_dir, fixed)
+    if record is not None:
+        embedder.record = True
+
+        def write_and_exit() -> None:
+            record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
+            os._exit(0)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, write_and_exit)
+    pb_grpc.add_EmbedderServicer_to_server(embedder, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)
@@ -54,4 +79,10 @@ async def serve(model_dir: Path, port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1]), int(sys.argv[2])))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("port", type=int)
+    ap.add_argument("--fixed", action="store_true", help="no session run: a fixed hidden state")
+    ap.add_argument("--record", type=Path, help="write each call's handler start/end here when stopped")
+    a = ap.parse_args()
+    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record))

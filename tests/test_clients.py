@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_go_latency_client_times_real_calls(tiny_server):
         if os.environ.get("CI"):
             pytest.fail(f"{LATENCY} is not built: `make test` runs `make clients` first")
         pytest.skip("ember-latency not built (make clients)")
-    commands = ["embed a short text", "list", "health", "embed " + "word " * 5000, "bogus"]
+    commands = ["embed a short text", "list", "health", "embed " + "word " * 5000, "bogus", "wall a short text"]
     r = subprocess.run([str(LATENCY), tiny_server.address], input="\n".join(commands) + "\n",
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -83,3 +84,5 @@ def test_go_latency_client_times_real_calls(tiny_server):
     assert all(line.isdigit() and int(line) > 0 for line in lines[:3]), lines
     assert lines[3].startswith("error ") and "InvalidArgument" in lines[3] and "inputs[0]" in lines[3], lines[3]
     assert lines[4] == 'error unknown command "bogus"'
+    took, start, end = (int(x) for x in lines[5].split())  # wall: the duration, then its Unix ns span
+    assert took > 0 and end - start == took and abs(start / 1e9 - time.time()) < 60, lines[5]

@@ -7,6 +7,8 @@
 // timing itself is taken here, around the call only:
 //
 //	embed <text>   unary Embed of one text (REALTIME, FLOAT32_BYTES) -> "<nanoseconds>"
+//	wall <text>    the same call -> "<nanoseconds> <start> <end>", start and end as Unix
+//	               nanoseconds, to set beside a server's own clock readings (same host)
 //	list           unary ListModels, a round trip with no model work -> "<nanoseconds>"
 //	health         unary Health.Check, the cheapest round trip the server answers -> "<nanoseconds>"
 //
@@ -51,7 +53,7 @@ func main() {
 		cmd, text, _ := strings.Cut(in.Text(), " ")
 		var call func(context.Context) error
 		switch cmd {
-		case "embed":
+		case "embed", "wall":
 			req := &emberv1.EmbedRequest{Inputs: []string{text}, Priority: emberv1.Priority_PRIORITY_REALTIME,
 				Encoding: emberv1.Encoding_ENCODING_FLOAT32_BYTES}
 			call = func(ctx context.Context) error { _, err := embedder.Embed(ctx, req); return err }
@@ -71,6 +73,9 @@ func main() {
 		elapsed := time.Since(t0)
 		if err != nil {
 			fmt.Fprintf(out, "error %v\n", err)
+		} else if cmd == "wall" {
+			start := t0.UnixNano()
+			fmt.Fprintf(out, "%d %d %d\n", elapsed.Nanoseconds(), start, start+elapsed.Nanoseconds())
 		} else {
 			fmt.Fprintf(out, "%d\n", elapsed.Nanoseconds())
 		}
