@@ -1,6 +1,6 @@
 """Where a single text's time goes in a Python gRPC server: before, in and after its handler.
 
-    python benchmarks/call_split.py [--processes 2] [--texts 200] [--no-open]
+    python benchmarks/call_split.py [--processes 2] [--texts 200] [--no-open] [--also "FLOOR ARGS" ...]
 
 ember's distance to raw ONNX Runtime on one text is mostly the distance of `floor_server.py` (raw
 ORT's work inline in a bare grpc.aio handler), so this splits the floor's calls. The Go client
@@ -17,12 +17,14 @@ Arms, each in `--processes` processes, taking turns on bench.py's single-text te
 - the floor server with `--fixed`: the same calls, request and response, but no session run
   (pooling a fixed hidden state), so its split is the gRPC round trip with a warm machine;
 - raw ORT in processes of its own (`raw_process.py`), the reference, timed around its work only.
-Prints the p50 of each part per arm and writes out/call_split.json.
+`--also` adds a floor arm with those floor_server.py options (e.g. "--ort-config
+session.force_spinning_stop=1"). Prints the p50 of each part per arm and writes out/call_split.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -71,7 +73,10 @@ def main() -> int:
     ap.add_argument("--texts", type=int, default=200, help="closed-loop texts (the open loop takes up to 240)")
     ap.add_argument("--no-open", action="store_true", help="closed loop only")
     ap.add_argument("--port", type=int, default=50760)
+    ap.add_argument("--also", action="append", default=[], metavar="FLOOR ARGS",
+                    help="another floor arm, with these floor_server.py options")
     args = ap.parse_args()
+    floors = {**ARMS, **{f"floor_server.py {a}": tuple(shlex.split(a)) for a in args.also}}
     if not GO_LATENCY.is_file():
         raise SystemExit(f"{GO_LATENCY} is missing: run `make clients`")
     texts = load_texts()[-args.texts:]  # bench.py's single-text texts
@@ -86,7 +91,7 @@ def main() -> int:
     try:
         port = args.port
         for k in range(args.processes):
-            for name, extra in ARMS.items():
+            for name, extra in floors.items():
                 key = f"{name}#{k}"
                 servers[key] = FloorProcess(model_dir, port, (*extra, "--record", str(tmp / f"{port}.jsonl")))
                 clients[key] = WallClient(servers[key].address)

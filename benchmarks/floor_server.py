@@ -12,7 +12,8 @@ ember. Prints "ready" once it listens.
 For call_split.py: with --fixed the handler does everything but the session run (it pools a fixed
 hidden state of the text's length instead), the gRPC round trip with the same request and
 response; with --record it notes the Unix ns at which each call's handler starts and ends, and
-writes them as JSON lines to PATH when stopped (SIGTERM).
+writes them as JSON lines to PATH when stopped (SIGTERM). --ort-config KEY=VALUE (repeatable) adds
+an ONNX Runtime session config entry, e.g. session.force_spinning_stop=1.
 """
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ from tokenizers import Tokenizer
 
 
 class FloorEmbedder(pb_grpc.EmbedderServicer):
-    def __init__(self, model_dir: Path, fixed: bool = False):
+    def __init__(self, model_dir: Path, fixed: bool = False, ort_config: tuple[str, ...] = ()):
         m = read_manifest(model_dir, verify=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1  # as bench.RawOrt
+        for entry in ort_config:
+            opts.add_session_config_entry(*entry.split("=", 1))
         self.session = ort.InferenceSession(str(model_dir / m.onnx_file), opts, providers=["CPUExecutionProvider"])
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tok.no_padding()
@@ -60,9 +63,9 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         return response
 
 
-async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None) -> None:
+async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...]) -> None:
     server = grpc.aio.server()
-    embedder = FloorEmbedder(model_dir, fixed)
+    embedder = FloorEmbedder(model_dir, fixed, ort_config)
     if record is not None:
         embedder.record = True
 
@@ -84,5 +87,7 @@ if __name__ == "__main__":
     ap.add_argument("port", type=int)
     ap.add_argument("--fixed", action="store_true", help="no session run: a fixed hidden state")
     ap.add_argument("--record", type=Path, help="write each call's handler start/end here when stopped")
+    ap.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="an ONNX Runtime session config entry (repeatable)")
     a = ap.parse_args()
-    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record))
+    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config)))
