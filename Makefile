@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
 
-.PHONY: serve test install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain go-toolchain health-probe
+.PHONY: serve test lint install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain go-toolchain health-probe
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -90,8 +90,12 @@ install-test: $(VENV)/.test-installed
 serve: install
 	$(BIN)/ember serve $(ARGS)
 
-test: install-test check-stubs clients
+test: install-test check-stubs clients lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (pinned in the test extra; its rules are in pyproject.toml): pyflakes, pycodestyle, bugbear.
+lint: install-test
+	$(BIN)/ruff check .
 
 # Mixed traffic against a real server for SOAK_MINUTES (default 30); RSS, fds and threads must
 # stay flat. Writes benchmarks/out/soak.md.

@@ -86,7 +86,7 @@ def main() -> int:
             if raw_lanes is not None:
                 samples.setdefault("raw ORT, two one-thread sessions side by side | ideal batches", []).append(
                     throughput(raw_lanes.encode_ideal, texts))
-            pairs = list(zip(args.configs, servers))
+            pairs = list(zip(args.configs, servers, strict=True))
             for c, srv in pairs if r % 2 == 0 else pairs[::-1]:
                 name = c or "(defaults)"
                 samples.setdefault(f"{name} | unary c4", []).append(

@@ -73,7 +73,8 @@ def cpu_description() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 # ---- references -----------------------------------------------------------------------------
@@ -144,7 +145,7 @@ class RawOrt:
         lengths = np.array([len(encs[i].ids) for i in order], dtype=np.int64)
         ends = kernels.plan_batches(lengths, s.max_batch_tokens, s.max_batch_size, s.batch_overhead_tokens)
         starts = [0, *ends.tolist()[:-1]]
-        return [(order[a:b], [encs[i] for i in order[a:b]]) for a, b in zip(starts, ends.tolist())]
+        return [(order[a:b], [encs[i] for i in order[a:b]]) for a, b in zip(starts, ends.tolist(), strict=True)]
 
     def _run_batch(self, batch: tuple[list[int], list]) -> tuple[list[int], np.ndarray]:
         return batch[0], self._run(batch[1])
@@ -711,7 +712,8 @@ def report(res: dict) -> None:
          "≥ 0.85×"),
         ("raw ORT int8 vs fp32 (texts/s)", f"{res['raw_ort_int8_tps']:.0f} vs {res['raw_ort_fp32_tps_int8run']:.0f}",
          f"{res['raw_ort_int8_tps'] / res['raw_ort_fp32_tps_int8run']:.2f}× fp32", "≥ 1.7×"),
-        ("ember int8 EmbedStream (texts/s)", f"{res['ember_int8_stream_tps']:.0f}", f"{res['ember_int8_stream_tps'] / s:.2f}× ember fp32", ""),
+        ("ember int8 EmbedStream (texts/s)", f"{res['ember_int8_stream_tps']:.0f}",
+         f"{res['ember_int8_stream_tps'] / s:.2f}× ember fp32", ""),
         ("STS-B Spearman int8 (ember) vs fp32 (raw ORT)", f"{res['stsb_int8']:.4f} vs {res['stsb_fp32_raw']:.4f}",
          f"Δ {res['stsb_int8'] - res['stsb_fp32_raw']:+.4f}", "≥ −0.005"),
         ("cold start of a pre-exported model to SERVING (s)", f"{res['cold_start_s']:.2f}", "", "≤ 3 s"),
@@ -778,7 +780,8 @@ def latency_rows(res: dict) -> list[tuple[str, str, str, str]]:
             total, inf, tok = (pct(res[f"ember_server_{k}_ms"], 50) for k in ("total", "inference", "tokenize"))
             rows.append(("… of which in ember's handler (its Timing): total / inference / tokenize p50 (ms)",
                          f"{total:.2f} / {inf:.2f} / {tok:.2f}",
-                         f"outside it (per call, p50) {pct(res['ember_single_ms'] - res['ember_server_total_ms'], 50):.2f}"
+                         "outside it (per call, p50) "
+                         f"{pct(res['ember_single_ms'] - res['ember_server_total_ms'], 50):.2f}"
                          " ms", ""))
         if suffix == "single" and "ember_around_us" in res:
             label = ("… ember's own work per text without gRPC (overhead.py): around the ORT run, ember / raw ORT, "

@@ -99,7 +99,7 @@ def read_records(path: Path, fmt: str = "", text_field: str = "text", id_field: 
             raise BulkError(f"{path}: no column {text_field!r} (columns: {table.column_names})")
         col = table.column(text_field).to_pylist()
         id_col = table.column(id_field).to_pylist() if id_field in table.column_names else [None] * len(col)
-        for row, (text, rid) in enumerate(zip(col, id_col)):
+        for row, (text, rid) in enumerate(zip(col, id_col, strict=True)):
             add(row, text, rid, f"{path}: row {row}")
     return Records(ids, texts)
 
@@ -408,7 +408,7 @@ def rerank(args) -> str:
                 json.dumps({"query_id": a, "rank": b, "doc_id": c, "score": s}) + "\n" for a, b, c, s in rows)))
         else:
             pa = _pyarrow()
-            cols = list(zip(*rows))
+            cols = list(zip(*rows, strict=True))
             table = pa.table({"query_id": pa.array(cols[0], pa.string()), "rank": pa.array(cols[1], pa.int32()),
                               "doc_id": pa.array(cols[2], pa.string()), "score": pa.array(cols[3], pa.float32())})
             _atomic(out, lambda p: _pyarrow_parquet().write_table(table, p))

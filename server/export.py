@@ -29,7 +29,8 @@ GEMMA_MATRYOSHKA = (768, 512, 256, 128)
 # order sentence-transformers itself checks them)
 ST_POOLING = {"cls": "cls", "cls_token": "cls", "lasttoken": "last", "mean": "mean", "mean_tokens": "mean",
               "max": "max", "max_tokens": "max"}
-ST_POOLING_FLAGS = ("cls_token", "max_tokens", "mean_tokens", "lasttoken", "mean_sqrt_len_tokens", "weightedmean_tokens")
+ST_POOLING_FLAGS = ("cls_token", "max_tokens", "mean_tokens", "lasttoken", "mean_sqrt_len_tokens",
+                    "weightedmean_tokens")
 # Files the served model directory keeps (the tokenizer's and the model's description).
 KEEP = ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -94,7 +94,8 @@ def _dense_layers(src: Path, dense_paths: list[str]):
     import torch
     from safetensors.torch import load_file
 
-    acts = {"torch.nn.modules.linear.Identity": torch.nn.Identity(), "torch.nn.modules.activation.Tanh": torch.nn.Tanh()}
+    acts = {"torch.nn.modules.linear.Identity": torch.nn.Identity(),
+            "torch.nn.modules.activation.Tanh": torch.nn.Tanh()}
     layers = []
     for rel in dense_paths:
         path = src / rel
@@ -148,8 +149,9 @@ def _wrappers():
 
         def forward(self, input_ids, attention_mask):
             full, sliding = _masks(attention_mask, causal=False, window=self.window)
-            h = self.backbone(input_ids=input_ids, attention_mask={"full_attention": full, "sliding_attention": sliding},
-                              position_ids=_positions(attention_mask), use_cache=False).last_hidden_state
+            masks = {"full_attention": full, "sliding_attention": sliding}
+            h = self.backbone(input_ids=input_ids, attention_mask=masks, position_ids=_positions(attention_mask),
+                              use_cache=False).last_hidden_state
             m = attention_mask.to(h.dtype).unsqueeze(-1)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
             return self.dense(pooled)

@@ -74,7 +74,7 @@ def test_embed_20k_jsonl_killed_and_resumed_gives_the_same_output(tiny_server, j
     assert not out.exists()
     saved = {int(p.name[6:12]): np.load(p) for p in partial.glob("chunk-*.npy")}
     assert 4 <= len(saved) < 20
-    for i, arr in saved.items():  # every chunk on disk is whole: written aside, then renamed
+    for arr in saved.values():  # every chunk on disk is whole: written aside, then renamed
         assert arr.shape == (1024, 32)
 
     r = ember("embed", str(jsonl), "-o", str(out), *common, "--no-progress")

@@ -167,7 +167,7 @@ def test_plan_batches_is_least_cost_and_within_limits(k):
         assert ends[-1] == n and ends == sorted(set(ends))
         starts = [0] + ends[:-1]
         cost = 0
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             assert e - s <= max_size and ((e - s) == 1 or (e - s) * lengths[s] <= max_tokens)
             cost += overhead + (e - s) * int(lengths[s])
         assert cost == _brute_best(lengths.tolist(), max_tokens, max_size, overhead)

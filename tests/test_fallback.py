@@ -82,7 +82,7 @@ def test_failed_batches_are_retried_on_cpu_and_the_breaker_opens(tiny_models_dir
     np.testing.assert_array_equal(eng.infer(ids, mask, np.zeros_like(ids)), want)
     assert not eng.degraded and eng.fallback_batches == 0
     gpu.fail = True
-    for i in range(3):  # each failing batch still answers, from the CPU
+    for _ in range(3):  # each failing batch still answers, from the CPU
         np.testing.assert_array_equal(eng.infer(ids, mask, np.zeros_like(ids)), want)
     assert eng.degraded and eng.breaker.state == OPEN and eng.primary_errors == 3 and gpu.calls == 4
     assert eng.last_switch_s > 0
@@ -163,7 +163,7 @@ def test_tensorrt_profiles_cover_every_batch_the_scheduler_can_make():
     assert len(mins) == len(opts) == len(maxs) == 2 * 6  # one profile per bucket, every input in each
     profiles = [(mins[i][1], opts[i][1], maxs[i][1]) for i in range(0, len(mins), 2)]
     for lo, opt, hi in profiles:
-        assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+        assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
     # every (B, T) the scheduler may run falls in some profile
     for t in range(1, 513):
         for b in (1, 2, 7, 32, 127, 128):
@@ -174,7 +174,8 @@ def test_tensorrt_profiles_cover_every_batch_the_scheduler_can_make():
     o = accelerator_options(s, names, 512, 16384, "bge")
     assert o["cuda"] == {"device_id": "1", "arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": str(2 << 30)}
     assert o["tensorrt"]["trt_fp16_enable"] == "True" and o["tensorrt"]["device_id"] == "1"
-    assert o["tensorrt"]["trt_engine_cache_path"] == o["tensorrt"]["trt_timing_cache_path"] == "/var/cache/ember-trt/bge"
+    trt = o["tensorrt"]
+    assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == "/var/cache/ember-trt/bge"
     assert o["tensorrt"]["trt_profile_max_shapes"] == prof["trt_profile_max_shapes"]
 
 

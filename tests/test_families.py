@@ -93,7 +93,8 @@ def test_export_reads_each_family_from_its_files(family_models):
     assert (b["family"], b["pooling"], b["normalize"], b["max_tokens"]) == ("xlm-roberta", "cls", True, 8192)
     assert b["pad_token_id"] == 1
     g = manifest(family_models, "embeddinggemma")
-    assert (g["family"], g["pooling"], g["output"], g["dimensions"]) == ("embeddinggemma", "none", "sentence_embedding", 32)
+    assert (g["family"], g["pooling"], g["output"], g["dimensions"]) == \
+        ("embeddinggemma", "none", "sentence_embedding", 32)
     assert g["prompts"]["query"] == "task: search result | query: " and g["document_prompt_name"] == "document"
 
 

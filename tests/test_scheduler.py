@@ -418,8 +418,8 @@ def test_bulk_budgets_never_exceed_the_models_budget(parts):
 async def queued_together_on_lanes(sched, main, lanes, tok, pause_s: float = 0.0,
                                    lengths=(20, 20)) -> tuple[bool, bool]:
     """Hold the main engine with a one-item job, queue two requests of these lengths (one full
-    batch each by default) behind it, wait pause_s, let it go. Returns (no lane started while the main engine ran, both lanes
-    were in inference at once afterwards)."""
+    batch each by default) behind it, wait pause_s, let it go. Returns (no lane started while the
+    main engine ran, both lanes were in inference at once afterwards)."""
     loop = asyncio.get_running_loop()
     main.hold.clear()
     main.entered.clear()
@@ -498,7 +498,8 @@ def test_with_lanes_a_realtime_request_runs_at_once_beside_bulk_batches(parts):
     both, rt, bulk_held, main, lanes = asyncio.run(run())
     assert both and rt.shape[0] == 1 and bulk_held  # REALTIME done while both BULK batches were held
     assert main.batches == []
-    ran = sorted((b[2], t.split("-")[1], n) for x in lanes for b, t, n in zip(x.batches, x.threads, x.nices))
+    ran = sorted((b[2], t.split("-")[1], n)
+                 for x in lanes for b, t, n in zip(x.batches, x.threads, x.nices, strict=True))
     base = os.getpriority(os.PRIO_PROCESS, 0)
     bulk_nice = min(19, base + BULK_NICE) if sys.platform.startswith("linux") else base
     assert ran == [([6], "infer", base), ([20, 20], "bulk", bulk_nice), ([20, 20], "bulk", bulk_nice)]

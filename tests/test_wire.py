@@ -20,6 +20,6 @@ def test_wire_response_equals_field_by_field(packed, dim):
         else pb.Embedding(values=pb.FloatVector(values=vectors[i].tolist()), tokens=tokens[i], truncated=truncated[i])
         for i in range(5)])
     assert got.SerializeToString() == want.SerializeToString()
-    for e, row in zip(got.embeddings, vectors):
+    for e, row in zip(got.embeddings, vectors, strict=True):
         decoded = np.frombuffer(e.packed, "<f4") if packed else np.array(e.values.values, dtype=np.float32)
         np.testing.assert_array_equal(decoded.view(np.uint32), row.view(np.uint32))  # bit-exact, NaN included
