@@ -322,10 +322,14 @@ class PipeTimed:
         self.name = name
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
-    def _call(self, line: str) -> float:
+    def _ask(self, line: str) -> str:
+        """Send one command line; its answer line."""
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().strip()
+        return self.proc.stdout.readline().strip()
+
+    def _call(self, line: str) -> float:
+        answer = self._ask(line)
         if not answer.isdigit():
             raise RuntimeError(f"{self.name}: {answer or 'exited'}")
         return int(answer) / 1e6

@@ -18,39 +18,37 @@ Arms, each in `--processes` processes, taking turns on bench.py's single-text te
   (pooling a fixed hidden state), so its split is the gRPC round trip with a warm machine;
 - raw ORT in processes of its own (`raw_process.py`), the reference, timed around its work only.
 `--also` adds a floor arm with those floor_server.py options (e.g. "--ort-config
-session.force_spinning_stop=1"). Prints the p50 of each part per arm and writes out/call_split.json.
+session.force_spinning_stop=1"). Prints the p50 of each part per arm and writes out/call_split.json
+(the handlers' own records go to out/call_split/).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench import (GO_LATENCY, OUT, PACED_TEXTS, FloorProcess, PipeTimed, RawProcess, export_models, interleaved,
-                   one_line)
+from bench import (GO_LATENCY, OUT, PACED_TEXTS, FloorProcess, GoClient, RawProcess, export_models,
+                   interleaved, one_line)
 from corpus import load_texts
 
 RAW = "raw ORT in its own process"
 ARMS = {"floor_server.py": (), "floor_server.py --fixed (no run)": ("--fixed",)}
 
 
-class WallClient(PipeTimed):
+class WallClient(GoClient):
     """The Go client's `wall` command: each call's duration, and its start and end in Unix ns."""
 
     def __init__(self, address: str):
-        super().__init__([str(GO_LATENCY), address], "ember-latency")
+        super().__init__(address)
         self.spans: list[tuple[int, int]] = []
 
     def embed(self, text: str) -> float:
-        self.proc.stdin.write("wall " + one_line(text) + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().split()
+        answer = self._ask("wall " + one_line(text)).split()
         if len(answer) != 3 or not all(a.isdigit() for a in answer):
-            raise RuntimeError(f"ember-latency: {' '.join(answer) or 'exited'}")
+            raise RuntimeError(f"{self.name}: {' '.join(answer) or 'exited'}")
         took, start, end = (int(a) for a in answer)
         self.spans.append((start, end))
         return took / 1e6
@@ -81,7 +79,9 @@ def main() -> int:
         raise SystemExit(f"{GO_LATENCY} is missing: run `make clients`")
     texts = load_texts()[-args.texts:]  # bench.py's single-text texts
     model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
-    tmp = Path(tempfile.mkdtemp(prefix="ember-call-split-"))
+    records_dir = OUT / "call_split"  # each floor process's handler times, written when it stops
+    records_dir.mkdir(parents=True, exist_ok=True)
+    records: dict[str, Path] = {}
     servers: dict[str, FloorProcess] = {}
     clients: dict[str, WallClient] = {}
     raws: list[RawProcess] = []
@@ -93,7 +93,8 @@ def main() -> int:
         for k in range(args.processes):
             for name, extra in floors.items():
                 key = f"{name}#{k}"
-                servers[key] = FloorProcess(model_dir, port, (*extra, "--record", str(tmp / f"{port}.jsonl")))
+                records[key] = records_dir / f"{port}.jsonl"
+                servers[key] = FloorProcess(model_dir, port, (*extra, "--record", str(records[key])))
                 clients[key] = WallClient(servers[key].address)
                 arms.append((key, clients[key].embed, True))
                 port += 1
@@ -118,8 +119,7 @@ def main() -> int:
             c.close()
         for s in servers.values():
             s.stop()  # SIGTERM: the server writes its record
-    for key, s in servers.items():
-        record = tmp / f"{s.address.rsplit(':', 1)[1]}.jsonl"
+    for key, record in records.items():
         recorded = [tuple(json.loads(line)) for line in record.read_text().splitlines()]
         for loop, _, _ in loops:
             results[loop][key] = split(clients[key].spans, recorded, timed_by_loop[loop][key])

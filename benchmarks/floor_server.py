@@ -35,7 +35,7 @@ from tokenizers import Tokenizer
 
 
 class FloorEmbedder(pb_grpc.EmbedderServicer):
-    def __init__(self, model_dir: Path, fixed: bool = False, ort_config: tuple[str, ...] = ()):
+    def __init__(self, model_dir: Path, fixed: bool = False, ort_config: tuple[str, ...] = (), record: bool = False):
         m = read_manifest(model_dir, verify=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1  # as bench.RawOrt
@@ -47,8 +47,8 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         self.tok.enable_truncation(m.max_tokens)
         self.fixed = np.random.default_rng(0).random((1, m.max_tokens, m.dimensions), dtype=np.float32) \
             if fixed else None
-        self.calls: list[tuple[int, int]] = []  # (start, end) Unix ns of each handler run, if recorded
-        self.record = False
+        # (start, end) Unix ns of each handler run, when recorded
+        self.calls: list[tuple[int, int]] | None = [] if record else None
 
     async def Embed(self, request, context):
         start = time.time_ns()
@@ -58,17 +58,15 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         v = h.mean(axis=1)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         response = wire.embed_response(v, [ids.shape[1]], [False], packed=False)
-        if self.record:
+        if self.calls is not None:
             self.calls.append((start, time.time_ns()))
         return response
 
 
 async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...]) -> None:
     server = grpc.aio.server()
-    embedder = FloorEmbedder(model_dir, fixed, ort_config)
+    embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None)
     if record is not None:
-        embedder.record = True
-
         def write_and_exit() -> None:
             record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
             os._exit(0)
