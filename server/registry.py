@@ -179,6 +179,14 @@ class Registry:
             m = dataclasses.replace(m, prompts={**m.prompts, **dict(mc.prompts)})
         return m
 
+    def _new_engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...], threads: int | None = None,
+                    **options) -> Engine:
+        """One ONNX Runtime session with the server's thread and spinning settings (threads: the
+        intra-op threads, default --intra-op-threads), so that every session of a model gets them."""
+        s = self.settings
+        return Engine(path, manifest, providers, s.intra_op_threads if threads is None else threads, s.ort_spinning,
+                      spin_after_run=s.ort_spin_after_run, **options)
+
     def _engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...], max_batch_tokens: int):
         """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker.
 
@@ -187,12 +195,11 @@ class Registry:
         s = self.settings
         accelerators = [p for p in providers if p != "cpu" and ORT_PROVIDER[p] in ort.get_available_providers()]
         if not accelerators:  # the CPU only (asked for, or all that this onnxruntime build has)
-            return self._pooled(Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning,
-                                       spin_after_run=s.ort_spin_after_run, pin=s.pin_threads))
-        cpu = Engine(path, manifest, ("cpu",), s.intra_op_threads, s.ort_spinning, spin_after_run=s.ort_spin_after_run)
+            return self._pooled(self._new_engine(path, manifest, providers, pin=s.pin_threads))
+        cpu = self._new_engine(path, manifest, ("cpu",))
         options = accelerator_options(s, cpu.input_names, manifest.max_tokens, max_batch_tokens, manifest.name)
-        engine = Engine(path, manifest, providers, s.intra_op_threads, s.ort_spinning, provider_options=options,
-                        run_timeout_s=s.gpu_timeout_ms / 1000, spin_after_run=s.ort_spin_after_run)
+        engine = self._new_engine(path, manifest, providers, provider_options=options,
+                                  run_timeout_s=s.gpu_timeout_ms / 1000)
         if engine.providers == ["cpu"]:  # the accelerator did not activate; this engine says why
             return self._pooled(engine)
         breaker = CircuitBreaker(s.breaker_threshold, s.breaker_recovery_seconds, on_change=self._changed)
@@ -219,8 +226,7 @@ class Registry:
         workers, per = model.lane_plan
         try:
             # A one-thread run needs no thread pool: then all workers can share one session.
-            sessions = [Engine(model.path, model.manifest, ("cpu",), per, self.settings.ort_spinning,
-                               spin_after_run=self.settings.ort_spin_after_run)
+            sessions = [self._new_engine(model.path, model.manifest, ("cpu",), per)
                         for _ in range(1 if per == 1 else workers)]
             for lane in sessions:
                 lane.pool = model.engine.pool
