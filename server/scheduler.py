@@ -324,7 +324,7 @@ class ModelScheduler:
         for _ in range(window):
             it = q.popleft()
             job = it.job
-            expired = job.deadline is not None and now > job.deadline
+            expired = job.deadline is not None and now >= job.deadline
             if job.cancelled or job.failed or expired:
                 if expired and not job.cancelled:
                     self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
