@@ -212,9 +212,11 @@ class EmberProcess:
 class FloorProcess:
     """`floor_server.py`: the least a Python gRPC server adds to raw ORT's single-text work."""
 
-    def __init__(self, model_dir: Path, port: int, extra: tuple[str, ...] = ()):
+    def __init__(self, model_dir: Path, port: int, extra: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        """extra: floor_server.py options; env: variables set for it on top of this process's."""
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"),
-                                      str(model_dir), str(port), *extra], stdout=subprocess.PIPE, text=True)
+                                      str(model_dir), str(port), *extra], stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env} if env else None)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("floor_server.py did not start")
         self.address = f"127.0.0.1:{port}"

@@ -18,13 +18,16 @@ Arms, each in `--processes` processes, taking turns on bench.py's single-text te
   (pooling a fixed hidden state), so its split is the gRPC round trip with a warm machine;
 - raw ORT in processes of its own (`raw_process.py`), the reference, timed around its work only.
 `--also` adds a floor arm with those floor_server.py options (e.g. "--ort-config
-session.force_spinning_stop=1"). Prints the p50 of each part per arm and writes out/call_split.json
-(the handlers' own records go to out/call_split/).
+session.force_spinning_stop=1"); leading NAME=VALUE words set environment variables for it, as on
+a shell's command line (e.g. "GRPC_EXPERIMENTS=-event_engine_listener --fixed"). Prints the p50
+of each part per arm and writes out/call_split.json (the handlers' own records go to
+out/call_split/).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -35,7 +38,18 @@ from bench import (GO_LATENCY, OUT, PACED_TEXTS, FloorProcess, GoClient, RawProc
 from corpus import load_texts
 
 RAW = "raw ORT in its own process"
-ARMS = {"floor_server.py": (), "floor_server.py --fixed (no run)": ("--fixed",)}
+ARMS = {"floor_server.py": ((), {}), "floor_server.py --fixed (no run)": (("--fixed",), {})}
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def floor_arm(spec: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """An --also value: its floor_server.py options, and the NAME=VALUE words before them as the
+    arm's environment."""
+    words = shlex.split(spec)
+    n = 0
+    while n < len(words) and _ASSIGNMENT.match(words[n]):
+        n += 1
+    return tuple(words[n:]), dict(w.split("=", 1) for w in words[:n])
 
 
 class WallClient(GoClient):
@@ -72,9 +86,10 @@ def main() -> int:
     ap.add_argument("--no-open", action="store_true", help="closed loop only")
     ap.add_argument("--port", type=int, default=50760)
     ap.add_argument("--also", action="append", default=[], metavar="FLOOR ARGS",
-                    help="another floor arm, with these floor_server.py options")
+                    help="another floor arm, with these floor_server.py options (after any NAME=VALUE "
+                         "environment variables)")
     args = ap.parse_args()
-    floors = {**ARMS, **{f"floor_server.py {a}": tuple(shlex.split(a)) for a in args.also}}
+    floors = {**ARMS, **{f"floor_server.py {a}": floor_arm(a) for a in args.also}}
     if not GO_LATENCY.is_file():
         raise SystemExit(f"{GO_LATENCY} is missing: run `make clients`")
     texts = load_texts()[-args.texts:]  # bench.py's single-text texts
@@ -91,10 +106,10 @@ def main() -> int:
     try:
         port = args.port
         for k in range(args.processes):
-            for name, extra in floors.items():
+            for name, (extra, env) in floors.items():
                 key = f"{name}#{k}"
                 records[key] = records_dir / f"{port}.jsonl"
-                servers[key] = FloorProcess(model_dir, port, (*extra, "--record", str(records[key])))
+                servers[key] = FloorProcess(model_dir, port, (*extra, "--record", str(records[key])), env)
                 clients[key] = WallClient(servers[key].address)
                 arms.append((key, clients[key].embed, True))
                 port += 1
