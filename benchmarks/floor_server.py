@@ -1,6 +1,6 @@
 """The least a Python gRPC server can add to one text's embedding: the reference for ember's path.
 
-    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH]
+    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH] [--ort-config K=V] [--pause-ms MS]
 
 Serves `ember.v1.Embedder/Embed` with nothing but what raw ONNX Runtime does in `bench.py`
 (tokenize, one session run with the same options, mean pooling, normalization), inline in a
@@ -13,7 +13,9 @@ For call_split.py: with --fixed the handler does everything but the session run 
 hidden state of the text's length instead), the gRPC round trip with the same request and
 response; with --record it notes the Unix ns at which each call's handler starts and ends, and
 writes them as JSON lines to PATH when stopped (SIGTERM). --ort-config KEY=VALUE (repeatable) adds
-an ONNX Runtime session config entry, e.g. session.force_spinning_stop=1.
+an ONNX Runtime session config entry, e.g. session.force_spinning_stop=1. --pause-ms MS busy-waits
+that long in the handler before the session run (or in its place, with --fixed): a pause that
+keeps the event-loop thread busy and touches next to no memory.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from tokenizers import Tokenizer
 
 
 class FloorEmbedder(pb_grpc.EmbedderServicer):
-    def __init__(self, model_dir: Path, fixed: bool = False, ort_config: tuple[str, ...] = (), record: bool = False):
+    def __init__(self, model_dir: Path, fixed: bool = False, ort_config: tuple[str, ...] = (), record: bool = False,
+                 pause_s: float = 0.0):
         m = read_manifest(model_dir, verify=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1  # as bench.RawOrt
@@ -49,11 +52,16 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
             if fixed else None
         # (start, end) Unix ns of each handler run, when recorded
         self.calls: list[tuple[int, int]] | None = [] if record else None
+        self.pause_s = pause_s
 
     async def Embed(self, request, context):
         start = time.time_ns()
         ids = np.array([self.tok.encode(request.inputs[0]).ids], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        if self.pause_s:
+            until = time.perf_counter() + self.pause_s
+            while time.perf_counter() < until:
+                pass
         h = self.session.run(None, feeds)[0] if self.fixed is None else self.fixed[:, :ids.shape[1]]
         v = h.mean(axis=1)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -63,9 +71,10 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         return response
 
 
-async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...]) -> None:
+async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...],
+                pause_s: float) -> None:
     server = grpc.aio.server()
-    embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None)
+    embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None, pause_s)
     if record is not None:
         def write_and_exit() -> None:
             record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
@@ -87,5 +96,6 @@ if __name__ == "__main__":
     ap.add_argument("--record", type=Path, help="write each call's handler start/end here when stopped")
     ap.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
                     help="an ONNX Runtime session config entry (repeatable)")
+    ap.add_argument("--pause-ms", type=float, default=0.0, help="busy-wait this long in the handler before the run")
     a = ap.parse_args()
-    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config)))
+    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3))
