@@ -33,6 +33,63 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 log = logging.getLogger(__name__)
 
 WARMUP_LENGTHS = (8, 32, 128)
+# With --inference-workers auto, a CPU model's lanes are built only if their sessions' copies of
+# the weights (LANE_WEIGHT_FACTOR × the graph's bytes each: ORT keeps prepacked copies beside
+# them) take at most this share of the memory still available: the rest is for batches.
+LANE_MEMORY_SHARE = 0.5
+LANE_WEIGHT_FACTOR = 1.25
+_UNLIMITED = 1 << 60  # a cgroup v1 "no limit" is a number near 2**63
+
+
+def memory_available() -> int | None:
+    """Bytes this process may still allocate: the host's MemAvailable or, in a memory-limited
+    cgroup (a container), the limit minus what the cgroup uses beyond reclaimable page cache,
+    whichever is less. None where neither can be read (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        found.append(_cgroup_memory_available())
+    except (OSError, ValueError):
+        pass
+    found = [f for f in found if f is not None]
+    return min(found) if found else None
+
+
+def _cgroup_memory_available(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
+    """limit − (usage − inactive file pages) of this process's memory cgroup (v2, else v1); None
+    when it has no limit."""
+    v2 = v1 = ""
+    for line in proc.read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    # Inside a container its own cgroup is usually mounted as the root: try the path, then the root.
+    candidates = [(root / v2.lstrip("/"), "memory.max", "memory.current", "inactive_file"),
+                  (root, "memory.max", "memory.current", "inactive_file"),
+                  (root / "memory" / v1.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes",
+                   "total_inactive_file"),
+                  (root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")]
+    for d, limit_file, usage_file, inactive_key in candidates:
+        if not (d / limit_file).is_file():
+            continue
+        limit = (d / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= _UNLIMITED:
+            return None
+        used = int((d / usage_file).read_text())
+        for line in (d / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                used -= int(value)
+                break
+        return max(0, int(limit) - used)
+    return None
 
 
 @dataclass(eq=False)
@@ -226,8 +283,10 @@ class Registry:
         workers, per = model.lane_plan
         try:
             # A one-thread run needs no thread pool: then all workers can share one session.
-            sessions = [self._new_engine(model.path, model.manifest, ("cpu",), per)
-                        for _ in range(1 if per == 1 else workers)]
+            count = 1 if per == 1 else workers
+            if not self._lanes_fit(model, count):
+                return
+            sessions = [self._new_engine(model.path, model.manifest, ("cpu",), per) for _ in range(count)]
             for lane in sessions:
                 lane.pool = model.engine.pool
                 self._warm(model, lane)
@@ -240,6 +299,27 @@ class Registry:
                         model.name, type(e).__name__, e)
         finally:
             model.lanes_ready.set()
+
+    def _lanes_fit(self, model: LoadedModel, sessions: int) -> bool:
+        """Whether `sessions` more sessions of the model fit in the memory available (their weights
+        within LANE_MEMORY_SHARE of it). With --inference-workers auto they are not built when they
+        do not, so a big model in a memory-limited pod is not killed for lanes it could do without;
+        a number of workers asked for explicitly is built regardless, with a warning."""
+        graph = model.path / model.manifest.onnx_file
+        weights = sum(f.stat().st_size for f in (graph, graph.with_name(graph.name + "_data")) if f.is_file())
+        need, free = int(sessions * weights * LANE_WEIGHT_FACTOR), memory_available()
+        if free is None or need <= free * LANE_MEMORY_SHARE:
+            return True
+        mb = 1 << 20
+        if self.settings.inference_workers:
+            log.warning("model %s: its %d lane session(s) need ~%d MB, more than half of the %d MB available; "
+                        "building them as --inference-workers %d asks", model.name, sessions, need // mb,
+                        free // mb, self.settings.inference_workers)
+            return True
+        log.warning("model %s: no lanes: their %d session(s) would need ~%d MB, more than half of the %d MB "
+                    "available; it serves on its main session only (--inference-workers 2 builds them anyway)",
+                    model.name, sessions, need // mb, free // mb)
+        return False
 
     def _pooled(self, engine: Engine) -> Engine:
         mb = self.settings.buffer_pool_mb

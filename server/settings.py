@@ -105,7 +105,9 @@ class Settings:
                                      "has the model to itself runs on the main session with all of them. With "
                                      "lanes, BULK batches run on as many workers again at a lower OS priority, "
                                      "so REALTIME ones start at once beside them. Each session holds its own "
-                                     "copy of the weights (1 = one session only)"}
+                                     "copy of the weights (1 = one session only); auto builds no lanes when "
+                                     "those copies would take more than half of the memory available (a "
+                                     "container's limit included)"}
     )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -674,5 +675,74 @@ def test_an_inline_call_runs_on_the_first_pinned_core_beside_the_pinned_pool(tin
             with pytest.raises(RuntimeError):
                 opts.get_session_config_entry("session.intra_op_thread_affinities")
             assert seen == [before]
+    finally:
+        model.scheduler.stop()
+
+
+def _cgroup(tmp_path: Path, proc_lines: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_lines)
+    return root, proc
+
+
+def test_cgroup_memory_available_is_the_limit_less_what_cannot_be_reclaimed(tmp_path):
+    from ember.registry import _cgroup_memory_available
+
+    gib = 1 << 30
+    # cgroup v2, the process's own cgroup under the root
+    root, proc = _cgroup(tmp_path / "v2", "0::/kubepods/pod1\n", {
+        "kubepods/pod1/memory.max": f"{4 * gib}\n", "kubepods/pod1/memory.current": f"{gib}\n",
+        "kubepods/pod1/memory.stat": f"anon {gib // 2}\nfile {gib // 2}\ninactive_file {gib // 4}\n"})
+    assert _cgroup_memory_available(root, proc) == 4 * gib - (gib - gib // 4)
+    # v2 with no limit
+    root, proc = _cgroup(tmp_path / "v2max", "0::/\n", {"memory.max": "max\n", "memory.current": "1\n",
+                                                        "memory.stat": "inactive_file 0\n"})
+    assert _cgroup_memory_available(root, proc) is None
+    # cgroup v1 (a hybrid host: the v2 line names no memory controller)
+    root, proc = _cgroup(tmp_path / "v1", "4:memory:/docker/abc\n0::/\n", {
+        "memory/docker/abc/memory.limit_in_bytes": f"{2 * gib}\n",
+        "memory/docker/abc/memory.usage_in_bytes": f"{3 * gib // 2}\n",
+        "memory/docker/abc/memory.stat": f"inactive_file 1\ntotal_inactive_file {gib // 2}\n"})
+    assert _cgroup_memory_available(root, proc) == gib
+    # v1 with no limit: the kernel's "unlimited" is a number near 2**63
+    root, proc = _cgroup(tmp_path / "v1max", "4:memory:/\n0::/\n", {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": "5\n",
+        "memory/memory.stat": "total_inactive_file 0\n"})
+    assert _cgroup_memory_available(root, proc) is None
+
+
+@pytest.mark.parametrize("workers,available_mb,built", [
+    (0, 100_000, True),  # auto, plenty of memory: the lanes are built
+    (0, 1, False),  # auto, a tight container: none, the model serves on its main session
+    (2, 1, True),  # asked for explicitly: built regardless (with a warning)
+])
+def test_lanes_are_built_only_where_their_weights_fit_unless_asked_for(tiny_models_dir, monkeypatch, caplog,
+                                                                       workers, available_mb, built):
+    from ember import registry as reg_module
+    from ember.registry import Registry
+    from ember.settings import Settings
+
+    monkeypatch.setattr(reg_module, "memory_available", lambda: available_mb << 20)
+    reg = Registry(Settings(intra_op_threads=2, inference_workers=workers, inline_max_tokens=0, metrics=False))
+    model = reg.load(tiny_models_dir / "tiny-embed", register=False)
+    assert model.lane_plan == (2, 1)  # two workers on one shared one-thread session, when built
+    try:
+        reg.warm_up(model)
+        assert model.lanes_ready.wait(60)
+        assert len(model.scheduler.lanes) == (2 if built else 0)
+        assert ("no lanes" in caplog.text) == (not built)
+
+        async def serve_two_at_once():  # with or without lanes, queued requests are answered
+            toks = model.tokenizer.encode(["a first text", "and a second, longer one"], truncate=True,
+                                          direction="right")
+            jobs = [model.scheduler.submit([t], priority=REALTIME, deadline=None) for t in toks]
+            return [await j.future for j in jobs]
+
+        rows = asyncio.run(serve_two_at_once())
+        assert [r.shape for r in rows] == [(1, model.manifest.dimensions)] * 2
     finally:
         model.scheduler.stop()
