@@ -60,6 +60,12 @@ def memory_available() -> int | None:
     return min(found) if found else None
 
 
+def weights_bytes(path: Path, manifest: Manifest) -> int:
+    """Bytes of a model's graph and its external weights (what each ONNX Runtime session loads)."""
+    graph = path / manifest.onnx_file
+    return sum(f.stat().st_size for f in (graph, graph.with_name(graph.name + "_data")) if f.is_file())
+
+
 def _cgroup_memory_available(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
     """limit − (usage − inactive file pages) of this process's memory cgroup (v2, else v1); None
     when it has no limit."""
@@ -190,6 +196,10 @@ class Registry:
             manifest = self._apply(read_manifest(path), mc)
             if manifest.name != name:
                 manifest = dataclasses.replace(manifest, name=name)
+            weights, free = weights_bytes(path, manifest), memory_available()
+            if free is not None and weights > free:  # ORT would take the whole server down with it
+                raise ModelLoadError(f"its weights take {weights / 2**20:.1f} MB and only {free / 2**20:.1f} MB of "
+                                     "memory is available (a container's limit included)")
             engine = self._engine(path, manifest, mc.providers or self.settings.providers,
                                   mc.max_batch_tokens or self.settings.max_batch_tokens)
             tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
@@ -305,9 +315,8 @@ class Registry:
         within LANE_MEMORY_SHARE of it). With --inference-workers auto they are not built when they
         do not, so a big model in a memory-limited pod is not killed for lanes it could do without;
         a number of workers asked for explicitly is built regardless, with a warning."""
-        graph = model.path / model.manifest.onnx_file
-        weights = sum(f.stat().st_size for f in (graph, graph.with_name(graph.name + "_data")) if f.is_file())
-        need, free = int(sessions * weights * LANE_WEIGHT_FACTOR), memory_available()
+        need = int(sessions * weights_bytes(model.path, model.manifest) * LANE_WEIGHT_FACTOR)
+        free = memory_available()
         if free is None or need <= free * LANE_MEMORY_SHARE:
             return True
         mb = 1 << 20

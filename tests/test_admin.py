@@ -145,6 +145,28 @@ def test_load_reload_unload_under_load_fail_nothing_in_flight(live_dir):
           "zero failures")
 
 
+def test_a_model_too_big_for_the_memory_left_is_refused_and_the_rest_keeps_serving(live_dir, monkeypatch):
+    """Loading it would get the whole process OOM-killed: it is refused with the sizes instead."""
+    from ember import registry
+
+    d, spare, _ = live_dir
+    shutil.copytree(spare, d / "big")
+    s = start_server(models_dir=str(d), models=("tiny-embed",), admin_api_keys=("admin-key",))
+    try:
+        monkeypatch.setattr(registry, "memory_available", lambda: 1024)  # less than the tiny graph
+        with pytest.raises(grpc.RpcError) as e:
+            admin(s).LoadModel(pb.ModelRequest(name="big"), metadata=ADMIN)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'big'" in e.value.details() and "memory is available" in e.value.details(), e.value.details()
+        embedder = pb_grpc.EmbedderStub(s.channel)
+        assert len(embedder.Embed(pb.EmbedRequest(inputs=["still served"], model="tiny-embed")).embeddings) == 1
+        monkeypatch.setattr(registry, "memory_available", lambda: 1 << 40)
+        assert admin(s).LoadModel(pb.ModelRequest(name="big"), metadata=ADMIN).model.ready
+        assert len(embedder.Embed(pb.EmbedRequest(inputs=["now loaded"], model="big")).embeddings) == 1
+    finally:
+        s.stop()
+
+
 @pytest.mark.parametrize("name", ["../tiny-embed", "a/b", "", ".hidden", "x" * 200])
 def test_model_names_cannot_escape_the_models_directory(live_dir, name):
     d, _, _ = live_dir
