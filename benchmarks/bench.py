@@ -209,21 +209,29 @@ class EmberProcess:
         self.proc.wait(30)
 
 
-class FloorProcess:
-    """`floor_server.py`: the least a Python gRPC server adds to raw ORT's single-text work."""
+class ServerProcess:
+    """A benchmark server on 127.0.0.1:port that prints "ready" once it listens; stop() ends it."""
 
-    def __init__(self, model_dir: Path, port: int, extra: tuple[str, ...] = (), env: dict[str, str] | None = None):
-        """extra: floor_server.py options; env: variables set for it on top of this process's."""
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"),
-                                      str(model_dir), str(port), *extra], stdout=subprocess.PIPE, text=True,
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None):
+        """env: variables set for it on top of this process's."""
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, **env} if env else None)
         if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("floor_server.py did not start")
+            raise RuntimeError(f"{name} did not start")
         self.address = f"127.0.0.1:{port}"
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+class FloorProcess(ServerProcess):
+    """`floor_server.py`: the least a Python gRPC server adds to raw ORT's single-text work."""
+
+    def __init__(self, model_dir: Path, port: int, extra: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        """extra: floor_server.py options."""
+        super().__init__("floor_server.py", [sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"),
+                                             str(model_dir), str(port), *extra], port, env)
 
 
 def _req(texts, priority=pb.PRIORITY_REALTIME, rid=""):

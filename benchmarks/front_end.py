@@ -18,28 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 
 import numpy as np
 
-from bench import GO_LATENCY, OUT, PACED_TEXTS, FloorProcess, GoClient, export_models, interleaved
+from bench import (GO_LATENCY, OUT, PACED_TEXTS, FloorProcess, GoClient, ServerProcess, export_models,
+                   interleaved)
 from corpus import load_texts
 
 GO_FLOOR = GO_LATENCY.with_name("ember-floor")
 
 
-class GoFloor:
+class GoFloor(ServerProcess):
     """`ember-floor`: a grpc-go Embed server with a busy wait and a fixed answer."""
 
     def __init__(self, port: int, pause_ms: float):
-        self.proc = subprocess.Popen([str(GO_FLOOR), str(port), str(pause_ms)], stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("ember-floor did not start")
-        self.address = f"127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        super().__init__("ember-floor", [str(GO_FLOOR), str(port), str(pause_ms)], port)
 
 
 def main() -> int:
