@@ -49,19 +49,22 @@ def main() -> int:
     pauses = [float(p) for p in args.pauses.split(",")]
     texts = load_texts()[-args.texts:]  # bench.py's single-text texts
     model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
+    kinds = {  # server → how to start one on (port, pause in ms)
+        "Python grpc.aio (floor_server.py --fixed)":
+            lambda port, ms: FloorProcess(model_dir, port, ("--fixed", "--pause-ms", str(ms))),
+        "Go grpc-go (ember-floor)": GoFloor,
+    }
     servers, clients, arms = [], [], []
-    pause_of: dict[str, float] = {}
+    arm_of: dict[str, tuple[str, float]] = {}  # arm → (server, pause in ms)
     try:
         port = args.port
         for k in range(args.processes):
             for ms in pauses:
-                for name, start in (("Python grpc.aio (floor_server.py --fixed)",
-                                     lambda p, ms=ms: FloorProcess(model_dir, p, ("--fixed", "--pause-ms", str(ms)))),
-                                    ("Go grpc-go (ember-floor)", lambda p, ms=ms: GoFloor(p, ms))):
-                    servers.append(start(port))
+                for name, start in kinds.items():
+                    servers.append(start(port, ms))
                     clients.append(GoClient(servers[-1].address))
                     arm = f"{name}, pause {ms:g} ms"
-                    pause_of[arm] = ms
+                    arm_of[arm] = (name, ms)
                     arms.append((f"{arm}#{k}", clients[-1].embed, True))
                     port += 1
         for text in texts[:10]:  # warm up
@@ -84,8 +87,8 @@ def main() -> int:
         print("| server | pause | total | total − pause |\n|---|---|---|---|")
         for arm, v in pooled.items():
             p50 = float(np.median(v)) * 1e3
-            name, pause = arm.rsplit(", pause ", 1)
-            print(f"| {name} | {pause} | {p50:.0f} | {p50 - pause_of[arm] * 1e3:.0f} |")
+            name, ms = arm_of[arm]
+            print(f"| {name} | {ms:g} ms | {p50:.0f} | {p50 - ms * 1e3:.0f} |")
     out = OUT / "front_end.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"samples: {out}")
