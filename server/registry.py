@@ -53,10 +53,11 @@ def memory_available() -> int | None:
     except (OSError, ValueError):
         pass
     try:
-        found.append(_cgroup_memory_available())
+        cgroup = _cgroup_memory_available()
     except (OSError, ValueError):
-        pass
-    found = [f for f in found if f is not None]
+        cgroup = None
+    if cgroup is not None:
+        found.append(cgroup)
     return min(found) if found else None
 
 
