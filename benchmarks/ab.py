@@ -6,7 +6,8 @@
 
 Each argument is one set of `ember serve` options (the empty string: the defaults); one that
 starts with `@REV` runs the server code of git revision REV (exported and built once under
-out/revs/). Every set gets its own server, all started first; each round then measures raw ONNX
+out/revs/), and NAME=VALUE words before the options are set in that server's environment
+(`"EMBER_X=1 --no-metrics"`). Every set gets its own server, all started first; each round then measures raw ONNX
 Runtime (ideal batches) and every server on the same texts, one after another (in reverse order
 every other round), so the machine's drift falls on all alike. With --realtime, each server is
 also timed on single REALTIME texts idle and under a saturating BULK stream, as bench.py does.
@@ -18,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +26,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench import (MODEL, OUT, EmberProcess, RawOrt, RawOrtLanes, _req, export_models, realtime_under_bulk,
-                   single_latencies, stream_load, throughput, unary_load)
+from bench import (MODEL, OUT, EmberProcess, RawOrt, RawOrtLanes, _req, export_models, leading_assignments,
+                   realtime_under_bulk, single_latencies, stream_load, throughput, unary_load)
 from corpus import load_texts
 from ember.v1 import ember_pb2_grpc as pb_grpc
 
@@ -51,10 +51,20 @@ def revision_env(rev: str) -> dict:
     return {**os.environ, "PYTHONPATH": str(d / "import")}
 
 
+def parse_arm(config: str) -> tuple[str, list[str], dict[str, str]]:
+    """An arm, `[@REV] [NAME=VALUE ...] [ember serve options]`: its git revision ("" for the working
+    tree), its `ember serve` options and the environment variables set for it."""
+    rev = ""
+    if config.lstrip().startswith("@"):
+        rev, _, config = config.lstrip()[1:].partition(" ")
+    args, assigned = leading_assignments(config)
+    return rev, args, assigned
+
+
 def start(config: str, models_dir: Path, port: int) -> EmberProcess:
-    args = shlex.split(config)
-    env = revision_env(args.pop(0)[1:]) if args and args[0].startswith("@") else None
-    return EmberProcess(models_dir, port, args, env)
+    rev, args, assigned = parse_arm(config)
+    env = revision_env(rev) if rev else dict(os.environ)
+    return EmberProcess(models_dir, port, args, {**env, **assigned})
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -183,6 +184,19 @@ def throughput(fn, texts) -> float:
 
 
 # ---- ember ----------------------------------------------------------------------------------
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def leading_assignments(spec: str) -> tuple[list[str], dict[str, str]]:
+    """A benchmark arm's command-line words, and the NAME=VALUE words before them as its
+    environment, as a shell reads them."""
+    words = shlex.split(spec)
+    n = 0
+    while n < len(words) and _ASSIGNMENT.match(words[n]):
+        n += 1
+    return words[n:], dict(w.split("=", 1) for w in words[:n])
+
+
 class EmberProcess:
     def __init__(self, models_dir: Path, port: int, extra: list[str], env: dict | None = None):
         t0 = time.perf_counter()

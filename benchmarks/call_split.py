@@ -27,29 +27,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
 
 from bench import (GO_LATENCY, OUT, PACED_TEXTS, FloorProcess, GoClient, RawProcess, export_models,
-                   interleaved, one_line)
+                   interleaved, leading_assignments, one_line)
 from corpus import load_texts
 
 RAW = "raw ORT in its own process"
 ARMS = {"floor_server.py": ((), {}), "floor_server.py --fixed (no run)": (("--fixed",), {})}
-_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def floor_arm(spec: str) -> tuple[tuple[str, ...], dict[str, str]]:
     """An --also value: its floor_server.py options, and the NAME=VALUE words before them as the
     arm's environment."""
-    words = shlex.split(spec)
-    n = 0
-    while n < len(words) and _ASSIGNMENT.match(words[n]):
-        n += 1
-    return tuple(words[n:]), dict(w.split("=", 1) for w in words[:n])
+    words, env = leading_assignments(spec)
+    return tuple(words), env
 
 
 class WallClient(GoClient):

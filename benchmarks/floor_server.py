@@ -71,9 +71,15 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         return response
 
 
+def grpc_option(entry: str) -> tuple[str, int | str]:
+    """A --grpc-arg KEY=VALUE as a grpc server option: VALUE an int where it reads as one."""
+    key, _, value = entry.partition("=")
+    return key, int(value) if value.lstrip("-").isdigit() else value
+
+
 async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...],
-                pause_s: float) -> None:
-    server = grpc.aio.server()
+                pause_s: float, grpc_args: tuple[str, ...] = ()) -> None:
+    server = grpc.aio.server(options=[grpc_option(e) for e in grpc_args])
     embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None, pause_s)
     if record is not None:
         def write_and_exit() -> None:
@@ -97,5 +103,8 @@ if __name__ == "__main__":
     ap.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
                     help="an ONNX Runtime session config entry (repeatable)")
     ap.add_argument("--pause-ms", type=float, default=0.0, help="busy-wait this long in the handler before the run")
+    ap.add_argument("--grpc-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a gRPC core channel argument for the server, e.g. grpc.http2.bdp_probe=0 (repeatable)")
     a = ap.parse_args()
-    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3))
+    asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3,
+                      tuple(a.grpc_arg)))

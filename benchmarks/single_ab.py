@@ -4,6 +4,7 @@
     python benchmarks/single_ab.py -- "" "--no-metrics"      # two option sets (after `--`, so that
                                                              # a one-word set is not read as an option)
     python benchmarks/single_ab.py --processes 3 "@067f43e" ""  # an earlier commit's server (see ab.py)
+    python benchmarks/single_ab.py -- "" "GRPC_EXPERIMENTS=-x --no-metrics"  # with environment variables
 
 On this 2-core VM one process's ORT speed differs from another's by a few tenths of a ms for as
 long as it lives, and raw ORT in bench.py's own process runs slower than in a process of its own,

@@ -6,7 +6,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import ab  # noqa: E402
 import call_split  # noqa: E402
+import floor_server  # noqa: E402
 
 
 def test_floor_arm_reads_leading_assignments_as_the_environment_like_a_shell():
@@ -18,3 +20,19 @@ def test_floor_arm_reads_leading_assignments_as_the_environment_like_a_shell():
     assert call_split.floor_arm("A=1") == ((), {"A": "1"})
     assert call_split.floor_arm("") == ((), {})
     assert call_split.floor_arm("1A=x --fixed") == (("1A=x", "--fixed"), {})  # not a variable name
+
+
+def test_ab_arm_reads_revision_then_environment_then_serve_options():
+    assert ab.parse_arm("@c5dee02 EMBER_X=1 Y='a b' --no-metrics --pin-threads off") == (
+        "c5dee02", ["--no-metrics", "--pin-threads", "off"], {"EMBER_X": "1", "Y": "a b"})
+    assert ab.parse_arm("GRPC_TRACE=http --no-metrics") == ("", ["--no-metrics"], {"GRPC_TRACE": "http"})
+    assert ab.parse_arm("@HEAD~1") == ("HEAD~1", [], {})
+    assert ab.parse_arm("") == ("", [], {})
+    assert ab.parse_arm("--ort-config a=b") == ("", ["--ort-config", "a=b"], {})
+
+
+def test_floor_grpc_args_are_ints_where_they_read_as_ints():
+    assert floor_server.grpc_option("grpc.http2.bdp_probe=0") == ("grpc.http2.bdp_probe", 0)
+    assert floor_server.grpc_option("grpc.http2.min_ping_interval_without_data_ms=-1") == (
+        "grpc.http2.min_ping_interval_without_data_ms", -1)
+    assert floor_server.grpc_option("grpc.primary_user_agent=x=1") == ("grpc.primary_user_agent", "x=1")
