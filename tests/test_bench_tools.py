@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import ab  # noqa: E402
 import call_split  # noqa: E402
 import floor_server  # noqa: E402
+import soak  # noqa: E402
 
 
 def test_floor_arm_reads_leading_assignments_as_the_environment_like_a_shell():
@@ -36,3 +37,9 @@ def test_floor_grpc_args_are_ints_where_they_read_as_ints():
     assert floor_server.grpc_option("grpc.http2.min_ping_interval_without_data_ms=-1") == (
         "grpc.http2.min_ping_interval_without_data_ms", -1)
     assert floor_server.grpc_option("grpc.primary_user_agent=x=1") == ("grpc.primary_user_agent", "x=1")
+
+
+def test_soak_counts_a_bad_request_answered_ok_as_unexpected():
+    counts = {"bad:OK": 1, "bad:INVALID_ARGUMENT": 5, "bad:NOT_FOUND": 2, "embed:OK": 9, "embed:INTERNAL": 1,
+              "stream:RESOURCE_EXHAUSTED": 3, "cancel:CANCELLED": 4, "deadline:OK": 1, "garbage:INVALID_ARGUMENT": 2}
+    assert soak.unexpected_answers(counts) == {"bad:OK": 1, "embed:INTERNAL": 1, "deadline:OK": 1}
