@@ -54,17 +54,16 @@ def revision_env(rev: str) -> dict:
 def parse_arm(config: str) -> tuple[str, list[str], dict[str, str]]:
     """An arm, `[@REV] [NAME=VALUE ...] [ember serve options]`: its git revision ("" for the working
     tree), its `ember serve` options and the environment variables set for it."""
-    rev = ""
-    if config.lstrip().startswith("@"):
-        rev, _, config = config.lstrip()[1:].partition(" ")
+    rev, config = "", config.lstrip()
+    if config.startswith("@"):
+        rev, _, config = config[1:].partition(" ")
     args, assigned = leading_assignments(config)
     return rev, args, assigned
 
 
 def start(config: str, models_dir: Path, port: int) -> EmberProcess:
     rev, args, assigned = parse_arm(config)
-    env = revision_env(rev) if rev else dict(os.environ)
-    return EmberProcess(models_dir, port, args, {**env, **assigned})
+    return EmberProcess(models_dir, port, args, {**(revision_env(rev) if rev else {}), **assigned})
 
 
 def main() -> int:

@@ -198,11 +198,12 @@ def leading_assignments(spec: str) -> tuple[list[str], dict[str, str]]:
 
 
 class EmberProcess:
-    def __init__(self, models_dir: Path, port: int, extra: list[str], env: dict | None = None):
+    def __init__(self, models_dir: Path, port: int, extra: list[str], env: dict[str, str] | None = None):
+        """env: variables set for it on top of this process's, as for ServerProcess."""
         t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port",
                                       str(port), "--models-dir", str(models_dir), "--log-level", "warning",
-                                      "--metrics-port", "0", *extra], env=env)
+                                      "--metrics-port", "0", *extra], env={**os.environ, **env} if env else None)
         self.address = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(self.address)
         stub = health_pb2_grpc.HealthStub(channel)

@@ -43,8 +43,12 @@ EXPECTED = {"embed": {C.OK}, "bulk": {C.OK}, "rerank": {C.OK}, "stream": {C.OK},
 
 def unexpected_answers(counts: dict[str, int]) -> dict[str, int]:
     """The "kind:CODE" counts whose code that kind of call should never get."""
-    return {k: v for k, v in counts.items()
-            if (code := C[k.split(":")[1]]) != C.RESOURCE_EXHAUSTED and code not in EXPECTED[k.split(":")[0]]}
+    unexpected = {}
+    for key, n in counts.items():
+        kind, _, name = key.partition(":")
+        if C[name] != C.RESOURCE_EXHAUSTED and C[name] not in EXPECTED[kind]:
+            unexpected[key] = n
+    return unexpected
 
 
 def proc_stats(pid: int) -> dict:
