@@ -55,6 +55,28 @@ def pin_session(opts, mode: str, what: str) -> int | None:
     return cores[0]
 
 
+_arena_lock = threading.Lock()
+_arena_shared: bool | None = None  # None: not tried yet
+
+
+def shared_cpu_arena() -> bool:
+    """Register one CPU arena with ONNX Runtime's environment, once per process, for the sessions
+    that ask for it (`session.use_env_allocators`); False where this build refuses it (then each
+    session keeps its own, as by default)."""
+    global _arena_shared
+    with _arena_lock:
+        if _arena_shared is None:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena
+                _arena_shared = True
+            except Exception as e:  # noqa: BLE001 - an old or unusual build: sessions keep their own arenas
+                log.warning("a shared CPU memory arena is not available (%s: %s); each session has its own",
+                            type(e).__name__, e)
+                _arena_shared = False
+        return _arena_shared
+
+
 def length_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
     """Upper edges of the sequence-length buckets: powers of two from `smallest`, then max_tokens."""
     edges, t = [], smallest
@@ -115,7 +137,8 @@ class Engine:
 
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
                  spinning: bool = False, provider_options: dict[str, dict[str, str]] | None = None,
-                 run_timeout_s: float = 0.0, spin_after_run: bool = True, pin: str = "off"):
+                 run_timeout_s: float = 0.0, spin_after_run: bool = True, pin: str = "off",
+                 shared_arena: bool = False):
         self.manifest = manifest
         self.creation_error = ""
         self.run_timeout_s = run_timeout_s
@@ -137,6 +160,10 @@ class Engine:
             # Spin while a run is in progress (its parallel sections follow each other within
             # microseconds), not for tens of ms after it, when nothing is left to spin for.
             opts.add_session_config_entry("session.force_spinning_stop", "1")
+        # Whether the session's CPU memory comes from the process's one arena (shared_cpu_arena).
+        self.shared_arena = shared_arena and shared_cpu_arena()
+        if self.shared_arena:
+            opts.add_session_config_entry("session.use_env_allocators", "1")
         # The core the calling thread is pinned to for a run (ModelScheduler.run_inline), or None.
         self.caller_core = pin_session(opts, pin, f"model {manifest.name}")
         graph = str(model_dir / manifest.onnx_file)

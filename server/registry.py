@@ -7,6 +7,7 @@ message and the others still load.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -33,11 +34,18 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 log = logging.getLogger(__name__)
 
 WARMUP_LENGTHS = (8, 32, 128)
-# With --inference-workers auto, a CPU model's lanes are built only if their sessions' copies of
-# the weights (LANE_WEIGHT_FACTOR × the graph's bytes each: ORT keeps prepacked copies beside
-# them) take at most this share of the memory still available: the rest is for batches.
-LANE_MEMORY_SHARE = 0.5
-LANE_WEIGHT_FACTOR = 1.25
+# A CPU model plans its memory within this share of what is available when it loads (the rest is
+# for Python, gRPC, tokenization and whatever else the process holds): its sessions' weights
+# (WEIGHT_FACTOR × the graph's bytes each: ORT keeps prepacked copies beside them) and the working
+# memory of its batches. An ONNX Runtime arena keeps what its runs needed: after batches of one
+# shape, runs + 1 batches' worth for `runs` runs that may be in progress at once (arena_bytes). A
+# batch's working memory per padded token, for rows of `length` tokens, is 4 bytes × (ACT_HIDDEN ×
+# hidden + ACT_ATTENTION × heads × length): fitted, rounded up, to what one batch of MiniLM,
+# BERT-base and XLM-R-large shapes added to a fresh session (benchmarks/memory.py; numbers in
+# benchmarks/RESULTS.md).
+MEMORY_SHARE = 0.8
+WEIGHT_FACTOR = 1.25
+ACT_HIDDEN, ACT_ATTENTION = 13, 2.25
 _UNLIMITED = 1 << 60  # a cgroup v1 "no limit" is a number near 2**63
 
 
@@ -65,6 +73,60 @@ def weights_bytes(path: Path, manifest: Manifest) -> int:
     """Bytes of a model's graph and its external weights (what each ONNX Runtime session loads)."""
     graph = path / manifest.onnx_file
     return sum(f.stat().st_size for f in (graph, graph.with_name(graph.name + "_data")) if f.is_file())
+
+
+def token_bytes(path: Path, manifest: Manifest, length: int = 0) -> int:
+    """Working memory of a CPU batch per padded token, its rows `length` tokens long (default: the
+    model's max_tokens, the most a token can cost: attention grows with the row's length). Hidden
+    size and heads from the model's config.json; where it has none, the embedding size and one
+    head per 64 of it."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    hidden = int(cfg.get("hidden_size") or manifest.dimensions)
+    heads = int(cfg.get("num_attention_heads") or max(1, hidden // 64))
+    return int(4 * (ACT_HIDDEN * hidden + ACT_ATTENTION * heads * (length or manifest.max_tokens)))
+
+
+def batch_bytes(path: Path, manifest: Manifest, budget: int) -> int:
+    """Working memory of the largest CPU batch a budget of `budget` padded tokens lets through (a
+    text longer than the budget runs alone, so at least one row of max_tokens)."""
+    return max(budget, manifest.max_tokens) * token_bytes(path, manifest)
+
+
+def arena_bytes(runs: int, batch: int) -> int:
+    """What an arena keeps for `runs` runs at once of batches of `batch` bytes of working memory."""
+    return (runs + 1) * batch
+
+
+def fit_budget(path: Path, manifest: Manifest, weights: int, free: int, budget: int) -> int:
+    """The batch budget for a CPU model: `budget`, lowered (to a multiple of max_tokens, at least
+    one row of them) where what the main session's arena keeps for its batches would not fit beside
+    its weights in MEMORY_SHARE of the `free` bytes, so that a burst of long texts cannot get the
+    server OOM-killed."""
+    per, row = token_bytes(path, manifest), manifest.max_tokens
+    room = MEMORY_SHARE * free - WEIGHT_FACTOR * weights
+    if arena_bytes(1, batch_bytes(path, manifest, budget)) <= room:
+        return budget
+    fit = max(0, int(room // arena_bytes(1, per))) // row * row
+    mb = 1 << 20
+    if fit < row:
+        log.warning("model %s: even texts of %d tokens one at a time need ~%d MB of working memory, more than the "
+                    "~%d MB left beside its weights: long texts may exhaust the memory (lower its max_tokens, or "
+                    "give the server more memory)", manifest.name, row, arena_bytes(1, row * per) // mb,
+                    max(0, int(room)) // mb)
+        return min(budget, row)
+    log.warning("model %s: max_batch_tokens lowered from %d to %d: batches of %d tokens need ~%d MB of working "
+                "memory and ~%d MB is left beside its weights (of %d MB available)", manifest.name, budget, fit,
+                budget, arena_bytes(1, batch_bytes(path, manifest, budget)) // mb, int(room) // mb, free // mb)
+    return fit
+
+
+def _cpu_only(engine) -> bool:
+    """A plain CPU engine (no accelerator, no fallback pair): its batches run in host memory."""
+    return isinstance(engine, Engine) and engine.providers == ["cpu"]
 
 
 def _cgroup_memory_available(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
@@ -214,8 +276,14 @@ class Registry:
             return None
         s = self.settings
         plan = self._lane_plan(engine)
+        budget = mc.max_batch_tokens or s.max_batch_tokens
+        if free is not None and _cpu_only(engine):  # an accelerator's batches are in its own memory
+            budget = fit_budget(path, manifest, weights, free, budget)
+            log.info("model %s: memory planned: ~%d MB for a session's weights, ~%d MB of working memory for "
+                     "batches of %d tokens (of %d MB available)", name, int(weights * WEIGHT_FACTOR) >> 20,
+                     arena_bytes(1, batch_bytes(path, manifest, budget)) >> 20, budget, free >> 20)
         scheduler = ModelScheduler(
-            engine, max_batch_tokens=mc.max_batch_tokens or s.max_batch_tokens, max_batch_size=s.max_batch_size,
+            engine, max_batch_tokens=budget, max_batch_size=s.max_batch_size,
             max_queue_items=s.max_queue_items, pad_left=manifest.padding_side == "left",
             pad_id=manifest.pad_token_id, bulk_max_batch_tokens=s.bulk_max_batch_tokens,
             batch_overhead_tokens=s.batch_overhead_tokens, max_wait_us=s.max_wait_us,
@@ -253,7 +321,7 @@ class Registry:
         intra-op threads, default --intra-op-threads), so that every session of a model gets them."""
         s = self.settings
         return Engine(path, manifest, providers, s.intra_op_threads if threads is None else threads, s.ort_spinning,
-                      spin_after_run=s.ort_spin_after_run, **options)
+                      spin_after_run=s.ort_spin_after_run, shared_arena=s.shared_cpu_arena, **options)
 
     def _engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...], max_batch_tokens: int):
         """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker.
@@ -283,7 +351,7 @@ class Registry:
         s = self.settings
         threads = s.intra_op_threads or (os.cpu_count() or 1)
         workers = s.inference_workers or (2 if threads >= 2 else 1)
-        if workers < 2 or not isinstance(engine, Engine) or engine.providers != ["cpu"]:
+        if workers < 2 or not _cpu_only(engine):
             return 0, 0
         return workers, max(1, threads // workers)
 
@@ -295,7 +363,7 @@ class Registry:
         try:
             # A one-thread run needs no thread pool: then all workers can share one session.
             count = 1 if per == 1 else workers
-            if not self._lanes_fit(model, count):
+            if not self._lanes_fit(model, count, workers, per):
                 return
             sessions = [self._new_engine(model.path, model.manifest, ("cpu",), per) for _ in range(count)]
             for lane in sessions:
@@ -311,24 +379,36 @@ class Registry:
         finally:
             model.lanes_ready.set()
 
-    def _lanes_fit(self, model: LoadedModel, sessions: int) -> bool:
-        """Whether `sessions` more sessions of the model fit in the memory available (their weights
-        within LANE_MEMORY_SHARE of it). With --inference-workers auto they are not built when they
-        do not, so a big model in a memory-limited pod is not killed for lanes it could do without;
-        a number of workers asked for explicitly is built regardless, with a warning."""
-        need = int(sessions * weights_bytes(model.path, model.manifest) * LANE_WEIGHT_FACTOR)
-        free = memory_available()
-        if free is None or need <= free * LANE_MEMORY_SHARE:
+    def _lanes_fit(self, model: LoadedModel, sessions: int, workers: int, per: int) -> bool:
+        """Whether `sessions` more sessions of the model and what the arenas keep for its workers'
+        batches fit in MEMORY_SHARE of the memory available. Warm-up's small batches have not grown
+        the main session's yet, so it is counted too: with one shared arena, the lanes' `workers`
+        runs at once (the main session runs only when they do not); with an arena per session, the
+        main session's one run and the lanes' runs (every worker on one shared one-thread session,
+        else one each). With --inference-workers auto the lanes are not built when they do not
+        fit, so a big model in a memory-limited pod is not killed for lanes it could do without; a
+        number of workers asked for explicitly is built regardless, with a warning."""
+        weights = sessions * int(weights_bytes(model.path, model.manifest) * WEIGHT_FACTOR)
+        batch = batch_bytes(model.path, model.manifest, model.scheduler.max_batch_tokens)
+        if getattr(model.engine, "shared_arena", False):
+            batches = arena_bytes(workers, batch)
+        else:
+            lanes = arena_bytes(workers, batch) if per == 1 else workers * arena_bytes(1, batch)
+            batches = arena_bytes(1, batch) + lanes
+        need, free = weights + batches, memory_available()
+        if free is None or need <= free * MEMORY_SHARE:
             return True
         mb = 1 << 20
+        what = (f"their {sessions} session(s) (~{weights // mb} MB) and the working memory of {workers} batches of "
+                f"{model.scheduler.max_batch_tokens} tokens at once (~{batches // mb} MB)")
         if self.settings.inference_workers:
-            log.warning("model %s: its %d lane session(s) need ~%d MB, more than half of the %d MB available; "
-                        "building them as --inference-workers %d asks", model.name, sessions, need // mb,
-                        free // mb, self.settings.inference_workers)
+            log.warning("model %s: %s need more than %d%% of the %d MB available; building them as "
+                        "--inference-workers %d asks", model.name, what, MEMORY_SHARE * 100, free // mb,
+                        self.settings.inference_workers)
             return True
-        log.warning("model %s: no lanes: their %d session(s) would need ~%d MB, more than half of the %d MB "
-                    "available; it serves on its main session only (--inference-workers 2 builds them anyway)",
-                    model.name, sessions, need // mb, free // mb)
+        log.warning("model %s: no lanes: %s would need more than %d%% of the %d MB available; it serves on its "
+                    "main session only (--inference-workers 2 builds them anyway)", model.name, what,
+                    MEMORY_SHARE * 100, free // mb)
         return False
 
     def _pooled(self, engine: Engine) -> Engine:

@@ -106,8 +106,8 @@ class Settings:
                                      "lanes, BULK batches run on as many workers again at a lower OS priority, "
                                      "so REALTIME ones start at once beside them. Each session holds its own "
                                      "copy of the weights (1 = one session only); auto builds no lanes when "
-                                     "those copies would take more than half of the memory available (a "
-                                     "container's limit included)"}
+                                     "those copies and their batches' working memory would not fit in the "
+                                     "memory available (a container's limit included)"}
     )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(
@@ -134,6 +134,15 @@ class Settings:
                                         "them when a run ends: a quarter less CPU per call back to back and "
                                         "two thirds less for a call after an idle stretch (for CPU quotas), but "
                                         "that call is ~3 ms slower (benchmarks/RESULTS.md, eleventh session)"}
+    )
+    shared_cpu_arena: bool = field(
+        default=True, metadata={"help": "one ONNX Runtime CPU memory arena for every session of the process "
+                                        "(the lanes, the main session, every model) instead of one each. An "
+                                        "arena keeps, after a run, the working memory the run needed, several "
+                                        "times a small model's weights for a batch of long texts: shared, the "
+                                        "process keeps one set for the runs that can be in progress at once. "
+                                        "--no-shared-cpu-arena gives each session its own, freed when its model "
+                                        "is unloaded"}
     )
     pin_threads: str = field(
         default="auto", metadata={"help": "auto, on or off: pin a CPU model's main session, which runs a lone "
