@@ -33,19 +33,12 @@ import time
 from pathlib import Path
 
 import grpc
-from bench import OUT, cpu_description, export_models
+from bench import OUT, cpu_description, export_models, rss_mb
 
 from ember.v1 import ember_pb2 as pb
 from ember.v1 import ember_pb2_grpc as pb_grpc
 
 MB = 1 << 20
-
-
-def rss(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 # ---- arena ----------------------------------------------------------------------------------
@@ -69,13 +62,14 @@ def one_batch(path: Path, rows: int, length: int) -> dict:
     reg = Registry(Settings(models_dir=str(path.parent), metrics=False))
     model = reg.load(path, register=False)
     reg._warm(model, model.engine)
-    before = rss()
+    before = rss_mb(os.getpid())
     ids = np.full((rows, length), 5, dtype=np.int64)
     t0 = time.perf_counter()
     model.engine.infer(ids, np.ones_like(ids), np.zeros_like(ids) if model.engine.needs_type_ids else None)
     run_s = time.perf_counter() - t0
     at_length = dataclasses.replace(model.manifest, max_tokens=length)
-    return {"added": rss() - before, "estimate": batch_bytes(path, at_length, rows * length), "run_s": run_s}
+    added = int((rss_mb(os.getpid()) - before) * MB)
+    return {"added": added, "estimate": batch_bytes(path, at_length, rows * length), "run_s": run_s}
 
 
 def arena(args) -> int:
@@ -167,9 +161,9 @@ def burst(args) -> int:
 
         def step(what: str, error: str = "") -> None:
             alive = proc.poll() is None
-            result["steps"].append({"after": what, "rss_mb": rss(proc.pid) / MB if alive else None,
-                                    "alive": alive, "error": error})
-            state = f"{rss(proc.pid) / MB:.0f} MB" if alive else f"gone (exit {proc.returncode})"
+            mb = rss_mb(proc.pid) if alive else None
+            result["steps"].append({"after": what, "rss_mb": mb, "alive": alive, "error": error})
+            state = f"{mb:.0f} MB" if alive else f"gone (exit {proc.returncode})"
             print(f"| {what} | {state} | {error or 'answered'} |", flush=True)
 
         print(f"Machine: {cpu_description()}; server: {result['rev']} {args.serve_args}; memory limit "

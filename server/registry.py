@@ -108,7 +108,8 @@ def fit_budget(path: Path, manifest: Manifest, weights: int, free: int, budget: 
     server OOM-killed."""
     per, row = token_bytes(path, manifest), manifest.max_tokens
     room = MEMORY_SHARE * free - WEIGHT_FACTOR * weights
-    if arena_bytes(1, batch_bytes(path, manifest, budget)) <= room:
+    wanted = arena_bytes(1, max(budget, row) * per)  # batch_bytes(budget), config.json read once
+    if wanted <= room:
         return budget
     fit = max(0, int(room // arena_bytes(1, per))) // row * row
     mb = 1 << 20
@@ -120,7 +121,7 @@ def fit_budget(path: Path, manifest: Manifest, weights: int, free: int, budget: 
         return min(budget, row)
     log.warning("model %s: max_batch_tokens lowered from %d to %d: batches of %d tokens need ~%d MB of working "
                 "memory and ~%d MB is left beside its weights (of %d MB available)", manifest.name, budget, fit,
-                budget, arena_bytes(1, batch_bytes(path, manifest, budget)) // mb, int(room) // mb, free // mb)
+                budget, wanted // mb, int(room) // mb, free // mb)
     return fit
 
 
