@@ -1,6 +1,6 @@
 """The least a Python gRPC server can add to one text's embedding: the reference for ember's path.
 
-    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH] [--ort-config K=V] [--pause-ms MS]
+    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH] [--ort-config K=V] [--pause-ms MS] [--sync]
 
 Serves `ember.v1.Embedder/Embed` with nothing but what raw ONNX Runtime does in `bench.py`
 (tokenize, one session run with the same options, mean pooling, normalization), inline in a
@@ -15,7 +15,8 @@ response; with --record it notes the Unix ns at which each call's handler starts
 writes them as JSON lines to PATH when stopped (SIGTERM). --ort-config KEY=VALUE (repeatable) adds
 an ONNX Runtime session config entry, e.g. session.force_spinning_stop=1. --pause-ms MS busy-waits
 that long in the handler before the session run (or in its place, with --fixed): a pause that
-keeps the event-loop thread busy and touches next to no memory.
+keeps the event-loop thread busy and touches next to no memory. --sync serves the same handler on
+grpc's synchronous server (a thread pool) instead of grpc.aio.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import json
 import os
 import signal
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -55,6 +57,9 @@ class FloorEmbedder(pb_grpc.EmbedderServicer):
         self.pause_s = pause_s
 
     async def Embed(self, request, context):
+        return self.embed(request)
+
+    def embed(self, request):
         start = time.time_ns()
         ids = np.array([self.tok.encode(request.inputs[0]).ids], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
@@ -75,6 +80,34 @@ def grpc_option(entry: str) -> tuple[str, int | str]:
     """A --grpc-arg KEY=VALUE as a grpc server option: VALUE an int where it reads as one."""
     key, _, value = entry.partition("=")
     return key, int(value) if value.lstrip("-").isdigit() else value
+
+
+class SyncEmbedder(pb_grpc.EmbedderServicer):
+    def __init__(self, floor: FloorEmbedder):
+        self.floor = floor
+
+    def Embed(self, request, context):
+        return self.floor.embed(request)
+
+
+def serve_sync(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...],
+               pause_s: float, grpc_args: tuple[str, ...]) -> None:
+    """The same handler on grpc's synchronous server: the thread that polls the completion queue
+    hands each call to a pool thread. (Not inline on the polling thread: a unary handler waits
+    for its request message, which that thread delivers.)"""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[grpc_option(e) for e in grpc_args])
+    embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None, pause_s)
+    if record is not None:
+        def write_and_exit(*_) -> None:
+            record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, write_and_exit)
+    pb_grpc.add_EmbedderServicer_to_server(SyncEmbedder(embedder), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
 
 
 async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...],
@@ -105,6 +138,11 @@ if __name__ == "__main__":
     ap.add_argument("--pause-ms", type=float, default=0.0, help="busy-wait this long in the handler before the run")
     ap.add_argument("--grpc-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="a gRPC core channel argument for the server, e.g. grpc.http2.bdp_probe=0 (repeatable)")
+    ap.add_argument("--sync", action="store_true", help="grpc's synchronous server (a thread pool) instead of grpc.aio")
     a = ap.parse_args()
+    if a.sync:
+        serve_sync(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3,
+                   tuple(a.grpc_arg))
+        raise SystemExit(0)
     asyncio.run(serve(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3,
                       tuple(a.grpc_arg)))
