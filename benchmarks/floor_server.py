@@ -1,6 +1,7 @@
 """The least a Python gRPC server can add to one text's embedding: the reference for ember's path.
 
-    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH] [--ort-config K=V] [--pause-ms MS] [--sync]
+    python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH] [--ort-config K=V]
+                                      [--pause-ms MS] [--sync]
 
 Serves `ember.v1.Embedder/Embed` with nothing but what raw ONNX Runtime does in `bench.py`
 (tokenize, one session run with the same options, mean pooling, normalization), inline in a
