@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py arena [--models minilm,bert-base] [--shapes 32x512,64x256,128x128]
     sudo python benchmarks/memory.py burst [--limit-mb 2048] [--rev REV]
+    python benchmarks/memory.py sessions [--models minilm,minilm-int8,bert-base] [--sessions 3]
 
 arena: ONNX Runtime's CPU arena keeps, after a run, the working memory the run needed: for a
 batch of 16,384 tokens, several times a small model's weights. Each (model, B×T) runs in a fresh
@@ -17,6 +18,15 @@ lanes: one request that fills a batch budget with texts of max_tokens, then roun
 requests at once. Prints the server's RSS after each, the cgroup's peak, and whether the server
 was OOM-killed. --rev REV runs a git revision's server code instead of this tree's (see ab.py),
 --serve-args more `ember serve` options. Writes out/memory-burst.json (--out: elsewhere).
+
+sessions: what each ONNX Runtime session of a model holds, with its weights in the graph file
+(`inside`, as `ember export` wrote them before) and beside it (`beside`: `<graph>_data`, as it
+writes them now, which ORT maps from the file). Each (model, layout) in a fresh process: the
+anonymous memory (RssAnon: not the mapped file) each of --sessions engines adds and the seconds
+each takes to create, beside the registry's figure (`registry.session_bytes`). Then, in one
+process, both layouts' sessions take turns (blocks of runs, each after a pause) on a single text
+of 16 tokens and a batch of 32 × 64: the runs' medians. xlmr-large is over protobuf's 2 GB, so
+beside only (and no run times). Writes out/memory-sessions.json (--out: elsewhere).
 """
 from __future__ import annotations
 
@@ -89,6 +99,123 @@ def arena(args) -> int:
                   f"{r['estimate'] / max(r['added'], 1):.2f} |", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+# ---- sessions -------------------------------------------------------------------------------
+def layouts(name: str) -> dict[str, Path]:
+    """The model's directory with its weights in the graph file and beside it (copies under OUT)."""
+    import shutil
+
+    import onnx
+
+    from ember.export import _weights_beside
+    from ember.manifest import read_manifest
+
+    if name == "minilm-int8":
+        src = export_models(OUT / "models", ("int8",))["int8"]
+    else:
+        src = model_dir(name)
+    graph = read_manifest(src, verify=False).onnx_file
+    out = {}
+    for layout in ("inside", "beside"):
+        d = OUT / "layouts" / name / layout
+        if not (d / "ember.json").is_file():
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.copytree(src, d, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "ember.json"))
+            model = onnx.load(str(src / graph))
+            if layout == "inside":
+                if sum(len(t.raw_data) for t in model.graph.initializer) > (1 << 31) - (64 << 20):
+                    shutil.rmtree(d)
+                    continue  # over protobuf's 2 GB limit: its weights can only be beside it
+                onnx.save_model(model, str(d / graph))
+            else:
+                onnx.save_model(model, str(d / graph), save_as_external_data=True, location=graph + ".tmp")
+                _weights_beside(d / graph)  # as `ember export` leaves them
+            shutil.copy2(src / "ember.json", d / "ember.json")  # last: the copy is complete
+        out[layout] = d
+    return out
+
+
+def session_memory(path: Path, sessions: int) -> dict:
+    """In this (fresh) process: the RssAnon and seconds each of `sessions` CPU engines adds."""
+    from ember.engine import Engine
+    from ember.manifest import read_manifest
+    from ember.registry import session_bytes, weights_bytes
+
+    def anon() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    m = read_manifest(path, verify=False)
+    keep, added, seconds = [], [], []
+    for _ in range(sessions):
+        before, t0 = anon(), time.perf_counter()
+        keep.append(Engine(path, m, ("cpu",), os.cpu_count() or 1, spinning=True))
+        seconds.append(time.perf_counter() - t0)
+        added.append(anon() - before)
+    return {"added": added, "seconds": seconds, "weights": weights_bytes(path, m), "plan": session_bytes(path, m)}
+
+
+def session_speed(paths: dict[str, Path], rounds: int = 12) -> dict:
+    """Both layouts' sessions taking turns: each shape's run medians (ms) per layout."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ember.manifest import read_manifest
+
+    sessions = {}
+    for layout, path in paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        sessions[layout] = ort.InferenceSession(str(path / read_manifest(path, verify=False).onnx_file), opts,
+                                                providers=["CPUExecutionProvider"])
+    names = {i.name for i in next(iter(sessions.values())).get_inputs()}
+    rng = np.random.default_rng(0)
+    out = {}
+    for rows, length, block in ((1, 16, 10), (32, 64, 3)):
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(rounds):
+            ids = rng.integers(1000, 20000, (rows, length)).astype(np.int64)
+            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            if "token_type_ids" in names:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            for k, s in sessions.items():
+                time.sleep(0.15)  # the other session's threads stop spinning
+                s.run(None, feed)
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    s.run(None, feed)
+                    times[k].append(time.perf_counter() - t0)
+        out[f"{rows}x{length}"] = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    return out
+
+
+def sessions(args) -> int:
+    print(f"Machine: {cpu_description()}\n")
+    print("| model | weights (MB) | layout | RssAnon each session added (MB) | registry's figure (MB) | "
+          "seconds to create each |")
+    print("|---|---|---|---|---|---|")
+    rows, speed = [], {}
+    for name in args.models.split(","):
+        paths = layouts(name)
+        for layout, path in paths.items():
+            out = subprocess.run([sys.executable, __file__, "_sessions", str(path), str(args.sessions)], check=True,
+                                 capture_output=True, text=True).stdout
+            r = {"model": name, "layout": layout, **json.loads(out.strip().splitlines()[-1])}
+            rows.append(r)
+            print(f"| {name} | {r['weights'] / MB:.0f} | {layout} | {', '.join(f'{a / MB:.0f}' for a in r['added'])}"
+                  f" | {r['plan'] / MB:.0f} | {', '.join(f'{t:.2f}' for t in r['seconds'])} |", flush=True)
+        if len(paths) == 2:
+            speed[name] = session_speed(paths)
+    print("\n| model | run | inside (ms) | beside (ms) | beside / inside |\n|---|---|---|---|---|")
+    for name, shapes in speed.items():
+        for shape, t in shapes.items():
+            print(f"| {name} | {shape} | {t['inside']:.2f} | {t['beside']:.2f} | {t['beside'] / t['inside']:.3f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"sessions": rows, "speed": speed}, indent=1))
     return 0
 
 
@@ -208,6 +335,9 @@ def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "_one":
         print(json.dumps(one_batch(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
         return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "_sessions":
+        print(json.dumps(session_memory(Path(sys.argv[2]), int(sys.argv[3]))))
+        return 0
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("arena", help="what one batch adds to a session's memory, against ember's estimate")
@@ -222,8 +352,13 @@ def main() -> int:
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--port", type=int, default=50791)
     b.add_argument("--out", default=str(OUT / "memory-burst.json"), help="where to write the results (JSON)")
+    c = sub.add_parser("sessions", help="what each session of a model holds, its weights in the graph or beside it")
+    c.add_argument("--models", default="minilm,minilm-int8,bert-base", help="minilm, minilm-int8, bert-base, "
+                   "xlmr-large")
+    c.add_argument("--sessions", type=int, default=3)
+    c.add_argument("--out", default=str(OUT / "memory-sessions.json"), help="where to write the results (JSON)")
     args = ap.parse_args()
-    return arena(args) if args.cmd == "arena" else burst(args)
+    return {"arena": arena, "burst": burst, "sessions": sessions}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
             onnx_file, quantization = _quantize_int8(tmp_path / "model.onnx", isa or cpu_isa())
         elif dtype == "fp16":
             onnx_file = _convert_fp16(tmp_path / "model.onnx")
+        _weights_beside(tmp_path / onnx_file)
         config = _read_json(tmp_path / "config.json")
         if not (tmp_path / "tokenizer.json").is_file():
             raise ExportError(f"{src}: no fast tokenizer (tokenizer.json) could be produced")
@@ -177,8 +178,10 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         for f in (onnx_file, *KEEP):
             if (tmp_path / f).is_file():
                 shutil.copy2(tmp_path / f, out / f)
-        for extra in tmp_path.glob(onnx_file + "_data"):  # external weights of big graphs
-            shutil.copy2(extra, out / extra.name)
+        data = out / (onnx_file + "_data")
+        if (tmp_path / data.name).is_file():  # (a graph with no tensor over 1 KB has none)
+            shutil.copy2(tmp_path / data.name, data)
+            data.chmod((out / onnx_file).stat().st_mode & 0o777)  # onnx writes it owner-only
     tok_config = _read_json(out / "tokenizer_config.json")
     prompts = st.get("prompts", {})
     limit = _max_tokens(config, tok_config)
@@ -247,6 +250,28 @@ def cpu_isa() -> str:
     if "avx512f" in flags:
         return "avx512"
     return "avx2" if "avx2" in flags else "generic"
+
+
+def _weights_beside(graph: Path) -> None:
+    """Rewrite `graph` with its weights in one file beside it, `<graph>_data`, each tensor of 1 MB
+    or more at a page-aligned offset. ONNX Runtime maps that file into memory instead of copying
+    the weights out of the graph, so the sessions of one model (its lanes) share one copy of what
+    they do not repack (embedding tables, norms, biases): each session costs half the memory or
+    less, and loads ~3x faster (benchmarks/memory.py sessions). A graph whose weights were already
+    beside it (over protobuf's 2 GB limit) is rewritten the same way, into one file."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(graph), load_external_data=False)
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    old = {ExternalDataInfo(t).location for t in tensors if uses_external_data(t)}
+    onnx.load_external_data_for_model(model, str(graph.parent))
+    for location in old:
+        (graph.parent / location).unlink()
+    target = graph.name + "_data"
+    (graph.parent / target).unlink(missing_ok=True)
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=target, size_threshold=1024)
 
 
 def _quantize_int8(graph: Path, isa: str) -> tuple[str, str]:

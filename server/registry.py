@@ -36,15 +36,20 @@ log = logging.getLogger(__name__)
 WARMUP_LENGTHS = (8, 32, 128)
 # A CPU model plans its memory within this share of what is available when it loads (the rest is
 # for Python, gRPC, tokenization and whatever else the process holds): its sessions' weights
-# (WEIGHT_FACTOR × the graph's bytes each: ORT keeps prepacked copies beside them) and the working
-# memory of its batches. An ONNX Runtime arena keeps what its runs needed: after batches of one
-# shape, runs + 1 batches' worth for `runs` runs that may be in progress at once (arena_bytes). A
-# batch's working memory per padded token, for rows of `length` tokens, is 4 bytes × (ACT_HIDDEN ×
-# hidden + ACT_ATTENTION × heads × length): fitted, rounded up, to what one batch of MiniLM,
-# BERT-base and XLM-R-large shapes added to a fresh session (benchmarks/memory.py; numbers in
-# benchmarks/RESULTS.md).
+# (session_bytes) and the working memory of its batches. An ONNX Runtime arena keeps what its
+# runs needed: after batches of one shape, runs + 1 batches' worth for `runs` runs that may be in
+# progress at once (arena_bytes). A batch's working memory per padded token, for rows of `length`
+# tokens, is 4 bytes × (ACT_HIDDEN × hidden + ACT_ATTENTION × heads × length): fitted, rounded up,
+# to what one batch of MiniLM, BERT-base and XLM-R-large shapes added to a fresh session
+# (benchmarks/memory.py; numbers in benchmarks/RESULTS.md).
 MEMORY_SHARE = 0.8
+# A session's memory, as a multiple of the weights' bytes: ORT copies weights held in the graph
+# file (and repacks the matrices' for its kernels), and maps weights held beside it
+# (`<graph>_data`, as `ember export` writes them) from the file, shared by all sessions, holding
+# only its repacked copies. Rounded up from benchmarks/memory.py sessions: 1.12-1.25 and
+# 0.50-0.81 for MiniLM (fp32, int8), BERT-base and XLM-R-large shapes.
 WEIGHT_FACTOR = 1.25
+WEIGHT_FACTOR_BESIDE = 0.85
 ACT_HIDDEN, ACT_ATTENTION = 13, 2.25
 _UNLIMITED = 1 << 60  # a cgroup v1 "no limit" is a number near 2**63
 
@@ -75,6 +80,12 @@ def weights_bytes(path: Path, manifest: Manifest) -> int:
     return sum(f.stat().st_size for f in (graph, graph.with_name(graph.name + "_data")) if f.is_file())
 
 
+def session_bytes(path: Path, manifest: Manifest) -> int:
+    """What one more ONNX Runtime session of the model holds for its weights (WEIGHT_FACTOR*)."""
+    beside = (path / (manifest.onnx_file + "_data")).is_file()
+    return int(weights_bytes(path, manifest) * (WEIGHT_FACTOR_BESIDE if beside else WEIGHT_FACTOR))
+
+
 def token_bytes(path: Path, manifest: Manifest, length: int = 0) -> int:
     """Working memory of a CPU batch per padded token, its rows `length` tokens long (default: the
     model's max_tokens, the most a token can cost: attention grows with the row's length). Hidden
@@ -101,13 +112,13 @@ def arena_bytes(runs: int, batch: int) -> int:
     return (runs + 1) * batch
 
 
-def fit_budget(path: Path, manifest: Manifest, weights: int, free: int, budget: int) -> int:
+def fit_budget(path: Path, manifest: Manifest, session: int, free: int, budget: int) -> int:
     """The batch budget for a CPU model: `budget`, lowered (to a multiple of max_tokens, at least
     one row of them) where what the main session's arena keeps for its batches would not fit beside
-    its weights in MEMORY_SHARE of the `free` bytes, so that a burst of long texts cannot get the
-    server OOM-killed."""
+    its weights (`session`: session_bytes) in MEMORY_SHARE of the `free` bytes, so that a burst of
+    long texts cannot get the server OOM-killed."""
     per, row = token_bytes(path, manifest), manifest.max_tokens
-    room = MEMORY_SHARE * free - WEIGHT_FACTOR * weights
+    room = MEMORY_SHARE * free - session
     wanted = arena_bytes(1, max(budget, row) * per)  # batch_bytes(budget), config.json read once
     if wanted <= room:
         return budget
@@ -279,9 +290,10 @@ class Registry:
         plan = self._lane_plan(engine)
         budget = mc.max_batch_tokens or s.max_batch_tokens
         if free is not None and _cpu_only(engine):  # an accelerator's batches are in its own memory
-            budget = fit_budget(path, manifest, weights, free, budget)
+            session = session_bytes(path, manifest)
+            budget = fit_budget(path, manifest, session, free, budget)
             log.info("model %s: memory planned: ~%d MB for a session's weights, ~%d MB of working memory for "
-                     "batches of %d tokens (of %d MB available)", name, int(weights * WEIGHT_FACTOR) >> 20,
+                     "batches of %d tokens (of %d MB available)", name, session >> 20,
                      arena_bytes(1, batch_bytes(path, manifest, budget)) >> 20, budget, free >> 20)
         scheduler = ModelScheduler(
             engine, max_batch_tokens=budget, max_batch_size=s.max_batch_size,
@@ -389,7 +401,7 @@ class Registry:
         else one each). With --inference-workers auto the lanes are not built when they do not
         fit, so a big model in a memory-limited pod is not killed for lanes it could do without; a
         number of workers asked for explicitly is built regardless, with a warning."""
-        weights = sessions * int(weights_bytes(model.path, model.manifest) * WEIGHT_FACTOR)
+        weights = sessions * session_bytes(model.path, model.manifest)
         batch = batch_bytes(model.path, model.manifest, model.scheduler.max_batch_tokens)
         if getattr(model.engine, "shared_arena", False):
             batches = arena_bytes(workers, batch)

@@ -26,6 +26,37 @@ def test_embed_manifest_follows_sentence_transformers_files(tiny_models_dir):
     assert m.output in outputs
 
 
+def test_export_writes_the_weights_beside_the_graph_readable_as_the_graph_is(tiny_models_dir):
+    import stat
+
+    for name in ("tiny-embed", "tiny-rerank"):
+        d = tiny_models_dir / name
+        m = read_manifest(d)
+        graph, data = d / m.onnx_file, d / (m.onnx_file + "_data")
+        assert data.name in m.files and sha256_file(data) == m.files[data.name]
+        assert graph.stat().st_size < data.stat().st_size / 2  # the graph keeps its structure only
+        assert stat.S_IMODE(data.stat().st_mode) == stat.S_IMODE(graph.stat().st_mode)
+
+
+def test_weights_already_beside_the_graph_are_rewritten_into_one_file(tiny_models_dir, tmp_path):
+    import numpy as np
+    import onnx
+
+    from ember.export import _weights_beside
+
+    src = tiny_models_dir / "tiny-embed"
+    graph = tmp_path / "model.onnx"
+    # as an exporter writes a graph over 2 GB: its weights beside it, under another name
+    onnx.save_model(onnx.load(str(src / "model.onnx")), str(graph), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    _weights_beside(graph)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx_data"]
+    ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    a, b = (ort.InferenceSession(str(g)).run(None, feeds)[0] for g in (src / "model.onnx", graph))
+    assert np.array_equal(a, b)
+
+
 def test_rerank_manifest(tiny_models_dir):
     m = read_manifest(tiny_models_dir / "tiny-rerank")
     assert (m.task, m.output, m.dimensions, m.pooling) == ("rerank", "logits", 0, "")

@@ -13,8 +13,8 @@ import pytest
 
 from ember import registry as reg_module
 from ember.manifest import read_manifest
-from ember.registry import (MEMORY_SHARE, WEIGHT_FACTOR, Registry, arena_bytes, batch_bytes, fit_budget,
-                            token_bytes, weights_bytes)
+from ember.registry import (MEMORY_SHARE, WEIGHT_FACTOR, WEIGHT_FACTOR_BESIDE, Registry, arena_bytes, batch_bytes,
+                            fit_budget, session_bytes, token_bytes, weights_bytes)
 from ember.scheduler import REALTIME
 from ember.settings import Settings
 
@@ -87,23 +87,23 @@ def test_token_bytes_grows_with_the_row_length_and_reads_the_model_config(tiny_m
 def test_the_batch_budget_is_lowered_to_what_the_memory_holds(tiny_models_dir, caplog):
     path = tiny_models_dir / "tiny-embed"
     m = read_manifest(path, verify=False)
-    weights, row = weights_bytes(path, m), m.max_tokens
+    session, row = session_bytes(path, m), m.max_tokens
     per = token_bytes(path, m)
     plenty = 1 << 40
-    assert fit_budget(path, m, weights, plenty, 16384) == 16384
+    assert fit_budget(path, m, session, plenty, 16384) == 16384
     assert "lowered" not in caplog.text
     # room for 10.5 rows' batches beside the weights: 10 rows of max_tokens
-    free = int((WEIGHT_FACTOR * weights + arena_bytes(1, int(10.5 * row * per))) / MEMORY_SHARE)
+    free = int((session + arena_bytes(1, int(10.5 * row * per))) / MEMORY_SHARE)
     with caplog.at_level(logging.WARNING, logger="ember.registry"):
-        lowered = fit_budget(path, m, weights, free, 16384)
+        lowered = fit_budget(path, m, session, free, 16384)
     assert lowered == 10 * row
-    assert arena_bytes(1, batch_bytes(path, m, lowered)) <= MEMORY_SHARE * free - WEIGHT_FACTOR * weights
+    assert arena_bytes(1, batch_bytes(path, m, lowered)) <= MEMORY_SHARE * free - session
     assert f"max_batch_tokens lowered from 16384 to {lowered}" in caplog.text
     # not even one text of max_tokens fits: one at a time, and a warning that names max_tokens
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ember.registry"):
-        assert fit_budget(path, m, weights, int(WEIGHT_FACTOR * weights / MEMORY_SHARE), 16384) == row
-        assert fit_budget(path, m, weights, int(WEIGHT_FACTOR * weights / MEMORY_SHARE), row // 2) == row // 2
+        assert fit_budget(path, m, session, int(session / MEMORY_SHARE), 16384) == row
+        assert fit_budget(path, m, session, int(session / MEMORY_SHARE), row // 2) == row // 2
     assert "lower its max_tokens" in caplog.text
 
 
@@ -111,8 +111,7 @@ def test_a_model_loaded_where_memory_is_short_batches_within_it_and_still_serves
                                                                                  caplog):
     path = tiny_models_dir / "tiny-embed"
     m = read_manifest(path, verify=False)
-    free = int((WEIGHT_FACTOR * weights_bytes(path, m) + arena_bytes(1, int(4.5 * m.max_tokens * token_bytes(path, m))))
-               / MEMORY_SHARE)
+    free = int((session_bytes(path, m) + arena_bytes(1, int(4.5 * m.max_tokens * token_bytes(path, m)))) / MEMORY_SHARE)
     monkeypatch.setattr(reg_module, "memory_available", lambda: free)
     reg = Registry(Settings(intra_op_threads=2, inference_workers=1, max_batch_tokens=16384, metrics=False))
     with caplog.at_level(logging.INFO, logger="ember.registry"):
@@ -141,7 +140,7 @@ def test_lanes_are_left_out_where_their_batches_would_not_fit_though_their_weigh
     model = reg.load(path, register=False)
     assert model.lane_plan == (2, 1) and model.engine.shared_arena == shared
     batch = batch_bytes(path, model.manifest, model.scheduler.max_batch_tokens)
-    lane_weights = int(weights_bytes(path, model.manifest) * WEIGHT_FACTOR)
+    lane_weights = session_bytes(path, model.manifest)
     # shared: the arena keeps 3 batches for the lanes' 2 runs at once; own arenas: 2 for the main
     # session and 3 for the one lane session both workers share
     need = lane_weights + (arena_bytes(2, batch) if shared else arena_bytes(1, batch) + arena_bytes(2, batch))
@@ -154,3 +153,50 @@ def test_lanes_are_left_out_where_their_batches_would_not_fit_though_their_weigh
             assert ("no lanes" in caplog.text) == (not built)
     finally:
         model.scheduler.stop()
+
+
+# In a process of its own: the anonymous memory (weights copied or repacked; not the mapped file)
+# that a second session of a model adds, for each model directory named.
+SECOND_SESSION = r"""
+import json, sys
+from pathlib import Path
+from ember.engine import Engine
+from ember.manifest import read_manifest
+
+def anon():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+
+out, keep = [], []
+for d in sys.argv[1:]:
+    path = Path(d); m = read_manifest(path, verify=False)
+    keep.append(Engine(path, m, ("cpu",), 2))
+    before = anon()
+    keep.append(Engine(path, m, ("cpu",), 2))
+    out.append(anon() - before)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_sessions_of_a_model_share_weights_held_beside_its_graph(minilm_server, tmp_path):
+    import onnx
+
+    beside = minilm_server.server.registry.models["all-MiniLM-L6-v2"].path  # as `ember export` writes it
+    m = read_manifest(beside, verify=False)
+    assert (beside / (m.onnx_file + "_data")).is_file()
+    inside = tmp_path / "inside"  # the same model with its weights in the graph file (older exports)
+    shutil.copytree(beside, inside, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data"))
+    onnx.save_model(onnx.load(str(beside / m.onnx_file)), str(inside / m.onnx_file))
+    weights = weights_bytes(beside, m)
+    assert abs(weights_bytes(inside, m) - weights) < 0.01 * weights
+    assert session_bytes(beside, m) == int(WEIGHT_FACTOR_BESIDE * weights)
+    assert session_bytes(inside, m) == int(WEIGHT_FACTOR * weights_bytes(inside, m))
+    second_beside, second_inside = json.loads(subprocess.run(
+        [sys.executable, "-c", SECOND_SESSION, str(beside), str(inside)], check=True, capture_output=True,
+        text=True).stdout.strip().splitlines()[-1])
+    # beside: a second session holds only its repacked copies, within the plan's figure; inside, it
+    # copies the weights again
+    assert 0 < second_beside <= session_bytes(beside, m), (second_beside, weights)
+    assert second_beside < 0.6 * second_inside, (second_beside, second_inside)
