@@ -110,7 +110,7 @@ def layouts(name: str) -> dict[str, Path]:
     import onnx
 
     from ember.export import _weights_beside
-    from ember.manifest import read_manifest
+    from ember.manifest import checksum_files, read_manifest
 
     if name == "minilm-int8":
         src = export_models(OUT / "models", ("int8",))["int8"]
@@ -132,7 +132,8 @@ def layouts(name: str) -> dict[str, Path]:
             else:
                 onnx.save_model(model, str(d / graph), save_as_external_data=True, location=graph + ".tmp")
                 _weights_beside(d / graph)  # as `ember export` leaves them
-            shutil.copy2(src / "ember.json", d / "ember.json")  # last: the copy is complete
+            m = dataclasses.replace(read_manifest(src, verify=False), files=checksum_files(d))
+            (d / "ember.json").write_text(m.to_json())  # last: the copy is complete
         out[layout] = d
     return out
 
