@@ -105,7 +105,8 @@ class Settings:
                                      "has the model to itself runs on the main session with all of them. With "
                                      "lanes, BULK batches run on as many workers again at a lower OS priority, "
                                      "so REALTIME ones start at once beside them. Each session holds its own "
-                                     "copy of the weights (1 = one session only); auto builds no lanes when "
+                                     "repacked copy of the weight matrices (1 = one session only); auto builds "
+                                     "no lanes when "
                                      "those copies and their batches' working memory would not fit in the "
                                      "memory available (a container's limit included)"}
     )
