@@ -258,7 +258,8 @@ def _weights_beside(graph: Path) -> None:
     the weights out of the graph, so the sessions of one model (its lanes) share one copy of what
     they do not repack (embedding tables, norms, biases): a further session of all-MiniLM-L6-v2
     holds 42 MB instead of 100-118, of BERT-base 328 MB instead of 416-461, and each is created
-    1.5-2x faster, at the same speed (benchmarks/memory.py sessions). A graph whose weights were
+    1.5-2x faster, at the same speed within the benchmark machine's noise (benchmarks/memory.py
+    sessions). A graph whose weights were
     already beside it (over protobuf's 2 GB limit) is rewritten the same way, into one file."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
