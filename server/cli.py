@@ -41,6 +41,10 @@ def _export_parser(sub) -> None:
     p.add_argument("--matryoshka-dims", default="", help="comma-separated allowed Matryoshka dimensions")
     p.add_argument("--isa", default="", help="int8: instruction set of the serving machine "
                                              "(amx, vnni, avx512, avx2, arm64, generic; default: this machine's)")
+    p.add_argument("--weights", default="beside", choices=["beside", "graph"],
+                   help="where the weights go: beside the graph in <graph>_data (default; ONNX Runtime maps "
+                        "that file, so a model's sessions share it) or in the graph file (each session copies "
+                        "them; under protobuf's 2 GB only)")
 
 
 def _bulk_common(p) -> None:
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             dims = tuple(int(d) for d in args.matryoshka_dims.split(",") if d.strip())
             m = export_model(args.src, args.out, args.task, dtype=args.dtype, optimize=args.optimize,
-                             matryoshka_dimensions=dims, isa=args.isa, max_tokens=args.max_tokens)
+                             matryoshka_dimensions=dims, isa=args.isa, max_tokens=args.max_tokens,
+                             weights=args.weights)
         except (ExportError, ValueError) as e:
             print(f"ember export: {e}", file=sys.stderr)
             return 2

@@ -116,10 +116,11 @@ def _pad_id(out_dir: Path, config: dict) -> int:
 
 def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "fp32", optimize: str = "",
                  name: str = "", matryoshka_dimensions: tuple[int, ...] = (), isa: str = "",
-                 max_tokens: int = 0) -> Manifest:
+                 max_tokens: int = 0, weights: str = "beside") -> Manifest:
     """Export `src` (a model directory, or a hub id where the hub is reachable) into `out`.
 
     int8: `isa` names the instruction set of the machine that will serve it (default: this one).
+    weights: "beside" the graph (`_weights_beside`) or in the "graph" file.
     """
     if task not in OPTIMUM_TASK:
         raise ExportError(f"--task must be embed or rerank, got {task!r}")
@@ -133,6 +134,8 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         raise ExportError(f"--dtype {dtype} is not supported by this version (fp32, fp16, int8)")
     if isa and isa not in ISAS:
         raise ExportError(f"--isa must be one of {', '.join(ISAS)}, got {isa!r}")
+    if weights not in ("beside", "graph"):
+        raise ExportError(f"--weights must be beside or graph, got {weights!r}")
     if optimize and optimize not in ("O1", "O2", "O3"):
         raise ExportError(f"--optimize {optimize} is not supported on CPU (O1, O2, O3)")
     try:
@@ -168,7 +171,7 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
             onnx_file, quantization = _quantize_int8(tmp_path / "model.onnx", isa or cpu_isa())
         elif dtype == "fp16":
             onnx_file = _convert_fp16(tmp_path / "model.onnx")
-        _weights_beside(tmp_path / onnx_file)
+        _weights_beside(tmp_path / onnx_file) if weights == "beside" else _weights_in_graph(tmp_path / onnx_file)
         config = _read_json(tmp_path / "config.json")
         if not (tmp_path / "tokenizer.json").is_file():
             raise ExportError(f"{src}: no fast tokenizer (tokenizer.json) could be produced")
@@ -252,15 +255,9 @@ def cpu_isa() -> str:
     return "avx2" if "avx2" in flags else "generic"
 
 
-def _weights_beside(graph: Path) -> None:
-    """Rewrite `graph` with its weights in one file beside it, `<graph>_data`, each tensor of 1 MB
-    or more at a page-aligned offset. ONNX Runtime maps that file into memory instead of copying
-    the weights out of the graph, so the sessions of one model (its lanes) share one copy of what
-    they do not repack (embedding tables, norms, biases): a further session of all-MiniLM-L6-v2
-    holds 42 MB instead of 100-118, of BERT-base 328 MB instead of 416-461, and each is created
-    1.5-2x faster, at the same speed within the benchmark machine's noise (benchmarks/memory.py
-    sessions). A graph whose weights were
-    already beside it (over protobuf's 2 GB limit) is rewritten the same way, into one file."""
+def _load_with_weights(graph: Path):
+    """The graph with all its weights read in, and the files beside it its weights were in (now
+    deleted: whoever called this writes them again)."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
@@ -270,10 +267,37 @@ def _weights_beside(graph: Path) -> None:
     onnx.load_external_data_for_model(model, str(graph.parent))
     for location in old:
         (graph.parent / location).unlink()
+    return model
+
+
+def _weights_beside(graph: Path) -> None:
+    """Rewrite `graph` with its weights in one file beside it, `<graph>_data`, each tensor of 1 MB
+    or more at a page-aligned offset. ONNX Runtime maps that file into memory instead of copying
+    the weights out of the graph, so the sessions of one model (its lanes) share one copy of what
+    they do not repack (embedding tables, norms, biases): a further session of all-MiniLM-L6-v2
+    holds 42 MB instead of 100-118, of BERT-base 328 MB instead of 416-461, and each is created
+    1.5-2x faster, at the same speed within the benchmark machine's noise (benchmarks/memory.py
+    sessions). A graph whose weights were already beside it (over protobuf's 2 GB limit) is
+    rewritten the same way, into one file."""
+    import onnx
+
+    model = _load_with_weights(graph)
     target = graph.name + "_data"
     (graph.parent / target).unlink(missing_ok=True)
     onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=target, size_threshold=1024)
+
+
+def _weights_in_graph(graph: Path) -> None:
+    """Rewrite `graph` with its weights inside it (each ONNX Runtime session then copies them), as
+    ember exported before it wrote them beside the graph; refused over protobuf's 2 GB limit."""
+    import onnx
+
+    model = _load_with_weights(graph)
+    if sum(len(t.raw_data) for t in model.graph.initializer) > (1 << 31) - (64 << 20):
+        raise ExportError("--weights graph: the weights are over protobuf's 2 GB limit for one file; use "
+                          "--weights beside")
+    onnx.save_model(model, str(graph))
 
 
 def _quantize_int8(graph: Path, isa: str) -> tuple[str, str]:

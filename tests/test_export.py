@@ -57,6 +57,24 @@ def test_weights_already_beside_the_graph_are_rewritten_into_one_file(tiny_model
     assert np.array_equal(a, b)
 
 
+def test_export_can_keep_the_weights_in_the_graph_file(hf_sources, tiny_models_dir, tmp_path):
+    import numpy as np
+
+    from ember.engine import Engine
+
+    out = tmp_path / "tiny-in-graph"
+    assert cli.main(["export", str(hf_sources["embed"]), str(out), "--task", "embed", "--weights", "graph"]) == 0
+    m = read_manifest(out)
+    assert not (out / "model.onnx_data").exists() and "model.onnx_data" not in m.files
+    beside = tiny_models_dir / "tiny-embed"
+    assert (out / "model.onnx").stat().st_size > sum((beside / f).stat().st_size for f in ("model.onnx",
+                                                                                         "model.onnx_data")) * 0.9
+    ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
+    a, b = (Engine(d, read_manifest(d), ("cpu",)).infer(ids, np.ones_like(ids), np.zeros_like(ids))
+            for d in (out, beside))
+    assert np.array_equal(a, b)
+
+
 def test_rerank_manifest(tiny_models_dir):
     m = read_manifest(tiny_models_dir / "tiny-rerank")
     assert (m.task, m.output, m.dimensions, m.pooling) == ("rerank", "logits", 0, "")
