@@ -107,9 +107,7 @@ def layouts(name: str) -> dict[str, Path]:
     """The model's directory with its weights in the graph file and beside it (copies under OUT)."""
     import shutil
 
-    import onnx
-
-    from ember.export import _weights_beside
+    from ember.export import ExportError, _weights_beside, _weights_in_graph
     from ember.manifest import checksum_files, read_manifest
 
     if name == "minilm-int8":
@@ -118,20 +116,16 @@ def layouts(name: str) -> dict[str, Path]:
         src = model_dir(name)
     graph = read_manifest(src, verify=False).onnx_file
     out = {}
-    for layout in ("inside", "beside"):
+    for layout, rewrite in (("inside", _weights_in_graph), ("beside", _weights_beside)):  # as `ember export`
         d = OUT / "layouts" / name / layout
         if not (d / "ember.json").is_file():
             shutil.rmtree(d, ignore_errors=True)
-            shutil.copytree(src, d, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "ember.json"))
-            model = onnx.load(str(src / graph))
-            if layout == "inside":
-                if sum(len(t.raw_data) for t in model.graph.initializer) > (1 << 31) - (64 << 20):
-                    shutil.rmtree(d)
-                    continue  # over protobuf's 2 GB limit: its weights can only be beside it
-                onnx.save_model(model, str(d / graph))
-            else:
-                onnx.save_model(model, str(d / graph), save_as_external_data=True, location=graph + ".tmp")
-                _weights_beside(d / graph)  # as `ember export` leaves them
+            shutil.copytree(src, d, ignore=shutil.ignore_patterns("ember.json"))
+            try:
+                rewrite(d / graph)
+            except ExportError:  # over protobuf's 2 GB limit: its weights can only be beside it
+                shutil.rmtree(d)
+                continue
             m = dataclasses.replace(read_manifest(src, verify=False), files=checksum_files(d))
             (d / "ember.json").write_text(m.to_json())  # last: the copy is complete
         out[layout] = d
