@@ -402,6 +402,7 @@ class Core:
                 architecture=m.architecture, degraded=getattr(model.engine, "degraded", False),
                 fallback_batches=getattr(model.engine, "fallback_batches", 0),
                 accelerator_errors=getattr(model.engine, "primary_errors", 0),
+                max_batch_tokens=model.scheduler.max_batch_tokens, lanes=len(model.scheduler.lanes),
             ))
         return pb.ListModelsResponse(models=out)
 

@@ -35,6 +35,7 @@ def test_sync_client(tiny_server):
         assert len(hits) == 2 and hits[0].score >= hits[1].score and hits[0].document is not None
         models = {m.name: m for m in c.list_models()}
         assert models["tiny-embed"].task == "embed" and models["tiny-rerank"].task == "rerank"
+        assert models["tiny-embed"].max_batch_tokens == 16384  # the default; this machine has the memory
         assert c.health("model/tampered") == "NOT_SERVING"
         with pytest.raises(TimeoutError):
             c.wait_until_serving("model/tampered", timeout=0.3)

@@ -127,6 +127,7 @@ def test_rerank_with_embedding_model_is_cosine(tiny_server):
 
 
 def test_list_models(tiny_server):
+    assert tiny_server.server.registry.models["tiny-embed"].lanes_ready.wait(60)  # lanes built, or none
     models = {m.name: m for m in tiny_server.models.ListModels(pb.ListModelsRequest()).models}
     assert set(models) == {"tiny-embed", "tiny-rerank"}  # `tampered` was refused
     e, r = models["tiny-embed"], models["tiny-rerank"]
@@ -136,6 +137,9 @@ def test_list_models(tiny_server):
     assert r.task == pb.MODEL_TASK_RERANK and r.is_default_rerank
     assert list(e.providers) == ["cpu"]  # the CPU build: what ORT really activated
     assert set(e.unavailable_providers) == {"tensorrt", "cuda"}
+    # the batch budget (this machine has the memory for the default one) and the lanes
+    sched = tiny_server.server.registry.models["tiny-embed"].scheduler
+    assert e.max_batch_tokens == sched.max_batch_tokens == 16384 and e.lanes == len(sched.lanes)
 
 
 def test_health(tiny_server):

@@ -16,6 +16,7 @@ from ember.manifest import read_manifest
 from ember.registry import (MEMORY_SHARE, WEIGHT_FACTOR, WEIGHT_FACTOR_BESIDE, Registry, arena_bytes, batch_bytes,
                             fit_budget, session_bytes, token_bytes, weights_bytes)
 from ember.scheduler import REALTIME
+from ember.servicers import Core, ServerState
 from ember.settings import Settings
 
 # In a process of its own (its RSS is all this measures): two sessions with arenas of their own,
@@ -115,11 +116,14 @@ def test_a_model_loaded_where_memory_is_short_batches_within_it_and_still_serves
     monkeypatch.setattr(reg_module, "memory_available", lambda: free)
     reg = Registry(Settings(intra_op_threads=2, inference_workers=1, max_batch_tokens=16384, metrics=False))
     with caplog.at_level(logging.INFO, logger="ember.registry"):
-        model = reg.load(path, register=False)
+        model = reg.load(path)
     try:
         assert model.scheduler.max_batch_tokens == 4 * m.max_tokens
         assert model.scheduler.bulk_max_batch_tokens <= 4 * m.max_tokens
         assert "lowered from 16384" in caplog.text and "memory planned" in caplog.text
+        # ListModels tells clients the budget the model really has
+        info = Core(reg, reg.settings, ServerState()).list_models().models[0]
+        assert (info.name, info.max_batch_tokens, info.lanes) == (model.name, 4 * m.max_tokens, 0)
 
         async def answer_many():  # more than one batch's worth, all answered
             toks = model.tokenizer.encode(["word " * 200] * 9, truncate=True, direction="right")

@@ -120,6 +120,8 @@ class ModelFacts:
     is_default_embed: bool
     is_default_rerank: bool
     ready: bool
+    max_batch_tokens: int = 0  # padded tokens one batch holds, as the server's memory plan left it
+    lanes: int = 0  # inference workers on lanes, side by side (0: the main session only)
 
 
 def _embed_request(texts: Sequence[str], model: str, input_type: str | None, prompt_name: str,
@@ -172,7 +174,8 @@ def _hits(resp: pb.RerankResponse) -> list[RerankHit]:
 def _facts(resp: pb.ListModelsResponse) -> list[ModelFacts]:
     return [ModelFacts(m.name, pb.ModelTask.Name(m.task).removeprefix("MODEL_TASK_").lower(), m.dimensions,
                        m.max_tokens, tuple(m.providers), dict(m.prompts), tuple(m.matryoshka_dimensions),
-                       m.is_default_embed, m.is_default_rerank, m.ready) for m in resp.models]
+                       m.is_default_embed, m.is_default_rerank, m.ready, m.max_batch_tokens, m.lanes)
+            for m in resp.models]
 
 
 def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:

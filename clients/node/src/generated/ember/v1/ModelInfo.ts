@@ -22,6 +22,8 @@ export interface ModelInfo {
   'degraded'?: (boolean);
   'fallback_batches'?: (number | string | Long);
   'accelerator_errors'?: (number | string | Long);
+  'max_batch_tokens'?: (number);
+  'lanes'?: (number);
 }
 
 export interface ModelInfo__Output {
@@ -43,4 +45,6 @@ export interface ModelInfo__Output {
   'degraded': (boolean);
   'fallback_batches': (string);
   'accelerator_errors': (string);
+  'max_batch_tokens': (number);
+  'lanes': (number);
 }
