@@ -58,9 +58,10 @@ def export_models(models_dir: Path, dtypes: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB from /proc/PID/status: VmRSS, or e.g. RssAnon (not mapped files)."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

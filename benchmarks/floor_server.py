@@ -83,6 +83,12 @@ def grpc_option(entry: str) -> tuple[str, int | str]:
     return key, int(value) if value.lstrip("-").isdigit() else value
 
 
+def write_and_exit(embedder: FloorEmbedder, record: Path) -> None:
+    """On SIGTERM with --record: each call's handler (start, end) as JSON lines, then exit."""
+    record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
+    os._exit(0)
+
+
 class SyncEmbedder(pb_grpc.EmbedderServicer):
     def __init__(self, floor: FloorEmbedder):
         self.floor = floor
@@ -99,11 +105,7 @@ def serve_sync(model_dir: Path, port: int, fixed: bool, record: Path | None, ort
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[grpc_option(e) for e in grpc_args])
     embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None, pause_s)
     if record is not None:
-        def write_and_exit(*_) -> None:
-            record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
-            os._exit(0)
-
-        signal.signal(signal.SIGTERM, write_and_exit)
+        signal.signal(signal.SIGTERM, lambda *_: write_and_exit(embedder, record))
     pb_grpc.add_EmbedderServicer_to_server(SyncEmbedder(embedder), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -116,11 +118,7 @@ async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, or
     server = grpc.aio.server(options=[grpc_option(e) for e in grpc_args])
     embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None, pause_s)
     if record is not None:
-        def write_and_exit() -> None:
-            record.write_text("".join(json.dumps(c) + "\n" for c in embedder.calls))
-            os._exit(0)
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, write_and_exit)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, write_and_exit, embedder, record)
     pb_grpc.add_EmbedderServicer_to_server(embedder, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -139,10 +139,7 @@ def session_memory(path: Path, sessions: int) -> dict:
     from ember.registry import session_bytes, weights_bytes
 
     def anon() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return int(rss_mb(os.getpid(), "RssAnon") * MB)
 
     m = read_manifest(path, verify=False)
     keep, added, seconds = [], [], []

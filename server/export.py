@@ -171,7 +171,10 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
             onnx_file, quantization = _quantize_int8(tmp_path / "model.onnx", isa or cpu_isa())
         elif dtype == "fp16":
             onnx_file = _convert_fp16(tmp_path / "model.onnx")
-        _weights_beside(tmp_path / onnx_file) if weights == "beside" else _weights_in_graph(tmp_path / onnx_file)
+        if weights == "beside":
+            _weights_beside(tmp_path / onnx_file)
+        else:
+            _weights_in_graph(tmp_path / onnx_file)
         config = _read_json(tmp_path / "config.json")
         if not (tmp_path / "tokenizer.json").is_file():
             raise ExportError(f"{src}: no fast tokenizer (tokenizer.json) could be produced")

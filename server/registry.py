@@ -74,15 +74,19 @@ def memory_available() -> int | None:
     return min(found) if found else None
 
 
+def weights_file(path: Path, manifest: Manifest) -> Path:
+    """Where a model's weights are when they are beside its graph (`ember export` writes them there)."""
+    return path / (manifest.onnx_file + "_data")
+
+
 def weights_bytes(path: Path, manifest: Manifest) -> int:
     """Bytes of a model's graph and its external weights (what each ONNX Runtime session loads)."""
-    graph = path / manifest.onnx_file
-    return sum(f.stat().st_size for f in (graph, graph.with_name(graph.name + "_data")) if f.is_file())
+    return sum(f.stat().st_size for f in (path / manifest.onnx_file, weights_file(path, manifest)) if f.is_file())
 
 
 def session_bytes(path: Path, manifest: Manifest) -> int:
     """What one more ONNX Runtime session of the model holds for its weights (WEIGHT_FACTOR*)."""
-    beside = (path / (manifest.onnx_file + "_data")).is_file()
+    beside = weights_file(path, manifest).is_file()
     return int(weights_bytes(path, manifest) * (WEIGHT_FACTOR_BESIDE if beside else WEIGHT_FACTOR))
 
 

@@ -116,6 +116,10 @@ def test_export_refusals_are_clear(hf_sources, tmp_path, capsys):
     assert cli.main(["export", str(hf_sources["embed"]), str(tmp_path / "x"), "--task", "embed",
                      "--dtype", "bf16"]) == 2
     assert "--dtype bf16 is not supported" in capsys.readouterr().err
+    from ember.export import ExportError, export_model
+
+    with pytest.raises(ExportError, match="--weights must be beside or graph"):
+        export_model(hf_sources["embed"], tmp_path / "w", "embed", weights="inline")
     # Never writes over an existing model directory.
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "f").write_text("x")
