@@ -59,6 +59,14 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=extra_compile,
     ),
+    # The WordPiece fast path (ember.tokenization uses it where a model's tokenizer qualifies).
+    Extension(
+        "ember.ext._wordpiece",
+        ["ext/_wordpiece.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=extra_compile,
+    ),
     # The buffer pool: no NumPy C API, no CUDA headers (the runtime is looked up with dlopen).
     Extension(
         "ember.ext._bufpool",

@@ -281,7 +281,8 @@ class Registry:
                                      "memory is available (a container's limit included)")
             engine = self._engine(path, manifest, mc.providers or self.settings.providers,
                                   mc.max_batch_tokens or self.settings.max_batch_tokens)
-            tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids)
+            tokenizer = ModelTokenizer(path, manifest, with_type_ids=engine.needs_type_ids,
+                                       fast=self.settings.fast_tokenizer)
         except ModelLoadError as e:
             self.errors[name] = str(e)
             log.error("model %s refused: %s", name, e)

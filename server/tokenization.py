@@ -3,9 +3,15 @@
 HF `tokenizers` does the work in Rust and releases the GIL in `encode_batch`, so several
 request threads tokenize while inference runs. Truncation settings are tokenizer state, so
 there is one tokenizer per direction instead of mutating a shared one per request.
+
+Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts in ASCII take the
+compiled path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. The rest
+(other tokenizers, other scripts, pairs, texts holding an added token's first character) go to HF.
 """
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +20,49 @@ from tokenizers import Encoding, Tokenizer
 
 from .errors import InvalidArgument
 from .manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+# Texts both tokenizers must agree on before a model gets the compiled path (a load-time check).
+PROBES = ("Hello, World! It's ember's tokenizer check: 42 x-ray\tthings\n", "unaffable  UNAFFABLE", "", " ",
+          "a" * 120 + " b", "#hashtag ##continued @user e.g. 3.14 100% C++ <html> ~/path_to/file.txt")
+
+
+def fast_wordpiece(spec: dict):
+    """The compiled WordPiece tokenizer equivalent to the HF tokenizer `spec` (its tokenizer.json),
+    for ASCII text; None where the pipeline is not BERT's or the extension is not built."""
+    try:
+        from .ext._wordpiece import WordPiece
+    except ImportError:  # pragma: no cover - only where the extension was not built
+        return None
+    norm, pre, model, post = (spec.get(k) or {} for k in ("normalizer", "pre_tokenizer", "model", "post_processor"))
+    if norm.get("type") != "BertNormalizer" or not norm.get("clean_text") or \
+            pre.get("type") != "BertPreTokenizer" or model.get("type") != "WordPiece":
+        return None
+    if post.get("type") == "BertProcessing":
+        (_, cls_id), (_, sep_id) = post["cls"], post["sep"]
+    elif post.get("type") == "TemplateProcessing":
+        single, special = post.get("single", []), post.get("special_tokens", {})
+        shape = [next(iter(piece)) for piece in single]
+        ends = [single[0].get("SpecialToken", {}), single[-1].get("SpecialToken", {})]
+        if shape != ["SpecialToken", "Sequence", "SpecialToken"] or \
+                any(p.get("type_id", 0) for piece in single for p in piece.values()) or \
+                any(len(special.get(e.get("id"), {}).get("ids", [])) != 1 for e in ends):
+            return None
+        cls_id, sep_id = (special[e["id"]]["ids"][0] for e in ends)
+    else:
+        return None
+    vocab = model.get("vocab", {})
+    unk = vocab.get(model.get("unk_token"))
+    max_chars = model.get("max_input_chars_per_word", 100)
+    if unk is None or not 0 < max_chars <= 255:
+        return None
+    # HF matches added tokens ([CLS], [MASK], ...) in the text before anything else: a text holding
+    # the first character of one (either case) is left to HF.
+    stops = {c for t in spec.get("added_tokens", []) if t.get("content")
+             for c in (t["content"][0], t["content"][0].lower(), t["content"][0].upper())}
+    return WordPiece(vocab, model.get("continuing_subword_prefix", "##"), unk, cls_id, sep_id,
+                     bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)))
 
 
 @dataclass(slots=True)
@@ -27,7 +76,7 @@ class Tokenized:
 
 
 class ModelTokenizer:
-    def __init__(self, model_dir: Path, manifest: Manifest, with_type_ids: bool):
+    def __init__(self, model_dir: Path, manifest: Manifest, with_type_ids: bool, fast: bool = True):
         path = model_dir / "tokenizer.json"
         base = Tokenizer.from_file(str(path))
         base.no_padding()
@@ -50,6 +99,27 @@ class ModelTokenizer:
             tok = Tokenizer.from_str(serialized)
             tok.enable_truncation(budget, strategy="longest_first", direction=direction)
             self._by_direction[direction] = tok
+        self.budget = budget
+        self._zeros = np.zeros(budget, dtype=np.int64)  # the type ids of any single text (views of it)
+        self._zeros.flags.writeable = False
+        self.fast = None if self.template or not fast else fast_wordpiece(json.loads(serialized))
+        if self.fast is not None and not self._agrees():
+            log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe text; "
+                        "every text goes to HF tokenizers", manifest.name)
+            self.fast = None
+        elif self.fast is not None:
+            log.info("model %s: ASCII texts take the compiled WordPiece path (--no-fast-tokenizer: HF only)",
+                     manifest.name)
+
+    def _agrees(self) -> bool:
+        """Whether the compiled path gives HF's ids and cuts on PROBES, both directions."""
+        for direction in ("right", "left"):
+            mine = self.encode(list(PROBES), truncate=True, direction=direction)
+            hf = [self._convert(e) for e in self._by_direction[direction].encode_batch(list(PROBES))]
+            pairs = zip(mine, hf, strict=True)
+            if any(a.ids.tolist() != b.ids.tolist() or a.truncated != b.truncated for a, b in pairs):
+                return False
+        return True
 
     def _convert(self, enc: Encoding) -> Tokenized:
         ids = np.array(enc.ids, dtype=np.int64)
@@ -66,12 +136,35 @@ class ModelTokenizer:
 
     def encode(self, texts: list[str], *, truncate: bool, direction: str, field: str = "inputs") -> list[Tokenized]:
         """Tokenize single texts (prompts already applied). truncate=False: too long → InvalidArgument."""
-        encs = self._by_direction[direction].encode_batch(texts)
-        out = [self._convert(e) for e in encs]
+        out = self._encode_fast(texts, direction) if self.fast is not None else None
+        if out is None:
+            out = [self._convert(e) for e in self._by_direction[direction].encode_batch(texts)]
         if not truncate:
             for i, t in enumerate(out):
                 if t.truncated:
                     raise self._too_long(field, i, texts[i])
+        return out
+
+    def _encode_fast(self, texts: list[str], direction: str) -> list[Tokenized] | None:
+        """The compiled path's answer for `texts`, those it cannot take from HF; None when it takes none."""
+        zeros = self._zeros if self.with_type_ids else None
+        if len(texts) == 1:
+            one = self.fast.encode_one(texts[0], self.budget, direction == "left")
+            if one is None:
+                return None
+            ids, cut = one
+            return [Tokenized(ids, None if zeros is None else zeros[:len(ids)], len(ids), cut)]
+        ids, offsets, cut = self.fast.encode(texts, self.budget, direction == "left")
+        bounds = offsets.tolist()
+        out = [Tokenized(ids[a:b], None if zeros is None else zeros[:b - a], b - a, c)
+               for a, b, c in zip(bounds[:-1], bounds[1:], cut.tolist(), strict=True)]
+        rest = [i for i, t in enumerate(out) if not t.tokens]
+        if len(rest) == len(texts):
+            return None
+        if rest:
+            encs = self._by_direction[direction].encode_batch([texts[i] for i in rest])
+            for i, e in zip(rest, encs, strict=True):
+                out[i] = self._convert(e)
         return out
 
     def encode_pairs(

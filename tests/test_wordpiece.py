@@ -1,0 +1,183 @@
+"""The compiled WordPiece path (ember.ext._wordpiece via ember.tokenization) against HF tokenizers,
+the reference: the same ids, lengths and truncation flags on real and generated text, in both
+directions; the texts it must not take go to HF; tokenizers that are not BERT's never take it."""
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+from conftest import minilm_dir, real_texts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ember import tokenization
+from ember.errors import InvalidArgument
+from ember.tokenization import ModelTokenizer, fast_wordpiece
+
+pytest.importorskip("ember.ext._wordpiece", reason="the compiled extension is not built")
+
+# ASCII with everything BertNormalizer and BertPreTokenizer treat specially: controls (dropped),
+# \t \n \r (spaces), NUL and DEL, punctuation ('#' of the continuation prefix among it), '[' (the
+# first character of BERT's added tokens), digits and both cases.
+ALPHABET = "abcdeXYZ019 .,;:'\"!?#[]()-_~`@\t\n\r\x00\x01\x0b\x0c\x1f\x7f"
+
+
+def tokenizers_for(tmp_path, max_tokens: int):
+    """(compiled path on, HF only) for the real all-MiniLM-L6-v2 tokenizer.json, cut at max_tokens."""
+    from ember.manifest import Manifest
+
+    shutil.copy2(minilm_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
+    m = Manifest(name="t", task="embed", architecture="bert", dimensions=384, max_tokens=max_tokens)
+    fast, hf = (ModelTokenizer(tmp_path, m, with_type_ids=True, fast=f) for f in (True, False))
+    assert fast.fast is not None and hf.fast is None
+    return fast, hf
+
+
+def assert_same(fast: ModelTokenizer, hf: ModelTokenizer, texts: list[str], direction: str) -> None:
+    a = fast.encode(texts, truncate=True, direction=direction)
+    b = hf.encode(texts, truncate=True, direction=direction)
+    assert len(a) == len(b) == len(texts)
+    for t, x, y in zip(texts, a, b, strict=True):
+        assert x.ids.tolist() == y.ids.tolist(), repr(t)
+        assert x.type_ids.tolist() == y.type_ids.tolist(), repr(t)
+        assert (x.tokens, x.truncated) == (y.tokens, y.truncated), repr(t)
+        assert x.ids.dtype == np.int64
+
+
+@pytest.mark.parametrize("max_tokens", [256, 16, 3])
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_real_texts_match_hf(tmp_path, max_tokens, direction):
+    fast, hf = tokenizers_for(tmp_path, max_tokens)
+    texts = real_texts(600, 40)  # STS-B sentences, and long texts over the limit
+    assert_same(fast, hf, texts, direction)  # one batch (mixed with texts HF takes)
+    for t in texts[:100]:
+        assert_same(fast, hf, [t], direction)  # the single-text path
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_generated_ascii_matches_hf(tmp_path, direction):
+    fast, hf = tokenizers_for(tmp_path, 24)
+    rnd = random.Random(7)
+    texts = ["".join(rnd.choice(ALPHABET) for _ in range(rnd.randint(0, 80))) for _ in range(3000)]
+    # Words at and around WordPiece's 100-character limit, words with no piece, added tokens.
+    texts += ["a" * 99, "a" * 100, "a" * 101, "b" * 300 + " ok", "x" * 1000, "", " ", "\x00", "[CLS] hi [SEP]",
+              "[MASK]", "[mask] a", "unaffable UNAFFABLE", "##ing ##", "a##b", "\x7fdel\x7f", "tab\there"]
+    assert_same(fast, hf, texts, direction)
+    for t in texts[-16:]:
+        assert_same(fast, hf, [t], direction)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.text(alphabet=ALPHABET + "éß中😀", max_size=60), min_size=1, max_size=5))
+def test_property_matches_hf(tmp_path_factory, texts):
+    fast, hf = _shared(tmp_path_factory)
+    for direction in ("right", "left"):
+        assert_same(fast, hf, texts, direction)
+
+
+_PAIR = {}
+
+
+def _shared(tmp_path_factory):
+    if "pair" not in _PAIR:
+        _PAIR["pair"] = tokenizers_for(tmp_path_factory.mktemp("wp"), 12)
+    return _PAIR["pair"]
+
+
+def test_texts_it_cannot_take_go_to_hf_in_order(tmp_path):
+    fast, hf = tokenizers_for(tmp_path, 64)
+    texts = ["plain ascii", "café au lait", "a [MASK] here", "naïve", "more ascii, fine.", "中文"]
+    ids, offsets, cut = fast.fast.encode(texts, 64, False)
+    taken = [offsets[i + 1] > offsets[i] for i in range(len(texts))]
+    assert taken == [True, False, False, False, True, False]
+    assert fast.fast.encode_one("café", 64, False) is None
+    assert fast.fast.encode_one("[SEP]", 64, False) is None
+    assert_same(fast, hf, texts, "right")
+    assert_same(fast, hf, ["naïve"], "right")
+
+
+def test_too_long_without_truncation_names_the_input(tmp_path):
+    fast, _ = tokenizers_for(tmp_path, 8)
+    with pytest.raises(InvalidArgument) as e:
+        fast.encode(["short", "one two three four five six seven eight"], truncate=False, direction="right")
+    assert e.value.violations[0].field == "inputs[1]" and "10 tokens" in e.value.message
+    with pytest.raises(InvalidArgument):
+        fast.encode(["one two three four five six seven eight"], truncate=False, direction="right")
+
+
+def test_type_ids_cannot_be_written(tmp_path):
+    """Single texts share one read-only array of zeros for their type ids."""
+    fast, _ = tokenizers_for(tmp_path, 32)
+    t = fast.encode(["hello there"], truncate=True, direction="right")[0]
+    with pytest.raises(ValueError):
+        t.type_ids[0] = 1
+
+
+def test_only_bert_pipelines_qualify():
+    spec = json.loads((minilm_dir() / "tokenizer.json").read_text())
+    assert fast_wordpiece(spec) is not None
+    for key, value in (("normalizer", {"type": "NFKC"}), ("pre_tokenizer", {"type": "Whitespace"}),
+                       ("model", {**spec["model"], "type": "BPE"}),
+                       ("normalizer", {**spec["normalizer"], "clean_text": False}),
+                       ("post_processor", {"type": "RobertaProcessing"}),
+                       ("post_processor", None), ("normalizer", None),
+                       ("model", {**spec["model"], "max_input_chars_per_word": 1000})):
+        assert fast_wordpiece({**spec, key: value}) is None, key
+    # a template with a pair-only shape, or type id 1 on the single sequence, is not [CLS] $A [SEP]
+    single = spec["post_processor"]["single"]
+    shifted = [dict(p) for p in single]
+    shifted[1] = {"Sequence": {"id": "A", "type_id": 1}}
+    assert fast_wordpiece({**spec, "post_processor": {**spec["post_processor"], "single": shifted}}) is None
+    assert fast_wordpiece({**spec, "post_processor": {**spec["post_processor"], "single": single[1:]}}) is None
+
+
+def test_other_families_use_hf(tmp_path):
+    """Byte-level BPE (Qwen3) and Unigram (XLM-R, BGE-M3) tokenizers never take the compiled path."""
+    from families import qwen3_tokenizer, xlmr_tokenizer
+    from ember.manifest import Manifest
+
+    for build, name in ((lambda d: qwen3_tokenizer(d, eos_suffix=True), "qwen"), (xlmr_tokenizer, "xlmr")):
+        d = tmp_path / name
+        d.mkdir()
+        build(d)
+        m = Manifest(name=name, task="embed", architecture=name, dimensions=8, max_tokens=32)
+        tok = ModelTokenizer(d, m, with_type_ids=False)
+        assert tok.fast is None
+        assert tok.encode(["plain ascii text"], truncate=True, direction="right")[0].tokens > 0
+
+
+def test_a_path_that_disagrees_with_hf_is_turned_off(tmp_path, monkeypatch, caplog):
+    """The load-time probe: a compiled table that would give other ids than tokenizer.json is dropped."""
+    real = tokenization.fast_wordpiece
+
+    def wrong_cls(spec):
+        spec = json.loads(json.dumps(spec))
+        spec["post_processor"]["special_tokens"]["[CLS]"]["ids"] = [7]
+        return real(spec)
+
+    monkeypatch.setattr(tokenization, "fast_wordpiece", wrong_cls)
+    shutil.copy2(minilm_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
+    from ember.manifest import Manifest
+
+    tok = ModelTokenizer(tmp_path, Manifest(name="t", task="embed", architecture="bert", dimensions=384, max_tokens=64),
+                         with_type_ids=True)
+    assert tok.fast is None
+    assert "disagrees" in caplog.text
+    assert tok.encode(["hello"], truncate=True, direction="right")[0].ids[0] == 101
+
+
+def test_server_setting_turns_it_off(tiny_models_dir):
+    from conftest import start_server
+
+    s = start_server(models_dir=str(tiny_models_dir), models=("tiny-embed",), fast_tokenizer=False)
+    try:
+        s.wait_loaded()
+        assert s.server.registry.models["tiny-embed"].tokenizer.fast is None
+    finally:
+        s.stop()
+
+
+def test_tiny_server_uses_it(tiny_server):
+    """The tiny models carry all-MiniLM-L6-v2's tokenizer: every tiny-server test runs the compiled path."""
+    assert tiny_server.server.registry.models["tiny-embed"].tokenizer.fast is not None
