@@ -51,22 +51,18 @@ DIRECTIVES = {
     "nonecheck": False,
 }
 extra_compile = ["-O3"] if os.name != "nt" else ["/O2"]
+
+
+def numpy_extension(name: str) -> Extension:
+    """ext/<name>.pyx as ember.ext.<name>, built against the NumPy C API."""
+    return Extension(f"ember.ext.{name}", [f"ext/{name}.pyx"], include_dirs=[numpy.get_include()],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                     extra_compile_args=extra_compile)
+
+
 extensions = [
-    Extension(
-        "ember.ext._kernels",
-        ["ext/_kernels.pyx"],
-        include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=extra_compile,
-    ),
-    # The WordPiece fast path (ember.tokenization uses it where a model's tokenizer qualifies).
-    Extension(
-        "ember.ext._wordpiece",
-        ["ext/_wordpiece.pyx"],
-        include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=extra_compile,
-    ),
+    numpy_extension("_kernels"),
+    numpy_extension("_wordpiece"),  # the WordPiece fast path (ember.tokenization, where a model qualifies)
     # The buffer pool: no NumPy C API, no CUDA headers (the runtime is looked up with dlopen).
     Extension(
         "ember.ext._bufpool",
