@@ -230,7 +230,8 @@ cdef class WordPiece:
         left): (ids of all texts back to back as int64, offsets [len + 1], truncated flags as
         bool). A text that must go to HF has no ids: offsets[i + 1] == offsets[i] (any other text
         has at least its two special tokens)."""
-        cdef Py_ssize_t n = len(texts), i, size, total = 0
+        cdef tuple held = tuple(texts)  # the strs whose bytes are read without the GIL stay alive
+        cdef Py_ssize_t n = len(held), i, size, total = 0
         cdef const char** data = <const char**>malloc(max(n, 1) * sizeof(char*))
         cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(max(n, 1) * sizeof(Py_ssize_t))
         if data == NULL or sizes == NULL:
@@ -239,7 +240,7 @@ cdef class WordPiece:
             raise MemoryError()
         try:
             for i in range(n):
-                t = texts[i]
+                t = held[i]
                 if PyUnicode_Check(t) and PyUnicode_IS_COMPACT_ASCII(t):
                     data[i] = PyUnicode_AsUTF8AndSize(t, &size)  # the str's own bytes, no copy
                     sizes[i] = size

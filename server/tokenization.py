@@ -102,7 +102,8 @@ class ModelTokenizer:
         self.budget = budget
         self._zeros = np.zeros(budget, dtype=np.int64)  # the type ids of any single text (views of it)
         self._zeros.flags.writeable = False
-        self.fast = None if self.template or not fast else fast_wordpiece(json.loads(serialized))
+        # (a budget under 3 leaves no room for a piece between [CLS] and [SEP]: HF's own edge cases)
+        self.fast = None if self.template or not fast or budget < 3 else fast_wordpiece(json.loads(serialized))
         if self.fast is not None and not self._agrees():
             log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe text; "
                         "every text goes to HF tokenizers", manifest.name)
