@@ -126,25 +126,26 @@ cdef class WordPiece:
 
     cdef void _insert(self, uint8_t flag, i64 off, int32_t n, i64 token_id):
         cdef uint64_t h = _hash(flag, self.kp + off, n)
-        if self._find(flag, self.kp + off, n) >= 0:
-            return  # a key twice (cannot happen in a vocab dict): keep the first
         cdef uint64_t slot = h & self.mask
         while self.slots[slot].id >= 0:
+            if self._holds(&self.slots[slot], h, flag, self.kp + off, n):
+                return  # a key twice (cannot happen in a vocab dict): keep the first
             slot = (slot + 1) & self.mask
         self.slots[slot].hash, self.slots[slot].id, self.slots[slot].off = h, token_id, off
         self.slots[slot].len, self.slots[slot].flag = n, flag
 
+    cdef inline bint _holds(self, const Slot* e, uint64_t h, uint8_t flag, const uint8_t* s,
+                            Py_ssize_t n) noexcept nogil:
+        return e.hash == h and e.len == n and e.flag == flag and memcmp(self.kp + e.off, s, n) == 0
+
     cdef inline i64 _find(self, uint8_t flag, const uint8_t* s, Py_ssize_t n) noexcept nogil:
         cdef uint64_t h = _hash(flag, s, n)
         cdef uint64_t slot = h & self.mask
-        cdef Slot* e
-        while True:
-            e = &self.slots[slot]
-            if e.id < 0:
-                return -1
-            if e.hash == h and e.len == n and e.flag == flag and memcmp(self.kp + e.off, s, n) == 0:
-                return e.id
+        while self.slots[slot].id >= 0:
+            if self._holds(&self.slots[slot], h, flag, s, n):
+                return self.slots[slot].id
             slot = (slot + 1) & self.mask
+        return -1
 
     cdef Py_ssize_t _word(self, const uint8_t* w, Py_ssize_t n, i64* out) noexcept nogil:
         """WordPiece over one word (HF's greedy longest match first): the pieces written to out,
@@ -200,30 +201,39 @@ cdef class WordPiece:
                 k += self._word(word, 1, out + k)
         return k
 
+    cdef Py_ssize_t _one(self, const uint8_t* s, Py_ssize_t n, i64 budget, bint left, i64* out,
+                         uint8_t* cut) noexcept nogil:
+        """One text as [CLS] pieces [SEP] into out (room for n + 2), cut to `budget` tokens from the
+        right (or the left, setting *cut): its length, or -1 where it must go to HF."""
+        cdef Py_ssize_t keep = budget - 2 if budget >= 2 else 0
+        cdef Py_ssize_t k = self._text(s, n, out + 1)
+        if k < 0:
+            return -1
+        if k > keep:
+            cut[0] = 1
+            if left:
+                memmove(out + 1, out + 1 + k - keep, keep * sizeof(i64))
+            k = keep
+        out[0] = self.cls_id
+        out[k + 1] = self.sep_id
+        return k + 2
+
     def encode_one(self, text, i64 budget, bint left):
         """One text: (ids as int64 [CLS] pieces [SEP], truncated), or None where it must go to HF."""
-        cdef Py_ssize_t size, k, keep = budget - 2 if budget >= 2 else 0
+        cdef Py_ssize_t size, length
         cdef const char* data
         cdef i64[::1] ids
-        cdef bint cut = False
+        cdef uint8_t cut = 0
         if not (PyUnicode_Check(text) and PyUnicode_IS_COMPACT_ASCII(text)):
             return None
         data = PyUnicode_AsUTF8AndSize(text, &size)
         arr = np.empty(size + 2, dtype=np.int64)
         ids = arr
         with nogil:
-            k = self._text(<const uint8_t*>data, size, &ids[1])
-            if k > keep:
-                cut = True
-                if left:
-                    memmove(&ids[1], &ids[1 + k - keep], keep * sizeof(i64))
-                k = keep
-            if k >= 0:
-                ids[0] = self.cls_id
-                ids[k + 1] = self.sep_id
-        if k < 0:
+            length = self._one(<const uint8_t*>data, size, budget, left, &ids[0], &cut)
+        if length < 0:
             return None
-        return arr[:k + 2], cut
+        return arr[:length], bool(cut)
 
     def encode(self, list texts, i64 budget, bint left):
         """Tokenize `texts` as [CLS] pieces [SEP], cut to `budget` tokens from the right (or the
@@ -259,24 +269,12 @@ cdef class WordPiece:
 
     cdef void _encode_all(self, const char** data, Py_ssize_t* sizes, Py_ssize_t n, i64 budget, bint left,
                           i64[::1] ids, i64[::1] offsets, uint8_t[::1] cut):
-        cdef Py_ssize_t i, pos = 0, k, keep = budget - 2 if budget >= 2 else 0
-        cdef i64* out
+        cdef Py_ssize_t i, pos = 0, length
         with nogil:
             offsets[0] = 0
             for i in range(n):
-                offsets[i + 1] = pos
-                if data[i] == NULL:
-                    continue
-                out = &ids[pos]
-                k = self._text(<const uint8_t*>data[i], sizes[i], out + 1)
-                if k < 0:
-                    continue
-                if k > keep:
-                    cut[i] = 1
-                    if left:
-                        memmove(out + 1, out + 1 + k - keep, keep * sizeof(i64))
-                    k = keep
-                out[0] = self.cls_id
-                out[k + 1] = self.sep_id
-                pos += k + 2
+                if data[i] != NULL:
+                    length = self._one(<const uint8_t*>data[i], sizes[i], budget, left, &ids[pos], &cut[i])
+                    if length > 0:
+                        pos += length
                 offsets[i + 1] = pos

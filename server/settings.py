@@ -106,9 +106,8 @@ class Settings:
                                      "lanes, BULK batches run on as many workers again at a lower OS priority, "
                                      "so REALTIME ones start at once beside them. Each session holds its own "
                                      "repacked copy of the weight matrices (1 = one session only); auto builds "
-                                     "no lanes when "
-                                     "those copies and their batches' working memory would not fit in the "
-                                     "memory available (a container's limit included)"}
+                                     "no lanes when those copies and their batches' working memory would not fit "
+                                     "in the memory available (a container's limit included)"}
     )
     tokenizer_threads: int = field(default=2, metadata={"help": "threads that tokenize requests"})
     inline_tokenize_chars: int = field(
@@ -117,7 +116,8 @@ class Settings:
     fast_tokenizer: bool = field(
         default=True, metadata={"help": "tokenize ASCII texts for BERT-family models (a BertNormalizer, "
                                         "BertPreTokenizer and WordPiece tokenizer.json) with ember's compiled "
-                                        "WordPiece, which gives HF tokenizers' ids in a tenth of the time; other "
+                                        "WordPiece, which gives HF tokenizers' ids in a tenth to a quarter of the "
+                                        "time (benchmarks/tokenizer_cost.py); other "
                                         "models and texts always use HF tokenizers. Checked against HF on probe "
                                         "texts at load. --no-fast-tokenizer sends every text to HF"}
     )
