@@ -200,9 +200,12 @@ class ModelScheduler:
             job.failed = True
             job.future.set_exception(e)
         finally:
-            if mask is not None:
-                _unpin_here(mask)
             self._batch_done()
+            if mask is not None:
+                # At the loop's next turn, which comes after gRPC has been handed this call's answer:
+                # the syscall stays out of the latency, and no other call can run inline before it
+                # (run_inline wants the model idle for min_idle_s, and this is queued first).
+                job.loop.call_soon(_unpin_here, mask)
         return job
 
     def add_lanes(self, lanes: list) -> None:
@@ -395,10 +398,7 @@ class ModelScheduler:
         out = engine.infer(ids, mask, type_ids)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
-            m = self.metrics
-            m.of(m.inference_seconds, self.name).observe(elapsed)
-            m.of(m.batch_size, self.name).observe(len(batch))
-            m.of(m.batch_tokens, self.name).observe(ids.size)
+            self.metrics.soon(self.metrics.batch, self.name, elapsed, len(batch), ids.size)
         seen: set[int] = set()
         for row, it in enumerate(batch):
             job = it.job
