@@ -7,9 +7,11 @@ machine a 30-token sentence costs ~100 µs warm and ~300 µs after an ONNX Runti
 the caches, a share of a single text's latency. For the tokenizers BERT-family models ship
 (BertNormalizer with clean_text, BertPreTokenizer, WordPiece, `[CLS] $A [SEP]`) and ASCII text,
 the whole pipeline is a few table lookups per word. `WordPiece.encode` does that in one pass over
-the text's bytes, without the GIL, and gives ids, lengths and truncation flags; a text it cannot
-take (non-ASCII, or holding a character that starts one of the tokenizer's added tokens, which HF
-matches before normalizing) is marked for HF, and `ember.tokenization` sends it there.
+the text's bytes, without the GIL, and gives ids, lengths and truncation flags. Added tokens that
+HF matches in the raw text ([CLS], [MASK], ...: `normalized` false, no stripping, punctuation at
+both ends, so a match splits the text where BertPreTokenizer would anyway) are matched on the way,
+longest first, as HF matches them. A text it cannot take (non-ASCII, or holding a character that
+starts any other added token) is marked for HF, and `ember.tokenization` sends it there.
 
 The reference is HF `tokenizers` itself: the tests compare ids and truncation with it on real
 and adversarial texts. Which tokenizers qualify is decided in `ember.tokenization.fast_wordpiece`.
@@ -34,7 +36,9 @@ DEF C_WORD = 0    # part of a word (letters, digits)
 DEF C_SPACE = 1   # whitespace: ends a word (\t \n \r become spaces, and spaces split)
 DEF C_PUNCT = 2   # ASCII punctuation: a word of its own
 DEF C_DROP = 3    # control characters: removed before anything splits
-DEF C_STOP = 4    # starts an added token, or is not ASCII: this text goes to HF
+DEF C_STOP = 4    # starts an added token not matched here, or is not ASCII: this text goes to HF
+DEF C_ADDED = 5   # starts an added token matched here; where none matches, its class is in `base`
+DEF MAX_ADDED = 64  # added tokens matched here, at most
 DEF MAX_WORD = 255  # longest max_input_chars_per_word taken (HF's default is 100)
 
 cdef inline uint64_t _hash(uint8_t flag, const uint8_t* s, Py_ssize_t n) noexcept nogil:
@@ -66,15 +70,27 @@ cdef class WordPiece:
     cdef Slot* slots
     cdef uint64_t mask
     cdef uint8_t[256] cls
+    cdef uint8_t[256] base       # a C_ADDED byte's class where no added token matches
+    cdef int n_added
+    cdef int[MAX_ADDED] added_off  # the added tokens matched here: added_keys[off:off + n], id
+    cdef int[MAX_ADDED] added_n
+    cdef i64[MAX_ADDED] added_id
+    cdef bytes added_keys
+    cdef const uint8_t* akp
     cdef bint lowercase
     cdef i64 unk_id, cls_id, sep_id
     cdef int max_chars, max_piece
     cdef readonly object stop_chars
 
     def __init__(self, dict vocab, str prefix, i64 unk_id, i64 cls_id, i64 sep_id, bint lowercase,
-                 int max_chars_per_word, str stop_chars=""):
+                 int max_chars_per_word, str stop_chars="", added=()):
+        """`added`: (content, id) of the added tokens to match in the raw text (ASCII, at least two
+        characters, punctuation first and last); `stop_chars`: characters that send a text to HF."""
         if not 0 < max_chars_per_word <= MAX_WORD:
             raise ValueError(f"max_chars_per_word={max_chars_per_word} is outside 1..{MAX_WORD}")
+        added = sorted(added, key=lambda a: -len(a[0]))  # longest first: HF's leftmost-longest match
+        if len(added) > MAX_ADDED:
+            raise ValueError(f"{len(added)} added tokens to match; at most {MAX_ADDED}")
         entries = []
         for piece, token_id in vocab.items():
             if not piece.isascii() or not piece:
@@ -117,6 +133,20 @@ cdef class WordPiece:
                 self.cls[c] = C_PUNCT
             else:
                 self.cls[c] = C_WORD
+        self.base = self.cls
+        self.added_keys = b"".join(t.encode() for t, _ in added)
+        self.akp = <const uint8_t*>(<const char*>self.added_keys)
+        cdef int off_a = 0
+        self.n_added = 0
+        for content, token_id in added:
+            raw = content.encode()
+            if not content.isascii() or len(raw) < 2 or self.base[raw[0]] != C_PUNCT or self.base[raw[-1]] != C_PUNCT:
+                raise ValueError(f"added token {content!r} cannot be matched here (ASCII, punctuation at both ends)")
+            self.added_off[self.n_added], self.added_n[self.n_added] = off_a, len(raw)
+            self.added_id[self.n_added] = token_id
+            self.n_added += 1
+            off_a += len(raw)
+            self.cls[raw[0]] = C_ADDED
         for ch in stop_chars:
             if ord(ch) < 256:
                 self.cls[ord(ch)] = C_STOP
@@ -173,15 +203,32 @@ cdef class WordPiece:
             start = end
         return k
 
+    cdef int _added_at(self, const uint8_t* s, Py_ssize_t n, i64* token_id) noexcept nogil:
+        """The length of the longest added token s starts with (its id in *token_id), or 0."""
+        cdef int j
+        for j in range(self.n_added):  # longest first
+            if self.added_n[j] <= n and memcmp(self.akp + self.added_off[j], s, self.added_n[j]) == 0:
+                token_id[0] = self.added_id[j]
+                return self.added_n[j]
+        return 0
+
     cdef Py_ssize_t _text(self, const uint8_t* s, Py_ssize_t n, i64* out) noexcept nogil:
         """Pieces of one ASCII text into out (room for n); -1 where the text must go to HF."""
         cdef uint8_t[MAX_WORD + 1] word
-        cdef Py_ssize_t i, wn = 0, k = 0
+        cdef Py_ssize_t i, wn = 0, k = 0, skip = 0
         cdef uint8_t c, kind
+        cdef int matched = 0
+        cdef i64 token_id = 0
         for i in range(n + 1):
+            if skip:  # the rest of an added token
+                skip -= 1
+                continue
             if i < n:
                 c = s[i]
                 kind = self.cls[c]
+                if kind == C_ADDED:
+                    matched = self._added_at(s + i, n - i, &token_id)
+                    kind = self.base[c]
                 if kind == C_WORD:
                     if wn <= self.max_chars:  # past that, the word is [UNK] whatever follows
                         word[wn] = c + 32 if self.lowercase and 65 <= c <= 90 else c
@@ -196,7 +243,12 @@ cdef class WordPiece:
             if wn:
                 k += self._word(word, wn if wn <= self.max_chars else self.max_chars + 1, out + k)
                 wn = 0
-            if kind == C_PUNCT:
+            if matched:  # an added token: one id, and the text goes on after it
+                out[k] = token_id
+                k += 1
+                skip = matched - 1
+                matched = 0
+            elif kind == C_PUNCT:
                 word[0] = c
                 k += self._word(word, 1, out + k)
         return k

@@ -6,7 +6,8 @@ there is one tokenizer per direction instead of mutating a shared one per reques
 
 Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts in ASCII take the
 compiled path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. The rest
-(other tokenizers, other scripts, pairs, texts holding an added token's first character) go to HF.
+(other tokenizers, other scripts, pairs, texts holding the first character of an added token the
+compiled path does not match itself) go to HF.
 """
 from __future__ import annotations
 
@@ -57,12 +58,30 @@ def fast_wordpiece(spec: dict):
     max_chars = model.get("max_input_chars_per_word", 100)
     if unk is None or not 0 < max_chars <= 255:
         return None
-    # HF matches added tokens ([CLS], [MASK], ...) in the text before anything else: a text holding
-    # the first character of one (either case) is left to HF.
-    stops = {c for t in spec.get("added_tokens", []) if t.get("content")
-             for c in (t["content"][0], t["content"][0].lower(), t["content"][0].upper())}
+    # HF matches added tokens ([CLS], [MASK], ...) in the text before anything else. The compiled
+    # path matches those HF matches in the raw text and that split it where BertPreTokenizer would
+    # anyway; a text holding the first character of any other (either case) is left to HF.
+    added, stops = [], set()
+    for t in spec.get("added_tokens", []):
+        content = t.get("content") or ""
+        if _matchable(t, content):
+            added.append((content, t["id"]))
+        elif content:
+            stops |= {content[0], content[0].lower(), content[0].upper()}
     return WordPiece(vocab, model.get("continuing_subword_prefix", "##"), unk, cls_id, sep_id,
-                     bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)))
+                     bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)), added)
+
+
+_PUNCT = frozenset(chr(c) for c in range(33, 127) if not chr(c).isalnum())  # BertPreTokenizer's, in ASCII
+
+
+def _matchable(token: dict, content: str) -> bool:
+    """Whether the compiled path matches this added token itself: HF matches it in the raw text
+    (`normalized` false) with nothing stripped around it, and its ends are punctuation, so a match
+    splits the text where BertPreTokenizer would split it anyway."""
+    return len(content) >= 2 and content.isascii() and content[0] in _PUNCT and content[-1] in _PUNCT and \
+        not any(token.get(k) for k in ("normalized", "lstrip", "rstrip", "single_word")) and \
+        isinstance(token.get("id"), int)
 
 
 @dataclass(slots=True)

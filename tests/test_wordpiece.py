@@ -85,16 +85,60 @@ def _shared(tmp_path_factory):
     return _PAIR["pair"]
 
 
+def taken(fast: ModelTokenizer, texts: list[str]) -> list[bool]:
+    """Which texts the compiled path tokenizes itself (the others are marked for HF)."""
+    _, offsets, _ = fast.fast.encode(texts, 64, False)
+    return [bool(offsets[i + 1] > offsets[i]) for i in range(len(texts))]
+
+
 def test_texts_it_cannot_take_go_to_hf_in_order(tmp_path):
     fast, hf = tokenizers_for(tmp_path, 64)
     texts = ["plain ascii", "café au lait", "a [MASK] here", "naïve", "more ascii, fine.", "中文"]
-    ids, offsets, cut = fast.fast.encode(texts, 64, False)
-    taken = [offsets[i + 1] > offsets[i] for i in range(len(texts))]
-    assert taken == [True, False, False, False, True, False]
+    assert taken(fast, texts) == [True, False, True, False, True, False]
     assert fast.fast.encode_one("café", 64, False) is None
-    assert fast.fast.encode_one("[SEP]", 64, False) is None
     assert_same(fast, hf, texts, "right")
     assert_same(fast, hf, ["naïve"], "right")
+
+
+# Pieces of BERT's added tokens, whole, cut, in the wrong case and nested, among words and punctuation.
+FRAGMENTS = ["[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]", "[mask]", "[MAS", "K]", "[", "]", "[[", "]]", "CLS",
+             "a", "word", "x1", " ", "  ", ",", "#", "\t", "\x00", "[CLS", "SEP]", "[ MASK]", "[MASK ]"]
+
+
+@pytest.mark.parametrize("budget", [24, 6])
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_added_tokens_in_the_text_match_hf(tmp_path, budget, direction):
+    """BERT's added tokens ([CLS], [MASK], ...) are matched in the raw text as HF matches them, so
+    texts holding them, or brackets, take the compiled path."""
+    fast, hf = tokenizers_for(tmp_path, budget)
+    rnd = random.Random(11)
+    texts = ["".join(rnd.choice(FRAGMENTS) for _ in range(rnd.randint(1, 12))) for _ in range(2000)]
+    texts += ["foo[MASK]bar", "[[MASK]]", "[MASK", "ab[MASK][MASK]", "q[UNK]z", "[1] cited [2,3]", "[PAD]"]
+    assert all(taken(fast, texts))
+    assert_same(fast, hf, texts, direction)
+    for t in texts[-7:]:
+        assert_same(fast, hf, [t], direction)
+
+
+@pytest.mark.parametrize("change", [{"normalized": True}, {"lstrip": True}, {"rstrip": True},
+                                    {"single_word": True}, {"content": "<x"}, {"content": "xy]"}])
+def test_added_tokens_it_does_not_match_send_texts_to_hf(tmp_path, change):
+    """An added token matched after normalization, with stripping around it, or without punctuation
+    at both ends: texts holding its first character (either case) go to HF, which matches it."""
+    from ember.manifest import Manifest
+
+    spec = json.loads((minilm_dir() / "tokenizer.json").read_text())
+    extra = {"id": len(spec["model"]["vocab"]), "special": False, "content": "[extra]", "single_word": False,
+             "lstrip": False, "rstrip": False, "normalized": False, **change}
+    spec["added_tokens"].append(extra)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    m = Manifest(name="t", task="embed", architecture="bert", dimensions=384, max_tokens=32)
+    fast, hf = (ModelTokenizer(tmp_path, m, with_type_ids=True, fast=f) for f in (True, False))
+    first = extra["content"][0]
+    assert fast.fast is not None and first in fast.fast.stop_chars and first.upper() in fast.fast.stop_chars
+    texts = ["plain", f"a {extra['content']} b", f"{first}x", f"{extra['content'].upper()} z", "[MASK] only"]
+    assert taken(fast, texts) == [True, False, False, False, first != "["]
+    assert_same(fast, hf, texts, "right")
 
 
 def test_too_long_without_truncation_names_the_input(tmp_path):
