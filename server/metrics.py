@@ -1,15 +1,12 @@
 """Prometheus metrics, on their own HTTP port (`--metrics-port`, `--no-metrics` to switch off).
 
 Each server has its own registry (several servers can live in one process, as in the tests).
-Counters and histograms are updated as requests are answered; what is a state rather than an
-event (queue depth, breaker state, active providers, model load time) is read at scrape time by a
-collector, so it is never stale. On the event loop's thread an update waits for the loop's next
-turn (`Metrics.soon`), which comes after gRPC core has been handed the call's answer: a single text's
-latency does not pay for it.
+Counters and histograms are updated on the request path; what is a state rather than an event
+(queue depth, breaker state, active providers, model load time) is read at scrape time by a
+collector, so it is never stale.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -65,29 +62,6 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
-
-    @staticmethod
-    def soon(fn, *args) -> None:
-        """fn(*args), an update of the metrics: at the event loop's next turn when called on its thread,
-        at once on any other. A handler's updates then run after gRPC has started sending its answer
-        (the handler returns, grpc.aio hands the response to core, and only then yields to the loop),
-        not in the single text's latency, where six updates cost ~0.1 ms on a 2-core machine after a
-        run has evicted the caches. The order of updates is kept; a scrape sees them a turn later."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # a worker or lane thread: nothing waits on it for an answer
-            fn(*args)
-            return
-        loop.call_soon(fn, *args)
-
-    def answered(self, rpc: str, model: str, code: str, seconds: float) -> None:
-        self.of(self.requests, rpc, model, code).inc()
-        self.of(self.request_seconds, rpc).observe(seconds)
-
-    def batch(self, model: str, seconds: float, items: int, tokens: int) -> None:
-        self.of(self.inference_seconds, model).observe(seconds)
-        self.of(self.batch_size, model).observe(items)
-        self.of(self.batch_tokens, model).observe(tokens)
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port (port 0 = any free port)."""

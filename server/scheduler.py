@@ -200,12 +200,9 @@ class ModelScheduler:
             job.failed = True
             job.future.set_exception(e)
         finally:
-            self._batch_done()
             if mask is not None:
-                # At the loop's next turn, which comes after gRPC has been handed this call's answer:
-                # the syscall stays out of the latency, and no other call can run inline before it
-                # (run_inline wants the model idle for min_idle_s, and this is queued first).
-                job.loop.call_soon(_unpin_here, mask)
+                _unpin_here(mask)
+            self._batch_done()
         return job
 
     def add_lanes(self, lanes: list) -> None:
@@ -398,7 +395,10 @@ class ModelScheduler:
         out = engine.infer(ids, mask, type_ids)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
-            self.metrics.soon(self.metrics.batch, self.name, elapsed, len(batch), ids.size)
+            m = self.metrics
+            m.of(m.inference_seconds, self.name).observe(elapsed)
+            m.of(m.batch_size, self.name).observe(len(batch))
+            m.of(m.batch_tokens, self.name).observe(ids.size)
         seen: set[int] = set()
         for row, it in enumerate(batch):
             job = it.job

@@ -188,7 +188,9 @@ def counted(rpc: str, in_flight: bool = True):
                     held.users -= 1
                 elapsed = time.perf_counter() - t0
                 if self.metrics is not None:
-                    self.metrics.soon(self.metrics.answered, rpc, _model.get(), code, elapsed)
+                    m = self.metrics
+                    m.of(m.requests, rpc, _model.get(), code).inc()
+                    m.of(m.request_seconds, rpc).observe(elapsed)
                 if code == "OK":
                     log.debug("%s model=%s ok in %.2f ms", rpc, _model.get(), elapsed * 1e3)
                 elif code != "INTERNAL":  # INTERNAL is logged with its traceback by `guarded`
@@ -299,15 +301,12 @@ class Core:
         return raw, [e.tokens for e in entries], [e.truncated for e in entries], tok_s, job
 
     def _observe(self, model: str, tok_s: float, job, tokens: int) -> None:
-        if self.metrics is not None:
-            self.metrics.soon(self._record, model, tok_s, None if job is None else job.queue_s(), tokens)
-
-    def _record(self, model: str, tok_s: float, queue_s: float | None, tokens: int) -> None:
         m = self.metrics
-        if queue_s is not None:  # None: every input came from the cache
-            m.of(m.tokenize_seconds, model).observe(tok_s)
-            m.of(m.queue_seconds, model).observe(queue_s)
-        m.of(m.input_tokens, model).inc(tokens)
+        if m is not None:
+            if job is not None:  # None: every input came from the cache
+                m.of(m.tokenize_seconds, model).observe(tok_s)
+                m.of(m.queue_seconds, model).observe(job.queue_s())
+            m.of(m.input_tokens, model).inc(tokens)
 
     @counted("Rerank")
     async def rerank(self, req: pb.RerankRequest, context, request_id: str) -> pb.RerankResponse:
