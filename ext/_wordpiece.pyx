@@ -1,17 +1,20 @@
 # cython: language_level=3
-"""A compiled BERT WordPiece tokenizer for ASCII text: HF `tokenizers`' answer, without its cost.
+"""A compiled BERT WordPiece tokenizer: HF `tokenizers`' answer, without its cost.
 
 HF `tokenizers` keeps an alignment map per character through normalization and pre-tokenization,
 and builds an `Encoding` (offsets, words, masks) that ember throws away: on this project's 2-core
 machine a 30-token sentence costs ~100 µs warm and ~300 µs after an ONNX Runtime run has cooled
 the caches, a share of a single text's latency. For the tokenizers BERT-family models ship
-(BertNormalizer with clean_text, BertPreTokenizer, WordPiece, `[CLS] $A [SEP]`) and ASCII text,
-the whole pipeline is a few table lookups per word. `WordPiece.encode` does that in one pass over
+(BertNormalizer with clean_text, BertPreTokenizer, WordPiece, `[CLS] $A [SEP]`), the whole
+pipeline is a few table lookups per word. ASCII is classified here; other characters by a table
+that `ember.tokenization` derives from HF's own normalizer and pre-tokenizer for the blocks
+where text usually strays from ASCII (accented Latin, Greek, Cyrillic, typographic punctuation,
+math symbols), each entry checked against HF at load. `WordPiece.encode` does that in one pass over
 the text's bytes, without the GIL, and gives ids, lengths and truncation flags. Added tokens that
 HF matches in the raw text ([CLS], [MASK], ...: `normalized` false, no stripping, punctuation at
 both ends, so a match splits the text where BertPreTokenizer would anyway) are matched on the way,
-longest first, as HF matches them. A text it cannot take (non-ASCII, or holding a character that
-starts any other added token) is marked for HF, and `ember.tokenization` sends it there.
+longest first, as HF matches them. A text it cannot take (a character outside the table, or one
+that starts any other added token) is marked for HF, and `ember.tokenization` sends it there.
 
 The reference is HF `tokenizers` itself: the tests compare ids and truncation with it on real
 and adversarial texts. Which tokenizers qualify is decided in `ember.tokenization.fast_wordpiece`.
@@ -19,9 +22,9 @@ and adversarial texts. Which tokenizers qualify is decided in `ember.tokenizatio
 import numpy as np
 cimport numpy as cnp
 from cpython.unicode cimport PyUnicode_Check
-from libc.stdint cimport uint8_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memmove, memcmp
+from libc.string cimport memcmp, memcpy, memmove
 
 from _types cimport i64
 
@@ -36,9 +39,11 @@ DEF C_WORD = 0    # part of a word (letters, digits)
 DEF C_SPACE = 1   # whitespace: ends a word (\t \n \r become spaces, and spaces split)
 DEF C_PUNCT = 2   # ASCII punctuation: a word of its own
 DEF C_DROP = 3    # control characters: removed before anything splits
-DEF C_STOP = 4    # starts an added token not matched here, or is not ASCII: this text goes to HF
+DEF C_STOP = 4    # starts an added token not matched here, or a character not in the table: to HF
 DEF C_ADDED = 5   # starts an added token matched here; where none matches, its class is in `base`
 DEF MAX_ADDED = 64  # added tokens matched here, at most
+DEF C_UTF8 = 6    # the first byte of a non-ASCII character: its class is in the character table
+DEF MAX_REP = 4   # bytes of a table character's normalized form, at most
 DEF MAX_WORD = 255  # longest max_input_chars_per_word taken (HF's default is 100)
 
 cdef inline uint64_t _hash(uint8_t flag, const uint8_t* s, Py_ssize_t n) noexcept nogil:
@@ -60,10 +65,11 @@ cdef struct Slot:
 
 
 cdef class WordPiece:
-    """The vocabulary as an open-addressing table over its ASCII pieces: flag 0 for a piece that
-    starts a word, flag 1 for a continuation (the key without its `##`). A slot holds its key's
-    hash, so a probe reads one slot (one cache line) and the key's bytes only on a likely match:
-    right after an ONNX Runtime run the table is out of cache, and misses are what a text costs."""
+    """The vocabulary as an open-addressing table over its pieces (UTF-8 bytes): flag 0 for a
+    piece that starts a word, flag 1 for a continuation (the key without its `##`). A slot holds
+    its key's hash, so a probe reads one slot (one cache line) and the key's bytes only on a likely
+    match: right after an ONNX Runtime run the table is out of cache, and misses are what a text
+    costs."""
 
     cdef bytes keys              # every key's bytes, back to back
     cdef const uint8_t* kp
@@ -77,15 +83,26 @@ cdef class WordPiece:
     cdef i64[MAX_ADDED] added_id
     cdef bytes added_keys
     cdef const uint8_t* akp
+    cdef uint32_t n_chars        # the character table covers code points below this
+    cdef uint8_t* ucls           # per code point: class, normalized form (ukeys[uoff:uoff + ulen]),
+    cdef int32_t* uoff           # and the characters in that form
+    cdef uint8_t* ulen
+    cdef uint8_t* uchars
+    cdef bytes ukeys
+    cdef const uint8_t* ukp
     cdef bint lowercase
     cdef i64 unk_id, cls_id, sep_id
     cdef int max_chars, max_piece
     cdef readonly object stop_chars
+    cdef readonly str table_chars  # the non-ASCII characters taken, in code point order
 
     def __init__(self, dict vocab, str prefix, i64 unk_id, i64 cls_id, i64 sep_id, bint lowercase,
-                 int max_chars_per_word, str stop_chars="", added=()):
+                 int max_chars_per_word, str stop_chars="", added=(), chars=()):
         """`added`: (content, id) of the added tokens to match in the raw text (ASCII, at least two
-        characters, punctuation first and last); `stop_chars`: characters that send a text to HF."""
+        characters, punctuation first and last); `stop_chars`: characters that send a text to HF;
+        `chars`: (code point, class, normalized form) of the non-ASCII characters taken here, the
+        class one of "word" (its form joins the word), "space", "punct" (a word of its own),
+        "drop" (removed)."""
         if not 0 < max_chars_per_word <= MAX_WORD:
             raise ValueError(f"max_chars_per_word={max_chars_per_word} is outside 1..{MAX_WORD}")
         added = sorted(added, key=lambda a: -len(a[0]))  # longest first: HF's leftmost-longest match
@@ -93,7 +110,7 @@ cdef class WordPiece:
             raise ValueError(f"{len(added)} added tokens to match; at most {MAX_ADDED}")
         entries = []
         for piece, token_id in vocab.items():
-            if not piece.isascii() or not piece:
+            if not piece:
                 continue
             entries.append((0, piece.encode(), token_id))
             if prefix and piece.startswith(prefix) and len(piece) > len(prefix):
@@ -147,12 +164,51 @@ cdef class WordPiece:
             self.n_added += 1
             off_a += len(raw)
             self.cls[raw[0]] = C_ADDED
+        self._char_table(chars)
         for ch in stop_chars:
             if ord(ch) < 256:
                 self.cls[ord(ch)] = C_STOP
 
+    def _char_table(self, chars):
+        kinds = {"word": C_WORD, "space": C_SPACE, "punct": C_PUNCT, "drop": C_DROP}
+        chars = sorted(chars)
+        self.table_chars = "".join(chr(cp) for cp, _, _ in chars)
+        self.n_chars = max((cp for cp, _, _ in chars), default=-1) + 1
+        if not self.n_chars:
+            return
+        if self.n_chars > 0x110000:
+            raise ValueError("code point out of range")
+        self.ucls = <uint8_t*>malloc(self.n_chars)
+        self.uoff = <int32_t*>calloc(self.n_chars, sizeof(int32_t))
+        self.ulen = <uint8_t*>calloc(self.n_chars, 1)
+        self.uchars = <uint8_t*>calloc(self.n_chars, 1)
+        if self.ucls == NULL or self.uoff == NULL or self.ulen == NULL or self.uchars == NULL:
+            raise MemoryError()
+        cdef uint32_t cp
+        for cp in range(self.n_chars):
+            self.ucls[cp] = C_STOP
+        forms, off = [], 0
+        for cp, kind, form in chars:
+            raw = form.encode()
+            if cp < 128 or kind not in kinds or len(raw) > MAX_REP or len(form) > len(chr(cp).encode()) or \
+                    (kind in ("word", "punct")) != bool(form) or (kind == "punct" and len(form) != 1):
+                raise ValueError(f"character table entry {cp:#x} {kind} {form!r} cannot be taken here")
+            self.ucls[cp], self.uoff[cp], self.ulen[cp], self.uchars[cp] = kinds[kind], off, len(raw), len(form)
+            forms.append(raw)
+            off += len(raw)
+        self.ukeys = b"".join(forms) + b"\0"
+        self.ukp = <const uint8_t*>(<const char*>self.ukeys)
+        cdef int c
+        for c in range(128, 256):
+            if self.cls[c] == C_STOP:
+                self.cls[c] = C_UTF8
+
     def __dealloc__(self):
         free(self.slots)
+        free(self.ucls)
+        free(self.uoff)
+        free(self.ulen)
+        free(self.uchars)
 
     cdef void _insert(self, uint8_t flag, i64 off, int32_t n, i64 token_id):
         cdef uint64_t h = _hash(flag, self.kp + off, n)
@@ -177,13 +233,14 @@ cdef class WordPiece:
             slot = (slot + 1) & self.mask
         return -1
 
-    cdef Py_ssize_t _word(self, const uint8_t* w, Py_ssize_t n, i64* out) noexcept nogil:
-        """WordPiece over one word (HF's greedy longest match first): the pieces written to out,
-        or one [UNK] where the word is too long or some part of it matches no piece."""
+    cdef Py_ssize_t _word(self, const uint8_t* w, Py_ssize_t n, Py_ssize_t chars, i64* out) noexcept nogil:
+        """WordPiece over one word of n bytes and `chars` characters (HF's greedy longest match
+        first): the pieces written to out, or one [UNK] where the word is too long or some part of
+        it matches no piece. (An end inside a character never matches: every key is whole UTF-8.)"""
         cdef Py_ssize_t start = 0, end, k = 0
         cdef i64 found
         cdef uint8_t flag
-        if n > self.max_chars:
+        if chars > self.max_chars:
             out[0] = self.unk_id
             return 1
         while start < n:
@@ -213,44 +270,66 @@ cdef class WordPiece:
         return 0
 
     cdef Py_ssize_t _text(self, const uint8_t* s, Py_ssize_t n, i64* out) noexcept nogil:
-        """Pieces of one ASCII text into out (room for n); -1 where the text must go to HF."""
-        cdef uint8_t[MAX_WORD + 1] word
-        cdef Py_ssize_t i, wn = 0, k = 0, skip = 0
-        cdef uint8_t c, kind
-        cdef int matched = 0
+        """Pieces of one UTF-8 text into out (room for n); -1 where the text must go to HF."""
+        cdef uint8_t[MAX_REP * (MAX_WORD + 2)] word
+        cdef Py_ssize_t i = 0, wb = 0, wc = 0, k = 0, step
+        cdef uint8_t c, kind, low
+        cdef int matched
         cdef i64 token_id = 0
-        for i in range(n + 1):
-            if skip:  # the rest of an added token
-                skip -= 1
-                continue
+        cdef const uint8_t* form  # what the character adds to a word: its normalized bytes
+        cdef Py_ssize_t form_n, form_c
+        cdef uint32_t cp
+        while i <= n:
+            matched, step = 0, 1
             if i < n:
                 c = s[i]
                 kind = self.cls[c]
+                low = c + 32 if self.lowercase and 65 <= c <= 90 else c
+                form, form_n, form_c = &low, 1, 1
                 if kind == C_ADDED:
                     matched = self._added_at(s + i, n - i, &token_id)
                     kind = self.base[c]
+                elif kind == C_UTF8:
+                    if c >= 0xF0:
+                        return -1  # beyond the table (which stops below U+10000)
+                    elif c >= 0xE0:
+                        step = 3
+                    elif c >= 0xC2:
+                        step = 2
+                    else:
+                        return -1  # not a first byte
+                    if i + step > n:
+                        return -1
+                    cp = ((c & 0x1F) << 6 | (s[i + 1] & 0x3F)) if step == 2 else \
+                        ((c & 0x0F) << 12 | (s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F))
+                    if cp >= self.n_chars:
+                        return -1
+                    kind = self.ucls[cp]
+                    form, form_n, form_c = self.ukp + self.uoff[cp], self.ulen[cp], self.uchars[cp]
                 if kind == C_WORD:
-                    if wn <= self.max_chars:  # past that, the word is [UNK] whatever follows
-                        word[wn] = c + 32 if self.lowercase and 65 <= c <= 90 else c
-                    wn += 1
+                    if wc <= self.max_chars:  # past that, the word is [UNK] whatever follows
+                        memcpy(word + wb, form, form_n)
+                        wb += form_n
+                    wc += form_c
+                    i += step
                     continue
                 if kind == C_DROP:
+                    i += step
                     continue
                 if kind == C_STOP:
                     return -1
             else:
                 kind = C_SPACE
-            if wn:
-                k += self._word(word, wn if wn <= self.max_chars else self.max_chars + 1, out + k)
-                wn = 0
+            if wc:
+                k += self._word(word, wb, wc, out + k)
+                wb = wc = 0
             if matched:  # an added token: one id, and the text goes on after it
                 out[k] = token_id
                 k += 1
-                skip = matched - 1
-                matched = 0
+                step = matched
             elif kind == C_PUNCT:
-                word[0] = c
-                k += self._word(word, 1, out + k)
+                k += self._word(form, form_n, form_c, out + k)
+            i += step
         return k
 
     cdef Py_ssize_t _one(self, const uint8_t* s, Py_ssize_t n, i64 budget, bint left, i64* out,
@@ -270,15 +349,30 @@ cdef class WordPiece:
         out[k + 1] = self.sep_id
         return k + 2
 
+    cdef const char* _utf8(self, text, Py_ssize_t* size):
+        """The str's UTF-8 bytes (an ASCII str's own, no copy; others' are kept by the str once
+        made), or NULL where this path cannot take it (not a str; non-ASCII with no character
+        table; lone surrogates, which have no UTF-8)."""
+        if not PyUnicode_Check(text):
+            return NULL
+        if PyUnicode_IS_COMPACT_ASCII(text):
+            return PyUnicode_AsUTF8AndSize(text, size)
+        if not self.n_chars:
+            return NULL
+        try:
+            return PyUnicode_AsUTF8AndSize(text, size)
+        except UnicodeEncodeError:
+            return NULL
+
     def encode_one(self, text, i64 budget, bint left):
         """One text: (ids as int64 [CLS] pieces [SEP], truncated), or None where it must go to HF."""
-        cdef Py_ssize_t size, length
+        cdef Py_ssize_t size = 0, length
         cdef const char* data
         cdef i64[::1] ids
         cdef uint8_t cut = 0
-        if not (PyUnicode_Check(text) and PyUnicode_IS_COMPACT_ASCII(text)):
+        data = self._utf8(text, &size)
+        if data == NULL:
             return None
-        data = PyUnicode_AsUTF8AndSize(text, &size)
         arr = np.empty(size + 2, dtype=np.int64)
         ids = arr
         with nogil:
@@ -302,14 +396,11 @@ cdef class WordPiece:
             raise MemoryError()
         try:
             for i in range(n):
-                t = held[i]
-                if PyUnicode_Check(t) and PyUnicode_IS_COMPACT_ASCII(t):
-                    data[i] = PyUnicode_AsUTF8AndSize(t, &size)  # the str's own bytes, no copy
-                    sizes[i] = size
+                size = 0
+                data[i] = self._utf8(held[i], &size)
+                sizes[i] = size
+                if data[i] != NULL:
                     total += size + 2
-                else:
-                    data[i] = NULL
-                    sizes[i] = 0
             ids = np.empty(max(total, 1), dtype=np.int64)
             offsets = np.empty(n + 1, dtype=np.int64)
             cut = np.zeros(n, dtype=np.uint8)

@@ -114,9 +114,9 @@ class Settings:
         default=2000, metadata={"help": "requests with fewer characters are tokenized on the event loop"}
     )
     fast_tokenizer: bool = field(
-        default=True, metadata={"help": "tokenize ASCII texts for BERT-family models (a BertNormalizer, "
+        default=True, metadata={"help": "tokenize texts for BERT-family models (a BertNormalizer, "
                                         "BertPreTokenizer and WordPiece tokenizer.json) with ember's compiled "
-                                        "WordPiece, which gives HF tokenizers' ids in a tenth to a quarter of the "
+                                        "WordPiece, which gives HF tokenizers' ids in a tenth to a fifth of the "
                                         "time (benchmarks/tokenizer_cost.py); other "
                                         "models and texts always use HF tokenizers. Checked against HF on probe "
                                         "texts at load. --no-fast-tokenizer sends every text to HF"}

@@ -4,10 +4,12 @@ HF `tokenizers` does the work in Rust and releases the GIL in `encode_batch`, so
 request threads tokenize while inference runs. Truncation settings are tokenizer state, so
 there is one tokenizer per direction instead of mutating a shared one per request.
 
-Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts in ASCII take the
-compiled path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. The rest
-(other tokenizers, other scripts, pairs, texts holding the first character of an added token the
-compiled path does not match itself) go to HF.
+Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts take the compiled
+path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. ASCII is classified
+there; the non-ASCII characters it takes (CHAR_BLOCKS: accented Latin, Greek, Cyrillic,
+typographic punctuation, math) come in a table derived from HF's own normalizer and pre-tokenizer
+and checked against HF at load. The rest (other tokenizers, other scripts, pairs, texts holding
+the first character of an added token the compiled path does not match itself) go to HF.
 """
 from __future__ import annotations
 
@@ -29,9 +31,18 @@ PROBES = ("Hello, World! It's ember's tokenizer check: 42 x-ray\tthings\n", "una
           "a" * 120 + " b", "#hashtag ##continued @user e.g. 3.14 100% C++ <html> ~/path_to/file.txt")
 
 
-def fast_wordpiece(spec: dict):
+# Unicode blocks the compiled path takes characters from (where text strays from ASCII most).
+CHAR_BLOCKS = ((0x80, 0x24F),     # Latin-1 Supplement, Latin Extended-A and -B
+               (0x300, 0x36F),    # combining diacritical marks
+               (0x370, 0x3FF),    # Greek
+               (0x400, 0x4FF),    # Cyrillic
+               (0x2000, 0x22FF))  # punctuation, super/subscripts, currency, letterlike, arrows, math
+
+
+def fast_wordpiece(spec: dict, exclude: frozenset = frozenset()):
     """The compiled WordPiece tokenizer equivalent to the HF tokenizer `spec` (its tokenizer.json),
-    for ASCII text; None where the pipeline is not BERT's or the extension is not built."""
+    for ASCII text and the characters of CHAR_BLOCKS that behave as the table can say (not those in
+    `exclude`); None where the pipeline is not BERT's or the extension is not built."""
     try:
         from .ext._wordpiece import WordPiece
     except ImportError:  # pragma: no cover - only where the extension was not built
@@ -56,7 +67,7 @@ def fast_wordpiece(spec: dict):
     vocab = model.get("vocab", {})
     unk = vocab.get(model.get("unk_token"))
     max_chars = model.get("max_input_chars_per_word", 100)
-    if unk is None or not 0 < max_chars <= 255:
+    if unk is None or not 0 < max_chars <= 255 or any(len(p.encode()) > 255 for p in vocab):
         return None
     # HF matches added tokens ([CLS], [MASK], ...) in the text before anything else. The compiled
     # path matches those HF matches in the raw text and that split it where BertPreTokenizer would
@@ -69,7 +80,42 @@ def fast_wordpiece(spec: dict):
         elif content:
             stops |= {content[0], content[0].lower(), content[0].upper()}
     return WordPiece(vocab, model.get("continuing_subword_prefix", "##"), unk, cls_id, sep_id,
-                     bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)), added)
+                     bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)), added,
+                     [c for c in char_table(norm) if chr(c[0]) not in exclude])
+
+
+def char_table(norm: dict) -> list[tuple[int, str, str]]:
+    """(code point, class, normalized form) for the characters of CHAR_BLOCKS, as HF's own
+    BertNormalizer (these settings) and BertPreTokenizer treat each one alone: dropped, a space,
+    a word character (its form joins the word) or punctuation (a word of its own). Characters that
+    are none of these, or whose form is longer than the character, are left out (texts holding
+    them go to HF). Each entry is checked in context against the whole HF tokenizer at load
+    (ModelTokenizer), since only a character's behaviour alone is derived here."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(
+        clean_text=bool(norm.get("clean_text", True)),
+        handle_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
+        strip_accents=norm.get("strip_accents"), lowercase=bool(norm.get("lowercase", True)))
+    pre = pre_tokenizers.BertPreTokenizer()
+    table = []
+    for lo, hi in CHAR_BLOCKS:
+        for cp in range(lo, hi + 1):
+            ch = chr(cp)
+            form = normalizer.normalize_str(ch)
+            if len(form.encode()) > 4 or len(form) > len(ch.encode()):
+                continue
+            if not form:
+                table.append((cp, "drop", ""))
+            elif form == " ":
+                table.append((cp, "space", ""))
+            else:
+                words = [w for w, _ in pre.pre_tokenize_str(f"a{form}a")]
+                if words == [f"a{form}a"]:
+                    table.append((cp, "word", form))
+                elif words == ["a", form, "a"] and len(form) == 1:
+                    table.append((cp, "punct", form))
+    return table
 
 
 _PUNCT = frozenset(chr(c) for c in range(33, 127) if not chr(c).isalnum())  # BertPreTokenizer's, in ASCII
@@ -122,14 +168,32 @@ class ModelTokenizer:
         self._zeros = np.zeros(budget, dtype=np.int64)  # the type ids of any single text (views of it)
         self._zeros.flags.writeable = False
         # (a budget under 3 leaves no room for a piece between [CLS] and [SEP]: HF's own edge cases)
-        self.fast = None if self.template or not fast or budget < 3 else fast_wordpiece(json.loads(serialized))
+        spec = json.loads(serialized)
+        self.fast = None if self.template or not fast or budget < 3 else fast_wordpiece(spec)
+        if self.fast is not None:
+            differ = self._differing_chars()
+            if differ:
+                log.info("model %s: %d characters of the compiled path's table tokenize differently in HF; "
+                         "texts holding them go to HF", manifest.name, len(differ))
+                self.fast = fast_wordpiece(spec, exclude=differ)
         if self.fast is not None and not self._agrees():
             log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe text; "
                         "every text goes to HF tokenizers", manifest.name)
             self.fast = None
         elif self.fast is not None:
-            log.info("model %s: ASCII texts take the compiled WordPiece path (--no-fast-tokenizer: HF only)",
-                     manifest.name)
+            log.info("model %s: texts take the compiled WordPiece path (ASCII and %d other characters; "
+                     "--no-fast-tokenizer: HF only)", manifest.name, len(self.fast.table_chars))
+
+    def _differing_chars(self) -> frozenset:
+        """The table's characters whose ids differ from HF's in context: inside a word, alone,
+        doubled, at a word's end (a character's behaviour alone is what char_table derived)."""
+        chars = self.fast.table_chars
+        texts = [f"x{c}y {c} {c}{c}z a{c}" for c in chars]
+        ids, offsets, _ = self.fast.encode(texts, 1 << 40, False)
+        bounds = offsets.tolist()
+        hf = self._full.encode_batch(texts)
+        return frozenset(c for c, a, b, e in zip(chars, bounds[:-1], bounds[1:], hf, strict=True)
+                         if ids[a:b].tolist() != e.ids)
 
     def _agrees(self) -> bool:
         """Whether the compiled path gives HF's ids and cuts on PROBES, both directions."""

@@ -21,6 +21,10 @@ pytest.importorskip("ember.ext._wordpiece", reason="the compiled extension is no
 # \t \n \r (spaces), NUL and DEL, punctuation ('#' of the continuation prefix among it), '[' (the
 # first character of BERT's added tokens), digits and both cases.
 ALPHABET = "abcdeXYZ019 .,;:'\"!?#[]()-_~`@\t\n\r\x00\x01\x0b\x0c\x1f\x7f"
+# Characters of the compiled path's table (accented and special-cased letters, Greek with both
+# sigmas, Cyrillic, a combining accent, no-break and zero-width spaces, a soft hyphen, typographic
+# punctuation, math) and some outside it (CJK, emoji, a replacement character).
+NON_ASCII = "éÉßàÀîõüñçİıǅΣσςβΔμПриветЁё\u0301\u00a0\u2028\u200b\u00ad–—’“”…±×≥∼·°中😀\ufffd"
 
 
 def tokenizers_for(tmp_path, max_tokens: int):
@@ -69,7 +73,7 @@ def test_generated_ascii_matches_hf(tmp_path, direction):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.text(alphabet=ALPHABET + "éß中😀", max_size=60), min_size=1, max_size=5))
+@given(st.lists(st.text(alphabet=ALPHABET + NON_ASCII, max_size=60), min_size=1, max_size=5))
 def test_property_matches_hf(tmp_path_factory, texts):
     fast, hf = _shared(tmp_path_factory)
     for direction in ("right", "left"):
@@ -93,11 +97,46 @@ def taken(fast: ModelTokenizer, texts: list[str]) -> list[bool]:
 
 def test_texts_it_cannot_take_go_to_hf_in_order(tmp_path):
     fast, hf = tokenizers_for(tmp_path, 64)
-    texts = ["plain ascii", "café au lait", "a [MASK] here", "naïve", "more ascii, fine.", "中文"]
-    assert taken(fast, texts) == [True, False, True, False, True, False]
-    assert fast.fast.encode_one("café", 64, False) is None
+    texts = ["plain ascii", "café au lait", "a [MASK] here", "emoji 😀", "more ascii, fine.", "中文", "naïve"]
+    assert taken(fast, texts) == [True, True, True, False, True, False, True]
+    assert fast.fast.encode_one("中文", 64, False) is None
+    assert fast.fast.encode_one("a lone surrogate \ud800", 64, False) is None  # no UTF-8: left to HF
+    assert taken(fast, ["x\udc00", "fine"]) == [False, True]
     assert_same(fast, hf, texts, "right")
     assert_same(fast, hf, ["naïve"], "right")
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_the_character_table_matches_hf(tmp_path, direction):
+    """Texts made of every character the table takes, ASCII between them, tokenize as in HF."""
+    fast, hf = tokenizers_for(tmp_path, 24)
+    chars = fast.fast.table_chars
+    assert len(chars) > 1500 and "é" in chars and "β" in chars and "—" in chars
+    rnd = random.Random(5)
+    pool = chars + ALPHABET
+    texts = ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 40))) for _ in range(3000)]
+    texts += ["".join(chars[i:i + 40]) for i in range(0, len(chars), 40)]
+    assert all(taken(fast, texts))
+    assert_same(fast, hf, texts, direction)
+    for t in texts[:200]:
+        assert_same(fast, hf, [t], direction)
+
+
+def test_a_table_character_that_differs_from_hf_is_left_to_it(tmp_path, monkeypatch, caplog):
+    """The load check compares each table character with HF in context: one the table gets wrong
+    (here é made punctuation) is taken out, and texts holding it go to HF."""
+    real = tokenization.char_table
+
+    def wrong(norm):
+        return [(0xE9, "punct", "e") if cp == 0xE9 else (cp, kind, form) for cp, kind, form in real(norm)]
+
+    monkeypatch.setattr(tokenization, "char_table", wrong)
+    with caplog.at_level("INFO"):
+        fast, hf = tokenizers_for(tmp_path, 32)
+    assert "é" not in fast.fast.table_chars and "è" in fast.fast.table_chars
+    assert "1 characters" in caplog.text
+    assert taken(fast, ["café", "crème"]) == [False, True]
+    assert_same(fast, hf, ["café", "crème", "café crème"], "right")
 
 
 # Pieces of BERT's added tokens, whole, cut, in the wrong case and nested, among words and punctuation.
@@ -195,10 +234,10 @@ def test_a_path_that_disagrees_with_hf_is_turned_off(tmp_path, monkeypatch, capl
     """The load-time probe: a compiled table that would give other ids than tokenizer.json is dropped."""
     real = tokenization.fast_wordpiece
 
-    def wrong_cls(spec):
+    def wrong_cls(spec, **kw):
         spec = json.loads(json.dumps(spec))
         spec["post_processor"]["special_tokens"]["[CLS]"]["ids"] = [7]
-        return real(spec)
+        return real(spec, **kw)
 
     monkeypatch.setattr(tokenization, "fast_wordpiece", wrong_cls)
     shutil.copy2(minilm_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
