@@ -169,7 +169,7 @@ cdef class WordPiece:
             if ord(ch) < 256:
                 self.cls[ord(ch)] = C_STOP
 
-    def _char_table(self, chars):
+    cdef _char_table(self, chars):
         kinds = {"word": C_WORD, "space": C_SPACE, "punct": C_PUNCT, "drop": C_DROP}
         chars = sorted(chars)
         self.table_chars = "".join(chr(cp) for cp, _, _ in chars)
