@@ -130,9 +130,10 @@ cdef class WordPiece:
         self.max_piece = 0
         cdef i64 off = 0
         for flag, key, token_id in entries:
-            if len(key) <= MAX_WORD:  # longer pieces can never match a word that is not [UNK]
-                self._insert(flag, off, len(key), token_id)
-                self.max_piece = max(self.max_piece, len(key))
+            if len(key) > MAX_WORD:  # a slot's length is a byte; a word of 255 characters may be longer
+                raise ValueError(f"a vocabulary piece of {len(key)} bytes; at most {MAX_WORD}")
+            self._insert(flag, off, len(key), token_id)
+            self.max_piece = max(self.max_piece, len(key))
             off += len(key)
         self.unk_id, self.cls_id, self.sep_id = unk_id, cls_id, sep_id
         self.lowercase = lowercase
@@ -164,9 +165,10 @@ cdef class WordPiece:
             self.n_added += 1
             off_a += len(raw)
             self.cls[raw[0]] = C_ADDED
-        self._char_table(chars)
+        # A stop character is one byte's class in ASCII, and otherwise left out of the table.
+        self._char_table([e for e in chars if chr(e[0]) not in stop_chars])
         for ch in stop_chars:
-            if ord(ch) < 256:
+            if ord(ch) < 128:
                 self.cls[ord(ch)] = C_STOP
 
     cdef _char_table(self, chars):
@@ -176,8 +178,6 @@ cdef class WordPiece:
         self.n_chars = max((cp for cp, _, _ in chars), default=-1) + 1
         if not self.n_chars:
             return
-        if self.n_chars > 0x110000:
-            raise ValueError("code point out of range")
         self.ucls = <uint8_t*>malloc(self.n_chars)
         self.uoff = <int32_t*>calloc(self.n_chars, sizeof(int32_t))
         self.ulen = <uint8_t*>calloc(self.n_chars, 1)

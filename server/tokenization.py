@@ -68,7 +68,7 @@ def fast_wordpiece(spec: dict, exclude: frozenset = frozenset()):
     unk = vocab.get(model.get("unk_token"))
     max_chars = model.get("max_input_chars_per_word", 100)
     if unk is None or not 0 < max_chars <= 255 or any(len(p.encode()) > 255 for p in vocab):
-        return None
+        return None  # (WordPiece holds a piece's length in a byte)
     # HF matches added tokens ([CLS], [MASK], ...) in the text before anything else. The compiled
     # path matches those HF matches in the raw text and that split it where BertPreTokenizer would
     # anyway; a text holding the first character of any other (either case) is left to HF.

@@ -160,7 +160,8 @@ def test_added_tokens_in_the_text_match_hf(tmp_path, budget, direction):
 
 
 @pytest.mark.parametrize("change", [{"normalized": True}, {"lstrip": True}, {"rstrip": True},
-                                    {"single_word": True}, {"content": "<x"}, {"content": "xy]"}])
+                                    {"single_word": True}, {"content": "<x"}, {"content": "xy]"},
+                                    {"content": "«x»"}, {"content": "Éx]"}])
 def test_added_tokens_it_does_not_match_send_texts_to_hf(tmp_path, change):
     """An added token matched after normalization, with stripping around it, or without punctuation
     at both ends: texts holding its first character (either case) go to HF, which matches it."""
