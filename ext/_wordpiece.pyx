@@ -349,6 +349,39 @@ cdef class WordPiece:
         out[k + 1] = self.sep_id
         return k + 2
 
+    cdef Py_ssize_t _pair(self, const i64* q, Py_ssize_t kq, const uint8_t* s, Py_ssize_t n, i64 budget,
+                          bint left, i64* out, i64* types, uint8_t* cut) noexcept nogil:
+        """[CLS] query [SEP] document [SEP] into out (room for kq + n + 3) from the query's kq pieces and
+        the document's text, both cut as HF's longest_first cuts a pair to `budget` tokens (from the
+        right, or the left): the shorter keeps up to half the room, the longer the rest. types gets 0
+        over [CLS] query [SEP] and 1 after. Its length, or -1 where the document must go to HF."""
+        cdef Py_ssize_t room = budget - 3 if budget > 3 else 0
+        cdef Py_ssize_t kd = self._text(s, n, out + kq + 2)
+        cdef Py_ssize_t n1 = kq, n2, short, lng, i
+        if kd < 0:
+            return -1
+        n2 = kd
+        if kq + kd > room:
+            cut[0] = 1
+            short = kq if kq <= kd else kd
+            lng = short if short > room else (short if short > room - short else room - short)
+            if short + lng > room:
+                short = room // 2
+                lng = short + room % 2
+            n1, n2 = (short, lng) if kq <= kd else (lng, short)
+            n1 = n1 if n1 < kq else kq
+            n2 = n2 if n2 < kd else kd
+        memmove(out + n1 + 2, out + kq + 2 + (kd - n2 if left else 0), n2 * sizeof(i64))
+        memcpy(out + 1, q + (kq - n1 if left else 0), n1 * sizeof(i64))
+        out[0] = self.cls_id
+        out[n1 + 1] = self.sep_id
+        out[n1 + n2 + 2] = self.sep_id
+        for i in range(n1 + 2):
+            types[i] = 0
+        for i in range(n1 + 2, n1 + n2 + 3):
+            types[i] = 1
+        return n1 + n2 + 3
+
     cdef const char* _utf8(self, text, Py_ssize_t* size):
         """The str's UTF-8 bytes (an ASCII str's own, no copy; others' are kept by the str once
         made), or NULL where this path cannot take it (not a str; non-ASCII with no character
@@ -420,4 +453,58 @@ cdef class WordPiece:
                     length = self._one(<const uint8_t*>data[i], sizes[i], budget, left, &ids[pos], &cut[i])
                     if length > 0:
                         pos += length
+                offsets[i + 1] = pos
+
+    def encode_pairs(self, query, list documents, i64 budget, bint left):
+        """(query, document) pairs as [CLS] query [SEP] document [SEP], cut to `budget` tokens as HF's
+        longest_first cuts a pair: (ids back to back as int64, type ids likewise, offsets [len + 1],
+        truncated flags as bool), or None where the query must go to HF. A document that must go to
+        HF has no ids (offsets[i + 1] == offsets[i])."""
+        cdef tuple held = tuple(documents)
+        cdef Py_ssize_t n = len(held), i, size = 0, qsize = 0, kq, total = 0
+        cdef const char* qdata = self._utf8(query, &qsize)
+        if qdata == NULL:
+            return None
+        q = np.empty(max(qsize, 1), dtype=np.int64)
+        cdef i64[::1] qv = q
+        with nogil:
+            kq = self._text(<const uint8_t*>qdata, qsize, &qv[0])
+        if kq < 0:
+            return None
+        cdef const char** data = <const char**>malloc(max(n, 1) * sizeof(char*))
+        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(max(n, 1) * sizeof(Py_ssize_t))
+        if data == NULL or sizes == NULL:
+            free(data)
+            free(sizes)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                size = 0
+                data[i] = self._utf8(held[i], &size)
+                sizes[i] = size
+                if data[i] != NULL:
+                    total += kq + size + 3
+            ids = np.empty(max(total, 1), dtype=np.int64)
+            types = np.empty(max(total, 1), dtype=np.int64)
+            offsets = np.empty(n + 1, dtype=np.int64)
+            cut = np.zeros(n, dtype=np.uint8)
+            self._pairs_all(&qv[0], kq, data, sizes, n, budget, left, ids, types, offsets, cut)
+        finally:
+            free(data)
+            free(sizes)
+        return ids, types, offsets, cut.view(np.bool_)
+
+    cdef void _pairs_all(self, const i64* q, Py_ssize_t kq, const char** data, Py_ssize_t* sizes, Py_ssize_t n,
+                         i64 budget, bint left, i64[::1] ids, i64[::1] types, i64[::1] offsets, uint8_t[::1] cut):
+        cdef Py_ssize_t i, pos = 0, length
+        with nogil:
+            offsets[0] = 0
+            for i in range(n):
+                if data[i] != NULL:
+                    length = self._pair(q, kq, <const uint8_t*>data[i], sizes[i], budget, left, &ids[pos],
+                                        &types[pos], &cut[i])
+                    if length > 0:
+                        pos += length
+                    else:
+                        cut[i] = 0
                 offsets[i + 1] = pos

@@ -8,8 +8,10 @@ Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts t
 path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. ASCII is classified
 there; the non-ASCII characters it takes (CHAR_BLOCKS: accented Latin, Greek, Cyrillic,
 typographic punctuation, math) come in a table derived from HF's own normalizer and pre-tokenizer
-and checked against HF at load. The rest (other tokenizers, other scripts, pairs, texts holding
-the first character of an added token the compiled path does not match itself) go to HF.
+and checked against HF at load. A cross-encoder's (query, document) pairs take it too where the
+pair template is BERT's (`[CLS] A [SEP] B [SEP]`, type ids 0 then 1), cut as HF's longest_first
+cuts them. The rest (other tokenizers, other scripts, texts holding the first character of an
+added token the compiled path does not match itself) go to HF.
 """
 from __future__ import annotations
 
@@ -118,6 +120,23 @@ def char_table(norm: dict) -> list[tuple[int, str, str]]:
     return table
 
 
+def bert_pairs(spec: dict) -> bool:
+    """Whether the tokenizer's pair template is BERT's, `[CLS] A [SEP] B [SEP]` with type ids 0 over
+    [CLS] A [SEP] and 1 after, with the single template's [CLS] and [SEP] (fast_wordpiece's)."""
+    post = spec.get("post_processor") or {}
+    if post.get("type") == "BertProcessing":
+        return True
+    if post.get("type") != "TemplateProcessing":
+        return False
+    single, pair = post.get("single", []), post.get("pair", [])
+    shape = [(next(iter(p)), next(iter(p.values())).get("id"), next(iter(p.values())).get("type_id", 0)) for p in pair]
+    if len(single) != 3 or len(shape) != 5:
+        return False
+    cls, sep = (next(iter(single[i].values())).get("id") for i in (0, 2))
+    return shape == [("SpecialToken", cls, 0), ("Sequence", "A", 0), ("SpecialToken", sep, 0),
+                     ("Sequence", "B", 1), ("SpecialToken", sep, 1)]
+
+
 _PUNCT = frozenset(chr(c) for c in range(33, 127) if not chr(c).isalnum())  # BertPreTokenizer's, in ASCII
 
 
@@ -170,6 +189,7 @@ class ModelTokenizer:
         # (a budget under 3 leaves no room for a piece between [CLS] and [SEP]: HF's own edge cases)
         spec = json.loads(serialized)
         self.fast = None if self.template or not fast or budget < 3 else fast_wordpiece(spec)
+        self.fast_pairs = self.fast is not None and bert_pairs(spec)
         if self.fast is not None:
             differ = self._differing_chars()
             if differ:
@@ -179,7 +199,11 @@ class ModelTokenizer:
         if self.fast is not None and not self._agrees():
             log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe text; "
                         "every text goes to HF tokenizers", manifest.name)
-            self.fast = None
+            self.fast, self.fast_pairs = None, False
+        if self.fast_pairs and not self._pairs_agree():
+            log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe pair; "
+                        "every pair goes to HF tokenizers", manifest.name)
+            self.fast_pairs = False
         elif self.fast is not None:
             log.info("model %s: texts take the compiled WordPiece path (ASCII and %d other characters; "
                      "--no-fast-tokenizer: HF only)", manifest.name, len(self.fast.table_chars))
@@ -203,6 +227,19 @@ class ModelTokenizer:
             pairs = zip(mine, hf, strict=True)
             if any(a.ids.tolist() != b.ids.tolist() or a.truncated != b.truncated for a, b in pairs):
                 return False
+        return True
+
+    def _pairs_agree(self) -> bool:
+        """Whether the compiled path gives HF's ids, type ids and cuts on pairs of PROBES, both
+        directions (HF's longest_first at this budget: both cut, one cut, neither)."""
+        for direction in ("right", "left"):
+            for query in PROBES:
+                mine = self.encode_pairs(query, list(PROBES), truncate=True, direction=direction)
+                hf = self._by_direction[direction].encode_batch([(query, d) for d in PROBES])
+                for a, b in zip(mine, hf, strict=True):
+                    if a.ids.tolist() != b.ids or a.truncated != bool(b.overflowing) or \
+                            (a.type_ids is not None and a.type_ids.tolist() != b.type_ids):
+                        return False
         return True
 
     def _convert(self, enc: Encoding) -> Tokenized:
@@ -259,12 +296,29 @@ class ModelTokenizer:
             return self._encode_template(query, documents, truncate=truncate, direction=direction,
                                          instruction=instruction or self.template["instruction"])
         pairs = [(query, d) for d in documents]
-        encs = self._by_direction[direction].encode_batch(pairs)
-        out = [self._convert(e) for e in encs]
+        out = self._pairs_fast(query, documents, direction) if self.fast_pairs else None
+        if out is None:
+            out = [self._convert(e) for e in self._by_direction[direction].encode_batch(pairs)]
         if not truncate:
             for i, t in enumerate(out):
                 if t.truncated:
                     raise self._too_long("documents", i, pairs[i])
+        return out
+
+    def _pairs_fast(self, query: str, documents: list[str], direction: str) -> list[Tokenized] | None:
+        """The compiled path's pairs, those it cannot take from HF; None where it cannot take the query."""
+        got = self.fast.encode_pairs(query, documents, self.budget, direction == "left")
+        if got is None:
+            return None
+        ids, types, offsets, cut = got
+        bounds = offsets.tolist()
+        out = [Tokenized(ids[a:b], types[a:b] if self.with_type_ids else None, b - a, c)
+               for a, b, c in zip(bounds[:-1], bounds[1:], cut.tolist(), strict=True)]
+        rest = [i for i, t in enumerate(out) if not t.tokens]
+        if rest:
+            encs = self._by_direction[direction].encode_batch([(query, documents[i]) for i in rest])
+            for i, e in zip(rest, encs, strict=True):
+                out[i] = self._convert(e)
         return out
 
     def _encode_template(self, query: str, documents: list[str], *, truncate: bool, direction: str,

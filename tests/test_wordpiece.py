@@ -265,3 +265,88 @@ def test_server_setting_turns_it_off(tiny_models_dir):
 def test_tiny_server_uses_it(tiny_server):
     """The tiny models carry all-MiniLM-L6-v2's tokenizer: every tiny-server test runs the compiled path."""
     assert tiny_server.server.registry.models["tiny-embed"].tokenizer.fast is not None
+
+
+def assert_same_pairs(fast: ModelTokenizer, hf: ModelTokenizer, query: str, docs: list[str], direction: str) -> None:
+    a = fast.encode_pairs(query, docs, truncate=True, direction=direction)
+    b = hf.encode_pairs(query, docs, truncate=True, direction=direction)
+    assert len(a) == len(b) == len(docs)
+    for d, x, y in zip(docs, a, b, strict=True):
+        assert x.ids.tolist() == y.ids.tolist(), (query, d)
+        assert x.type_ids.tolist() == y.type_ids.tolist(), (query, d)
+        assert (x.tokens, x.truncated) == (y.tokens, y.truncated), (query, d)
+
+
+@pytest.mark.parametrize("max_tokens", [256, 16, 4, 3])
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_pairs_match_hf(tmp_path, max_tokens, direction):
+    """Cross-encoder pairs: HF's longest_first cut (both cut, one cut, neither), type ids 0 then 1;
+    documents it cannot take (emoji, CJK) go to HF in their place, a query it cannot take sends all."""
+    fast, hf = tokenizers_for(tmp_path, max_tokens)
+    assert fast.fast_pairs and not hf.fast_pairs
+    texts = real_texts(120, 12) + ["", " ", "a [MASK] b", "emoji 😀 here", "中文", "naïve café", "x" * 300]
+    for query in texts[:25] + texts[-7:]:
+        assert_same_pairs(fast, hf, query, texts, direction)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(alphabet=ALPHABET + NON_ASCII, max_size=40),
+       st.lists(st.text(alphabet=ALPHABET + NON_ASCII, max_size=60), min_size=1, max_size=5))
+def test_property_pairs_match_hf(tmp_path_factory, query, docs):
+    fast, hf = _shared(tmp_path_factory)
+    for direction in ("right", "left"):
+        assert_same_pairs(fast, hf, query, docs, direction)
+
+
+def test_pairs_take_the_compiled_path(tmp_path):
+    fast, _ = tokenizers_for(tmp_path, 12)
+    ids, types, offsets, cut = fast.fast.encode_pairs("a query", ["one doc", "emoji 😀", "a much longer document "
+                                                                  "than the budget holds"], 12, False)
+    assert offsets.tolist()[:3] == [0, 7, 7]  # [CLS] a query [SEP] one doc [SEP]; the emoji's left to HF
+    assert types[:7].tolist() == [0, 0, 0, 0, 1, 1, 1] and cut.tolist() == [False, False, True]
+    assert fast.fast.encode_pairs("emoji 😀", ["doc"], 12, False) is None
+    with pytest.raises(InvalidArgument) as e:
+        fast.encode_pairs("q", ["short", "one two three four five six seven eight nine ten"], truncate=False,
+                          direction="right")
+    assert e.value.violations[0].field == "documents[1]"
+
+
+def test_pairs_without_type_ids(tmp_path):
+    from ember.manifest import Manifest
+
+    shutil.copy2(minilm_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
+    m = Manifest(name="t", task="rerank", architecture="bert", dimensions=1, max_tokens=32)
+    tok = ModelTokenizer(tmp_path, m, with_type_ids=False)
+    assert tok.fast_pairs
+    (t,) = tok.encode_pairs("a query", ["a doc"], truncate=True, direction="right")
+    assert t.type_ids is None and t.ids.tolist() == tok._full.encode("a query", "a doc").ids
+
+
+def test_pair_templates_that_are_not_berts_go_to_hf():
+    spec = json.loads((minilm_dir() / "tokenizer.json").read_text())
+    post = spec["post_processor"]
+    assert tokenization.bert_pairs(spec)
+    assert tokenization.bert_pairs({**spec, "post_processor": {"type": "BertProcessing"}})
+    same_type = [dict(p) for p in post["pair"]]
+    same_type[3] = {"Sequence": {"id": "B", "type_id": 0}}
+    no_middle = post["pair"][:2] + post["pair"][3:]
+    for pair in (same_type, no_middle, post["pair"][:-1]):
+        assert not tokenization.bert_pairs({**spec, "post_processor": {**post, "pair": pair}})
+    assert not tokenization.bert_pairs({**spec, "post_processor": {"type": "RobertaProcessing"}})
+
+
+def test_pairs_that_disagree_with_hf_are_turned_off(tmp_path, monkeypatch, caplog):
+    """The load-time pair probe: wrong pair ids turn pairs off (single texts keep the compiled path)."""
+    real = ModelTokenizer._pairs_fast
+
+    def wrong_sep(self, *a, **kw):
+        out = real(self, *a, **kw)
+        for t in out or ():
+            t.ids[-1] = 7
+        return out
+
+    monkeypatch.setattr(ModelTokenizer, "_pairs_fast", wrong_sep)
+    fast, hf = tokenizers_for(tmp_path, 16)
+    assert not fast.fast_pairs and fast.fast is not None
+    assert "probe pair" in caplog.text
+    assert_same_pairs(fast, hf, "a query", ["a document"], "right")
