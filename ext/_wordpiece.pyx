@@ -9,8 +9,11 @@ the caches, a share of a single text's latency. For the tokenizers BERT-family m
 pipeline is a few table lookups per word. ASCII is classified here; other characters by a table
 that `ember.tokenization` derives from HF's own normalizer and pre-tokenizer for the blocks
 where text usually strays from ASCII (accented Latin, Greek, Cyrillic, typographic punctuation,
-math symbols), each entry checked against HF at load. `WordPiece.encode` does that in one pass over
-the text's bytes, without the GIL, and gives ids, lengths and truncation flags. Added tokens that
+math symbols) and for Chinese and Japanese (CJK ideographs, which BERT's normalizer makes words
+of their own, kana, CJK and fullwidth punctuation), each entry checked against HF at load.
+`WordPiece.encode` does that in one pass over the text's bytes, without the GIL, and gives ids,
+lengths and truncation flags; `encode_pairs` gives a cross-encoder's `[CLS] query [SEP] document
+[SEP]`, cut as HF's longest_first cuts a pair. Added tokens that
 HF matches in the raw text ([CLS], [MASK], ...: `normalized` false, no stripping, punctuation at
 both ends, so a match splits the text where BertPreTokenizer would anyway) are matched on the way,
 longest first, as HF matches them. A text it cannot take (a character outside the table, or one

@@ -7,14 +7,16 @@ there is one tokenizer per direction instead of mutating a shared one per reques
 Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts take the compiled
 path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. ASCII is classified
 there; the non-ASCII characters it takes (CHAR_BLOCKS: accented Latin, Greek, Cyrillic,
-typographic punctuation, math) come in a table derived from HF's own normalizer and pre-tokenizer
-and checked against HF at load. A cross-encoder's (query, document) pairs take it too where the
-pair template is BERT's (`[CLS] A [SEP] B [SEP]`, type ids 0 then 1), cut as HF's longest_first
-cuts them. The rest (other tokenizers, other scripts, texts holding the first character of an
-added token the compiled path does not match itself) go to HF.
+typographic punctuation, math, CJK ideographs and punctuation, kana, fullwidth forms) come in a
+table derived from HF's own normalizer and pre-tokenizer and checked against HF at load. A
+cross-encoder's (query, document) pairs take it too where the pair template is BERT's
+(`[CLS] A [SEP] B [SEP]`, type ids 0 then 1), cut as HF's longest_first cuts them. The rest
+(other tokenizers, other scripts: emoji, Hangul, anything past U+FFFF; texts holding the first
+character of an added token the compiled path does not match itself) go to HF.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -38,7 +40,13 @@ CHAR_BLOCKS = ((0x80, 0x24F),     # Latin-1 Supplement, Latin Extended-A and -B
                (0x300, 0x36F),    # combining diacritical marks
                (0x370, 0x3FF),    # Greek
                (0x400, 0x4FF),    # Cyrillic
-               (0x2000, 0x22FF))  # punctuation, super/subscripts, currency, letterlike, arrows, math
+               (0x2000, 0x22FF),  # punctuation, super/subscripts, currency, letterlike, arrows, math
+               (0x3000, 0x30FF),  # CJK symbols and punctuation, Hiragana, Katakana
+               (0x3400, 0x4DBF),  # CJK unified ideographs extension A
+               (0x4E00, 0x9FFF),  # CJK unified ideographs
+               (0xF900, 0xFAFF),  # CJK compatibility ideographs
+               (0xFF00, 0xFFEF))  # halfwidth and fullwidth forms
+_SEP = "|"  # between characters normalized together (ASCII punctuation: BertNormalizer keeps it as is)
 
 
 def fast_wordpiece(spec: dict, exclude: frozenset = frozenset()):
@@ -83,41 +91,74 @@ def fast_wordpiece(spec: dict, exclude: frozenset = frozenset()):
             stops |= {content[0], content[0].lower(), content[0].upper()}
     return WordPiece(vocab, model.get("continuing_subword_prefix", "##"), unk, cls_id, sep_id,
                      bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)), added,
-                     [c for c in char_table(norm) if chr(c[0]) not in exclude])
+                     [(cp, "punct" if kind == "alone" else kind, form) for cp, kind, form in char_table(norm)
+                      if chr(cp) not in exclude])
 
 
-def char_table(norm: dict) -> list[tuple[int, str, str]]:
+def char_table(norm: dict) -> tuple[tuple[int, str, str], ...]:
     """(code point, class, normalized form) for the characters of CHAR_BLOCKS, as HF's own
     BertNormalizer (these settings) and BertPreTokenizer treat each one alone: dropped, a space,
-    a word character (its form joins the word) or punctuation (a word of its own). Characters that
-    are none of these, or whose form is longer than the character, are left out (texts holding
-    them go to HF). Each entry is checked in context against the whole HF tokenizer at load
-    (ModelTokenizer), since only a character's behaviour alone is derived here."""
+    a word character (its form joins the word), punctuation (a word of its own), or alone: a CJK
+    ideograph, which the normalizer puts between spaces, so that it is a word of its own whatever
+    surrounds it (the compiled path treats it as punctuation). Characters that are none of these,
+    or whose form is longer than the character, are left out (texts holding them go to HF). Each
+    entry is checked in context against the whole HF tokenizer at load (ModelTokenizer), since
+    only a character's behaviour alone is derived here. Derived once per normalizer setting."""
+    return _char_table(bool(norm.get("clean_text", True)), bool(norm.get("handle_chinese_chars", True)),
+                       norm.get("strip_accents"), bool(norm.get("lowercase", True)))
+
+
+@functools.lru_cache(maxsize=8)
+def _char_table(clean_text: bool, chinese: bool, strip_accents, lowercase: bool) -> tuple[tuple[int, str, str], ...]:
+    """char_table's work: a block's characters go through the normalizer together and through the
+    pre-tokenizer together (~28,000 characters; one at a time would take ten times as long)."""
     from tokenizers import normalizers, pre_tokenizers
 
-    normalizer = normalizers.BertNormalizer(
-        clean_text=bool(norm.get("clean_text", True)),
-        handle_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
-        strip_accents=norm.get("strip_accents"), lowercase=bool(norm.get("lowercase", True)))
+    normalizer = normalizers.BertNormalizer(clean_text=clean_text, handle_chinese_chars=chinese,
+                                            strip_accents=strip_accents, lowercase=lowercase)
     pre = pre_tokenizers.BertPreTokenizer()
     table = []
     for lo, hi in CHAR_BLOCKS:
-        for cp in range(lo, hi + 1):
-            ch = chr(cp)
-            form = normalizer.normalize_str(ch)
-            if len(form.encode()) > 4 or len(form) > len(ch.encode()):
+        chars = [chr(cp) for cp in range(lo, hi + 1)]
+        forms = normalizer.normalize_str(_SEP.join(chars)).split(_SEP)
+        if len(forms) != len(chars):  # some form holds the separator: one at a time
+            forms = [normalizer.normalize_str(ch) for ch in chars]
+        candidates = []
+        for ch, form in zip(chars, forms, strict=True):
+            if len(form) == 3 and form[0] == form[2] == " " and not form[1].isspace():
+                table.append((ord(ch), "alone", form[1]))
+            elif len(form.encode()) > 4 or len(form) > len(ch.encode()):
                 continue
-            if not form:
-                table.append((cp, "drop", ""))
+            elif not form:
+                table.append((ord(ch), "drop", ""))
             elif form == " ":
-                table.append((cp, "space", ""))
+                table.append((ord(ch), "space", ""))
             else:
-                words = [w for w, _ in pre.pre_tokenize_str(f"a{form}a")]
-                if words == [f"a{form}a"]:
-                    table.append((cp, "word", form))
-                elif words == ["a", form, "a"] and len(form) == 1:
-                    table.append((cp, "punct", form))
-    return table
+                candidates.append((ord(ch), form))
+        for (cp, form), words in zip(candidates, _words_of(pre, [f"a{f}a" for _, f in candidates]), strict=True):
+            if words == [f"a{form}a"]:
+                table.append((cp, "word", form))
+            elif words == ["a", form, "a"] and len(form) == 1:
+                table.append((cp, "punct", form))
+    return tuple(table)
+
+
+def _words_of(pre, segments: list[str]) -> list[list[str]]:
+    """BertPreTokenizer's words of each segment, the segments pre-tokenized as one text (joined by
+    spaces, which no word spans)."""
+    text = " ".join(segments)
+    ends, pos = [], 0
+    for seg in segments:
+        pos += len(seg)
+        ends.append(pos)
+        pos += 1
+    out: list[list[str]] = [[] for _ in segments]
+    i = 0
+    for word, (start, _) in pre.pre_tokenize_str(text):
+        while start >= ends[i]:
+            i += 1
+        out[i].append(word)
+    return out
 
 
 def bert_pairs(spec: dict) -> bool:
@@ -191,7 +232,7 @@ class ModelTokenizer:
         self.fast = None if self.template or not fast or budget < 3 else fast_wordpiece(spec)
         self.fast_pairs = self.fast is not None and bert_pairs(spec)
         if self.fast is not None:
-            differ = self._differing_chars()
+            differ = self._differing_chars(spec["normalizer"])
             if differ:
                 log.info("model %s: %d characters of the compiled path's table tokenize differently in HF; "
                          "texts holding them go to HF", manifest.name, len(differ))
@@ -208,16 +249,30 @@ class ModelTokenizer:
             log.info("model %s: texts take the compiled WordPiece path (ASCII and %d other characters; "
                      "--no-fast-tokenizer: HF only)", manifest.name, len(self.fast.table_chars))
 
-    def _differing_chars(self) -> frozenset:
+    def _differing_chars(self, norm: dict) -> frozenset:
         """The table's characters whose ids differ from HF's in context: inside a word, alone,
-        doubled, at a word's end (a character's behaviour alone is what char_table derived)."""
-        chars = self.fast.table_chars
-        texts = [f"x{c}y {c} {c}{c}z a{c}" for c in chars]
+        doubled, at a word's end (a character's behaviour alone is what char_table derived). A
+        character the normalizer puts between spaces (CJK) is a word of its own in any context,
+        so its id alone is compared. 64 characters to a text, then one at a time where one differs."""
+        alone = {chr(cp) for cp, kind, _ in char_table(norm) if kind == "alone"}
+        differ = set()
+        for chars, context in (([c for c in self.fast.table_chars if c not in alone], "x{c}y {c} {c}{c}z a{c}"),
+                               ([c for c in self.fast.table_chars if c in alone], "{c}")):
+            groups = [chars[i:i + 64] for i in range(0, len(chars), 64)]
+            texts = [" ".join(context.format(c=c) for c in g) for g in groups]
+            suspects = [c for i in self._differing(texts) for c in groups[i]]
+            differ |= {suspects[i] for i in self._differing([context.format(c=c) for c in suspects])}
+        return frozenset(differ)
+
+    def _differing(self, texts: list[str]) -> list[int]:
+        """The indices of the texts whose ids differ between the compiled path and HF (untruncated)."""
+        if not texts:
+            return []
         ids, offsets, _ = self.fast.encode(texts, 1 << 40, False)
         bounds = offsets.tolist()
         hf = self._full.encode_batch(texts)
-        return frozenset(c for c, a, b, e in zip(chars, bounds[:-1], bounds[1:], hf, strict=True)
-                         if ids[a:b].tolist() != e.ids)
+        return [i for i, (a, b, e) in enumerate(zip(bounds[:-1], bounds[1:], hf, strict=True))
+                if ids[a:b].tolist() != e.ids]
 
     def _agrees(self) -> bool:
         """Whether the compiled path gives HF's ids and cuts on PROBES, both directions."""

@@ -23,8 +23,12 @@ pytest.importorskip("ember.ext._wordpiece", reason="the compiled extension is no
 ALPHABET = "abcdeXYZ019 .,;:'\"!?#[]()-_~`@\t\n\r\x00\x01\x0b\x0c\x1f\x7f"
 # Characters of the compiled path's table (accented and special-cased letters, Greek with both
 # sigmas, Cyrillic, a combining accent, no-break and zero-width spaces, a soft hyphen, typographic
-# punctuation, math) and some outside it (CJK, emoji, a replacement character).
-NON_ASCII = "éÉßàÀîõüñçİıǅΣσςβΔμПриветЁё\u0301\u00a0\u2028\u200b\u00ad–—’“”…±×≥∼·°中😀\ufffd"
+# punctuation, math, CJK ideographs (one a compatibility ideograph that normalizes to another),
+# CJK punctuation and the ideographic space, kana with and without a voicing mark, fullwidth
+# letters and punctuation) and some outside it (Hangul, which NFD lengthens; emoji, past U+FFFF;
+# a replacement character).
+NON_ASCII = ("éÉßàÀîõüñçİıǅΣσςβΔμПриветЁё\u0301\u00a0\u2028\u200b\u00ad–—’“”…±×≥∼·°"
+             "中文語豈、。「」\u3000ひがカガｆＵＬ！，한😀\ufffd")
 
 
 def tokenizers_for(tmp_path, max_tokens: int):
@@ -97,9 +101,9 @@ def taken(fast: ModelTokenizer, texts: list[str]) -> list[bool]:
 
 def test_texts_it_cannot_take_go_to_hf_in_order(tmp_path):
     fast, hf = tokenizers_for(tmp_path, 64)
-    texts = ["plain ascii", "café au lait", "a [MASK] here", "emoji 😀", "more ascii, fine.", "中文", "naïve"]
+    texts = ["plain ascii", "café au lait", "a [MASK] here", "emoji 😀", "more ascii, fine.", "한국어", "naïve"]
     assert taken(fast, texts) == [True, True, True, False, True, False, True]
-    assert fast.fast.encode_one("中文", 64, False) is None
+    assert fast.fast.encode_one("한국어", 64, False) is None
     assert fast.fast.encode_one("a lone surrogate \ud800", 64, False) is None  # no UTF-8: left to HF
     assert taken(fast, ["x\udc00", "fine"]) == [False, True]
     assert_same(fast, hf, texts, "right")
@@ -111,9 +115,9 @@ def test_the_character_table_matches_hf(tmp_path, direction):
     """Texts made of every character the table takes, ASCII between them, tokenize as in HF."""
     fast, hf = tokenizers_for(tmp_path, 24)
     chars = fast.fast.table_chars
-    assert len(chars) > 1500 and "é" in chars and "β" in chars and "—" in chars
+    assert len(chars) > 30000 and all(c in chars for c in "éβ—中豈、ひカＡ，")
     rnd = random.Random(5)
-    pool = chars + ALPHABET
+    pool = "".join(c for c in chars if ord(c) < 0x3000) + "".join(rnd.sample(chars, 300)) + ALPHABET
     texts = ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 40))) for _ in range(3000)]
     texts += ["".join(chars[i:i + 40]) for i in range(0, len(chars), 40)]
     assert all(taken(fast, texts))
@@ -137,6 +141,48 @@ def test_a_table_character_that_differs_from_hf_is_left_to_it(tmp_path, monkeypa
     assert "1 characters" in caplog.text
     assert taken(fast, ["café", "crème"]) == [False, True]
     assert_same(fast, hf, ["café", "crème", "café crème"], "right")
+
+
+@pytest.mark.parametrize("change", [{}, {"handle_chinese_chars": False}, {"lowercase": False, "strip_accents": None}])
+def test_cjk_matches_hf(tmp_path, change):
+    """Chinese and Japanese text (ideographs, kana, CJK and fullwidth punctuation, mixed with ASCII)
+    takes the compiled path with each normalizer setting: ideographs words of their own where the
+    normalizer puts them between spaces, word characters where it does not."""
+    from ember.manifest import Manifest
+
+    spec = json.loads((minilm_dir() / "tokenizer.json").read_text())
+    spec["normalizer"].update(change)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    m = Manifest(name="t", task="embed", architecture="bert", dimensions=384, max_tokens=24)
+    fast, hf = (ModelTokenizer(tmp_path, m, with_type_ids=True, fast=f) for f in (True, False))
+    texts = ["我爱北京天安门。", "你好，世界！这是一个测试（test）。", "東京タワーはとても高いです",
+             "ｆｕｌｌｗｉｄｔｈ　ＡＢＣ！", "混合 mixed text 和 English，「括号」", "ガギグゲゴ パピプペポ",
+             "豈更車", "中" * 150, "a中b中c"]
+    rnd = random.Random(9)
+    pool = [chr(rnd.randint(0x4E00, 0x9FFF)) for _ in range(200)] + list("、。「」ひらがなカタカナ，！ ab1 ")
+    texts += ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 50))) for _ in range(500)]
+    assert all(taken(fast, texts))
+    for direction in ("right", "left"):
+        assert_same(fast, hf, texts, direction)
+        for t in texts[:9]:
+            assert_same(fast, hf, [t], direction)
+
+
+def test_a_cjk_character_that_differs_from_hf_is_left_to_it(tmp_path, monkeypatch, caplog):
+    """The load check compares each ideograph's id with HF too: one the table gets wrong is taken
+    out and texts holding it go to HF."""
+    real = tokenization.char_table
+
+    def wrong(norm):
+        return tuple((cp, kind, "文" if cp == ord("中") else form) for cp, kind, form in real(norm))
+
+    monkeypatch.setattr(tokenization, "char_table", wrong)
+    with caplog.at_level("INFO"):
+        fast, hf = tokenizers_for(tmp_path, 32)
+    assert "中" not in fast.fast.table_chars and "文" in fast.fast.table_chars
+    assert "1 characters" in caplog.text
+    assert taken(fast, ["中文", "文字"]) == [False, True]
+    assert_same(fast, hf, ["中文", "文字"], "right")
 
 
 # Pieces of BERT's added tokens, whole, cut, in the wrong case and nested, among words and punctuation.
@@ -281,11 +327,11 @@ def assert_same_pairs(fast: ModelTokenizer, hf: ModelTokenizer, query: str, docs
 @pytest.mark.parametrize("direction", ["right", "left"])
 def test_pairs_match_hf(tmp_path, max_tokens, direction):
     """Cross-encoder pairs: HF's longest_first cut (both cut, one cut, neither), type ids 0 then 1;
-    documents it cannot take (emoji, CJK) go to HF in their place, a query it cannot take sends all."""
+    documents it cannot take (emoji, Hangul) go to HF in their place, a query it cannot take sends all."""
     fast, hf = tokenizers_for(tmp_path, max_tokens)
     assert fast.fast_pairs and not hf.fast_pairs
-    texts = real_texts(120, 12) + ["", " ", "a [MASK] b", "emoji 😀 here", "中文", "naïve café", "x" * 300]
-    for query in texts[:25] + texts[-7:]:
+    texts = real_texts(120, 12) + ["", " ", "a [MASK] b", "emoji 😀 here", "한국어", "中文", "naïve café", "x" * 300]
+    for query in texts[:25] + texts[-8:]:
         assert_same_pairs(fast, hf, query, texts, direction)
 
 
