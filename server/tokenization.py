@@ -16,7 +16,6 @@ character of an added token the compiled path does not match itself) go to HF.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -49,10 +48,11 @@ CHAR_BLOCKS = ((0x80, 0x24F),     # Latin-1 Supplement, Latin Extended-A and -B
 _SEP = "|"  # between characters normalized together (ASCII punctuation: BertNormalizer keeps it as is)
 
 
-def fast_wordpiece(spec: dict, exclude: frozenset = frozenset()):
+def fast_wordpiece(spec: dict, exclude: frozenset = frozenset(), table: tuple | None = None):
     """The compiled WordPiece tokenizer equivalent to the HF tokenizer `spec` (its tokenizer.json),
     for ASCII text and the characters of CHAR_BLOCKS that behave as the table can say (not those in
-    `exclude`); None where the pipeline is not BERT's or the extension is not built."""
+    `exclude`; `table`: char_table's for the spec's normalizer, where the caller has it); None where
+    the pipeline is not BERT's or the extension is not built."""
     try:
         from .ext._wordpiece import WordPiece
     except ImportError:  # pragma: no cover - only where the extension was not built
@@ -91,8 +91,8 @@ def fast_wordpiece(spec: dict, exclude: frozenset = frozenset()):
             stops |= {content[0], content[0].lower(), content[0].upper()}
     return WordPiece(vocab, model.get("continuing_subword_prefix", "##"), unk, cls_id, sep_id,
                      bool(norm.get("lowercase")), max_chars, "".join(sorted(stops)), added,
-                     [(cp, "punct" if kind == "alone" else kind, form) for cp, kind, form in char_table(norm)
-                      if chr(cp) not in exclude])
+                     [(cp, "punct" if kind == "alone" else kind, form)
+                      for cp, kind, form in (char_table(norm) if table is None else table) if chr(cp) not in exclude])
 
 
 def char_table(norm: dict) -> tuple[tuple[int, str, str], ...]:
@@ -103,19 +103,15 @@ def char_table(norm: dict) -> tuple[tuple[int, str, str], ...]:
     surrounds it (the compiled path treats it as punctuation). Characters that are none of these,
     or whose form is longer than the character, are left out (texts holding them go to HF). Each
     entry is checked in context against the whole HF tokenizer at load (ModelTokenizer), since
-    only a character's behaviour alone is derived here. Derived once per normalizer setting."""
-    return _char_table(bool(norm.get("clean_text", True)), bool(norm.get("handle_chinese_chars", True)),
-                       norm.get("strip_accents"), bool(norm.get("lowercase", True)))
-
-
-@functools.lru_cache(maxsize=8)
-def _char_table(clean_text: bool, chinese: bool, strip_accents, lowercase: bool) -> tuple[tuple[int, str, str], ...]:
-    """char_table's work: a block's characters go through the normalizer together and through the
-    pre-tokenizer together (~28,000 characters; one at a time would take ten times as long)."""
+    only a character's behaviour alone is derived here. A block's characters go through the
+    normalizer together and through the pre-tokenizer together (~30,000 characters; one at a time
+    would take several times as long). Not kept: the table is ~5 MB of Python objects."""
     from tokenizers import normalizers, pre_tokenizers
 
-    normalizer = normalizers.BertNormalizer(clean_text=clean_text, handle_chinese_chars=chinese,
-                                            strip_accents=strip_accents, lowercase=lowercase)
+    normalizer = normalizers.BertNormalizer(
+        clean_text=bool(norm.get("clean_text", True)),
+        handle_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
+        strip_accents=norm.get("strip_accents"), lowercase=bool(norm.get("lowercase", True)))
     pre = pre_tokenizers.BertPreTokenizer()
     table = []
     for lo, hi in CHAR_BLOCKS:
@@ -229,14 +225,17 @@ class ModelTokenizer:
         self._zeros.flags.writeable = False
         # (a budget under 3 leaves no room for a piece between [CLS] and [SEP]: HF's own edge cases)
         spec = json.loads(serialized)
-        self.fast = None if self.template or not fast or budget < 3 else fast_wordpiece(spec)
-        self.fast_pairs = self.fast is not None and bert_pairs(spec)
-        if self.fast is not None:
-            differ = self._differing_chars(spec["normalizer"])
+        self.fast = None
+        bert_normalizer = (spec.get("normalizer") or {}).get("type") == "BertNormalizer"
+        if not self.template and fast and budget >= 3 and bert_normalizer:
+            table = char_table(spec["normalizer"])
+            self.fast = fast_wordpiece(spec, table=table)
+            differ = self._differing_chars(table) if self.fast is not None else frozenset()
             if differ:
                 log.info("model %s: %d characters of the compiled path's table tokenize differently in HF; "
                          "texts holding them go to HF", manifest.name, len(differ))
-                self.fast = fast_wordpiece(spec, exclude=differ)
+                self.fast = fast_wordpiece(spec, exclude=differ, table=table)
+        self.fast_pairs = self.fast is not None and bert_pairs(spec)
         if self.fast is not None and not self._agrees():
             log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe text; "
                         "every text goes to HF tokenizers", manifest.name)
@@ -245,16 +244,16 @@ class ModelTokenizer:
             log.warning("model %s: the compiled WordPiece path disagrees with tokenizer.json on a probe pair; "
                         "every pair goes to HF tokenizers", manifest.name)
             self.fast_pairs = False
-        elif self.fast is not None:
+        if self.fast is not None:
             log.info("model %s: texts take the compiled WordPiece path (ASCII and %d other characters; "
                      "--no-fast-tokenizer: HF only)", manifest.name, len(self.fast.table_chars))
 
-    def _differing_chars(self, norm: dict) -> frozenset:
+    def _differing_chars(self, table: tuple) -> frozenset:
         """The table's characters whose ids differ from HF's in context: inside a word, alone,
         doubled, at a word's end (a character's behaviour alone is what char_table derived). A
         character the normalizer puts between spaces (CJK) is a word of its own in any context,
         so its id alone is compared. 64 characters to a text, then one at a time where one differs."""
-        alone = {chr(cp) for cp, kind, _ in char_table(norm) if kind == "alone"}
+        alone = {chr(cp) for cp, kind, _ in table if kind == "alone"}
         differ = set()
         for chars, context in (([c for c in self.fast.table_chars if c not in alone], "x{c}y {c} {c}{c}z a{c}"),
                                ([c for c in self.fast.table_chars if c in alone], "{c}")):
