@@ -67,6 +67,20 @@ cdef struct Slot:
     uint8_t flag
 
 
+cdef class _Texts:
+    """Texts' UTF-8 bytes (NULL for one this path cannot take) and sizes, for a pass without the
+    GIL; `held` keeps the strs (and so the bytes) alive. `size`: the bytes of the texts taken,
+    `taken`: how many."""
+    cdef tuple held
+    cdef const char** data
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t n, size, taken
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.sizes)
+
+
 cdef class WordPiece:
     """The vocabulary as an open-addressing table over its pieces (UTF-8 bytes): flag 0 for a
     piece that starts a word, flag 1 for a continuation (the key without its `##`). A slot holds
@@ -422,29 +436,31 @@ cdef class WordPiece:
         left): (ids of all texts back to back as int64, offsets [len + 1], truncated flags as
         bool). A text that must go to HF has no ids: offsets[i + 1] == offsets[i] (any other text
         has at least its two special tokens)."""
-        cdef tuple held = tuple(texts)  # the strs whose bytes are read without the GIL stay alive
-        cdef Py_ssize_t n = len(held), i, size, total = 0
-        cdef const char** data = <const char**>malloc(max(n, 1) * sizeof(char*))
-        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(max(n, 1) * sizeof(Py_ssize_t))
-        if data == NULL or sizes == NULL:
-            free(data)
-            free(sizes)
-            raise MemoryError()
-        try:
-            for i in range(n):
-                size = 0
-                data[i] = self._utf8(held[i], &size)
-                sizes[i] = size
-                if data[i] != NULL:
-                    total += size + 2
-            ids = np.empty(max(total, 1), dtype=np.int64)
-            offsets = np.empty(n + 1, dtype=np.int64)
-            cut = np.zeros(n, dtype=np.uint8)
-            self._encode_all(data, sizes, n, budget, left, ids, offsets, cut)
-        finally:
-            free(data)
-            free(sizes)
+        cdef _Texts t = self._texts(texts)
+        ids = np.empty(max(t.size + 2 * t.taken, 1), dtype=np.int64)
+        offsets = np.empty(t.n + 1, dtype=np.int64)
+        cut = np.zeros(t.n, dtype=np.uint8)
+        self._encode_all(t.data, t.sizes, t.n, budget, left, ids, offsets, cut)
         return ids, offsets, cut.view(np.bool_)
+
+    cdef _Texts _texts(self, list texts):
+        """The texts' UTF-8 (see _utf8), gathered for a pass without the GIL."""
+        cdef _Texts t = _Texts()
+        cdef Py_ssize_t i, size
+        t.held = tuple(texts)
+        t.n = len(t.held)
+        t.data = <const char**>malloc(max(t.n, 1) * sizeof(char*))
+        t.sizes = <Py_ssize_t*>malloc(max(t.n, 1) * sizeof(Py_ssize_t))
+        if t.data == NULL or t.sizes == NULL:
+            raise MemoryError()
+        for i in range(t.n):
+            size = 0
+            t.data[i] = self._utf8(t.held[i], &size)
+            t.sizes[i] = size
+            if t.data[i] != NULL:
+                t.size += size
+                t.taken += 1
+        return t
 
     cdef void _encode_all(self, const char** data, Py_ssize_t* sizes, Py_ssize_t n, i64 budget, bint left,
                           i64[::1] ids, i64[::1] offsets, uint8_t[::1] cut):
@@ -463,8 +479,7 @@ cdef class WordPiece:
         longest_first cuts a pair: (ids back to back as int64, type ids likewise, offsets [len + 1],
         truncated flags as bool), or None where the query must go to HF. A document that must go to
         HF has no ids (offsets[i + 1] == offsets[i])."""
-        cdef tuple held = tuple(documents)
-        cdef Py_ssize_t n = len(held), i, size = 0, qsize = 0, kq, total = 0
+        cdef Py_ssize_t qsize = 0, kq
         cdef const char* qdata = self._utf8(query, &qsize)
         if qdata == NULL:
             return None
@@ -474,27 +489,13 @@ cdef class WordPiece:
             kq = self._text(<const uint8_t*>qdata, qsize, &qv[0])
         if kq < 0:
             return None
-        cdef const char** data = <const char**>malloc(max(n, 1) * sizeof(char*))
-        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(max(n, 1) * sizeof(Py_ssize_t))
-        if data == NULL or sizes == NULL:
-            free(data)
-            free(sizes)
-            raise MemoryError()
-        try:
-            for i in range(n):
-                size = 0
-                data[i] = self._utf8(held[i], &size)
-                sizes[i] = size
-                if data[i] != NULL:
-                    total += kq + size + 3
-            ids = np.empty(max(total, 1), dtype=np.int64)
-            types = np.empty(max(total, 1), dtype=np.int64)
-            offsets = np.empty(n + 1, dtype=np.int64)
-            cut = np.zeros(n, dtype=np.uint8)
-            self._pairs_all(&qv[0], kq, data, sizes, n, budget, left, ids, types, offsets, cut)
-        finally:
-            free(data)
-            free(sizes)
+        cdef _Texts t = self._texts(documents)
+        total = max(t.size + (kq + 3) * t.taken, 1)
+        ids = np.empty(total, dtype=np.int64)
+        types = np.empty(total, dtype=np.int64)
+        offsets = np.empty(t.n + 1, dtype=np.int64)
+        cut = np.zeros(t.n, dtype=np.uint8)
+        self._pairs_all(&qv[0], kq, t.data, t.sizes, t.n, budget, left, ids, types, offsets, cut)
         return ids, types, offsets, cut.view(np.bool_)
 
     cdef void _pairs_all(self, const i64* q, Py_ssize_t kq, const char** data, Py_ssize_t* sizes, Py_ssize_t n,

@@ -126,21 +126,27 @@ def test_the_character_table_matches_hf(tmp_path, direction):
         assert_same(fast, hf, [t], direction)
 
 
-def test_a_table_character_that_differs_from_hf_is_left_to_it(tmp_path, monkeypatch, caplog):
-    """The load check compares each table character with HF in context: one the table gets wrong
-    (here é made punctuation) is taken out, and texts holding it go to HF."""
+# (a character, the entry the table gets wrong for it, a character beside it that stays, texts)
+WRONG_ENTRIES = [("é", (0xE9, "punct", "e"), "è", ["café", "crème", "café crème"]),  # é made punctuation
+                 ("中", (ord("中"), "alone", "文"), "文", ["中文", "文字"])]  # an ideograph given another's id
+
+
+@pytest.mark.parametrize("char, entry, kept, texts", WRONG_ENTRIES)
+def test_a_table_character_that_differs_from_hf_is_left_to_it(tmp_path, monkeypatch, caplog, char, entry, kept, texts):
+    """The load check compares each table character with HF (in context; an ideograph by its id
+    alone): one the table gets wrong is taken out, and texts holding it go to HF."""
     real = tokenization.char_table
 
     def wrong(norm):
-        return [(0xE9, "punct", "e") if cp == 0xE9 else (cp, kind, form) for cp, kind, form in real(norm)]
+        return tuple(entry if cp == entry[0] else (cp, kind, form) for cp, kind, form in real(norm))
 
     monkeypatch.setattr(tokenization, "char_table", wrong)
     with caplog.at_level("INFO"):
         fast, hf = tokenizers_for(tmp_path, 32)
-    assert "é" not in fast.fast.table_chars and "è" in fast.fast.table_chars
+    assert char not in fast.fast.table_chars and kept in fast.fast.table_chars
     assert "1 characters" in caplog.text
-    assert taken(fast, ["café", "crème"]) == [False, True]
-    assert_same(fast, hf, ["café", "crème", "café crème"], "right")
+    assert taken(fast, texts[:2]) == [False, True]
+    assert_same(fast, hf, texts, "right")
 
 
 @pytest.mark.parametrize("change", [{}, {"handle_chinese_chars": False}, {"lowercase": False, "strip_accents": None}])
@@ -166,23 +172,6 @@ def test_cjk_matches_hf(tmp_path, change):
         assert_same(fast, hf, texts, direction)
         for t in texts[:9]:
             assert_same(fast, hf, [t], direction)
-
-
-def test_a_cjk_character_that_differs_from_hf_is_left_to_it(tmp_path, monkeypatch, caplog):
-    """The load check compares each ideograph's id with HF too: one the table gets wrong is taken
-    out and texts holding it go to HF."""
-    real = tokenization.char_table
-
-    def wrong(norm):
-        return tuple((cp, kind, "文" if cp == ord("中") else form) for cp, kind, form in real(norm))
-
-    monkeypatch.setattr(tokenization, "char_table", wrong)
-    with caplog.at_level("INFO"):
-        fast, hf = tokenizers_for(tmp_path, 32)
-    assert "中" not in fast.fast.table_chars and "文" in fast.fast.table_chars
-    assert "1 characters" in caplog.text
-    assert taken(fast, ["中文", "文字"]) == [False, True]
-    assert_same(fast, hf, ["中文", "文字"], "right")
 
 
 # Pieces of BERT's added tokens, whole, cut, in the wrong case and nested, among words and punctuation.
