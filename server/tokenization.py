@@ -34,6 +34,8 @@ PROBES = ("Hello, World! It's ember's tokenizer check: 42 x-ray\tthings\n", "una
           "a" * 120 + " b", "#hashtag ##continued @user e.g. 3.14 100% C++ <html> ~/path_to/file.txt")
 
 
+PAIR_PROBE_BUDGET = 9  # the pair probe also runs at this budget: PROBES' pairs are cut every way there
+
 # Unicode blocks the compiled path takes characters from (where text strays from ASCII most).
 CHAR_BLOCKS = ((0x80, 0x24F),     # Latin-1 Supplement, Latin Extended-A and -B
                (0x300, 0x36F),    # combining diacritical marks
@@ -285,15 +287,27 @@ class ModelTokenizer:
 
     def _pairs_agree(self) -> bool:
         """Whether the compiled path gives HF's ids, type ids and cuts on pairs of PROBES, both
-        directions (HF's longest_first at this budget: both cut, one cut, neither)."""
-        for direction in ("right", "left"):
-            for query in PROBES:
-                mine = self.encode_pairs(query, list(PROBES), truncate=True, direction=direction)
-                hf = self._by_direction[direction].encode_batch([(query, d) for d in PROBES])
-                for a, b in zip(mine, hf, strict=True):
-                    if a.ids.tolist() != b.ids or a.truncated != bool(b.overflowing) or \
-                            (a.type_ids is not None and a.type_ids.tolist() != b.type_ids):
-                        return False
+        directions, at the model's budget and at a small one (PAIR_PROBE_BUDGET), where HF's
+        longest_first cuts both, one or neither of a pair."""
+        docs = list(PROBES)
+        for budget in sorted({self.budget, min(self.budget, PAIR_PROBE_BUDGET)}):
+            for direction in ("right", "left"):
+                self._full.enable_truncation(budget, strategy="longest_first", direction=direction)
+                try:
+                    hf = self._full.encode_batch([(q, d) for q in PROBES for d in docs])
+                finally:
+                    self._full.no_truncation()
+                for k, query in enumerate(PROBES):
+                    got = self.fast.encode_pairs(query, docs, budget, direction == "left")
+                    if got is None:
+                        continue  # a query the compiled path leaves to HF
+                    ids, types, offsets, cut = got
+                    bounds = offsets.tolist()
+                    for i, b in enumerate(hf[k * len(docs):(k + 1) * len(docs)]):
+                        lo, hi = bounds[i], bounds[i + 1]
+                        if hi > lo and (ids[lo:hi].tolist() != b.ids or bool(cut[i]) != bool(b.overflowing) or
+                                        types[lo:hi].tolist() != b.type_ids):
+                            return False
         return True
 
     def _convert(self, enc: Encoding) -> Tokenized:

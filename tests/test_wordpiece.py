@@ -370,18 +370,32 @@ def test_pair_templates_that_are_not_berts_go_to_hf():
     assert not tokenization.bert_pairs({**spec, "post_processor": {"type": "RobertaProcessing"}})
 
 
-def test_pairs_that_disagree_with_hf_are_turned_off(tmp_path, monkeypatch, caplog):
-    """The load-time pair probe: wrong pair ids turn pairs off (single texts keep the compiled path)."""
-    real = ModelTokenizer._pairs_fast
+class _CutPairsWrong:
+    """A compiled WordPiece whose pairs are wrong only where a pair is cut (the rest delegated)."""
 
-    def wrong_sep(self, *a, **kw):
-        out = real(self, *a, **kw)
-        for t in out or ():
-            t.ids[-1] = 7
-        return out
+    def __init__(self, wp):
+        self._wp = wp
 
-    monkeypatch.setattr(ModelTokenizer, "_pairs_fast", wrong_sep)
-    fast, hf = tokenizers_for(tmp_path, 16)
+    def __getattr__(self, name):
+        return getattr(self._wp, name)
+
+    def encode_pairs(self, *args):
+        got = self._wp.encode_pairs(*args)
+        if got is not None:
+            ids, _, offsets, cut = got
+            for i in np.flatnonzero(cut):
+                ids[offsets[i + 1] - 1] = 7
+        return got
+
+
+@pytest.mark.parametrize("max_tokens", [256, 16])
+def test_pairs_that_disagree_with_hf_are_turned_off(tmp_path, monkeypatch, caplog, max_tokens):
+    """The load-time pair probe: pairs wrong only where a pair is cut turn pairs off (single texts
+    keep the compiled path), also where the model's budget cuts none of the probe's pairs (256):
+    the probe cuts them at a small budget too."""
+    real = tokenization.fast_wordpiece
+    monkeypatch.setattr(tokenization, "fast_wordpiece", lambda *a, **kw: _CutPairsWrong(real(*a, **kw)))
+    fast, hf = tokenizers_for(tmp_path, max_tokens)
     assert not fast.fast_pairs and fast.fast is not None
     assert "probe pair" in caplog.text
-    assert_same_pairs(fast, hf, "a query", ["a document"], "right")
+    assert_same_pairs(fast, hf, "a query", ["a document " * 40], "right")
