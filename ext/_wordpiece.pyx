@@ -8,8 +8,9 @@ the caches, a share of a single text's latency. For the tokenizers BERT-family m
 (BertNormalizer with clean_text, BertPreTokenizer, WordPiece, `[CLS] $A [SEP]`), the whole
 pipeline is a few table lookups per word. ASCII is classified here; other characters by a table
 that `ember.tokenization` derives from HF's own normalizer and pre-tokenizer for the blocks
-where text usually strays from ASCII (accented Latin, Greek, Cyrillic, typographic punctuation,
-math symbols) and for Chinese and Japanese (CJK ideographs, which BERT's normalizer makes words
+where text usually strays from ASCII (accented Latin, Vietnamese, Greek, Cyrillic, Armenian,
+Hebrew, Arabic, Devanagari, Bengali, Thai, Georgian, typographic punctuation, math symbols) and
+for Chinese and Japanese (CJK ideographs, which BERT's normalizer makes words
 of their own, kana, CJK and fullwidth punctuation), each entry checked against HF at load.
 `WordPiece.encode` does that in one pass over the text's bytes, without the GIL, and gives ids,
 lengths and truncation flags; `encode_pairs` gives a cross-encoder's `[CLS] query [SEP] document
@@ -46,7 +47,7 @@ DEF C_STOP = 4    # starts an added token not matched here, or a character not i
 DEF C_ADDED = 5   # starts an added token matched here; where none matches, its class is in `base`
 DEF MAX_ADDED = 64  # added tokens matched here, at most
 DEF C_UTF8 = 6    # the first byte of a non-ASCII character: its class is in the character table
-DEF MAX_REP = 4   # bytes of a table character's normalized form, at most
+DEF MAX_REP = 9   # bytes of a table character's normalized form, at most (a Bengali vowel sign's NFD: 6)
 DEF MAX_WORD = 255  # longest max_input_chars_per_word taken (HF's default is 100)
 
 cdef inline uint64_t _hash(uint8_t flag, const uint8_t* s, Py_ssize_t n) noexcept nogil:

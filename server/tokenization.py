@@ -6,10 +6,11 @@ there is one tokenizer per direction instead of mutating a shared one per reques
 
 Where a model's tokenizer is BERT's WordPiece (`fast_wordpiece`), single texts take the compiled
 path in `ember.ext._wordpiece` instead: the same ids, a fraction of the time. ASCII is classified
-there; the non-ASCII characters it takes (CHAR_BLOCKS: accented Latin, Greek, Cyrillic,
-typographic punctuation, math, CJK ideographs and punctuation, kana, fullwidth forms) come in a
-table derived from HF's own normalizer and pre-tokenizer and checked against HF at load. A
-cross-encoder's (query, document) pairs take it too where the pair template is BERT's
+there; the non-ASCII characters it takes (CHAR_BLOCKS: accented Latin, Vietnamese, Greek,
+Cyrillic, Armenian, Hebrew, Arabic, Devanagari, Bengali, Thai, Georgian, typographic punctuation,
+math, CJK ideographs and punctuation, kana, fullwidth forms) come in a table derived from HF's
+own normalizer and pre-tokenizer and checked against HF at load. A cross-encoder's (query,
+document) pairs take it too where the pair template is BERT's
 (`[CLS] A [SEP] B [SEP]`, type ids 0 then 1), cut as HF's longest_first cuts them. The rest
 (other tokenizers, other scripts: emoji, Hangul, anything past U+FFFF; texts holding the first
 character of an added token the compiled path does not match itself) go to HF.
@@ -41,12 +42,19 @@ CHAR_BLOCKS = ((0x80, 0x24F),     # Latin-1 Supplement, Latin Extended-A and -B
                (0x300, 0x36F),    # combining diacritical marks
                (0x370, 0x3FF),    # Greek
                (0x400, 0x4FF),    # Cyrillic
+               (0x530, 0x5FF),    # Armenian, Hebrew
+               (0x600, 0x6FF),    # Arabic
+               (0x900, 0x9FF),    # Devanagari, Bengali
+               (0xE00, 0xE7F),    # Thai
+               (0x10A0, 0x10FF),  # Georgian
+               (0x1E00, 0x1FFF),  # Latin Extended Additional (Vietnamese), Greek Extended
                (0x2000, 0x22FF),  # punctuation, super/subscripts, currency, letterlike, arrows, math
                (0x3000, 0x30FF),  # CJK symbols and punctuation, Hiragana, Katakana
                (0x3400, 0x4DBF),  # CJK unified ideographs extension A
                (0x4E00, 0x9FFF),  # CJK unified ideographs
                (0xF900, 0xFAFF),  # CJK compatibility ideographs
                (0xFF00, 0xFFEF))  # halfwidth and fullwidth forms
+MAX_FORM_BYTES = 9  # a table character's normalized form, at most (the extension's MAX_REP)
 _SEP = "|"  # between characters normalized together (ASCII punctuation: BertNormalizer keeps it as is)
 
 
@@ -125,7 +133,7 @@ def char_table(norm: dict) -> tuple[tuple[int, str, str], ...]:
         for ch, form in zip(chars, forms, strict=True):
             if len(form) == 3 and form[0] == form[2] == " " and not form[1].isspace():
                 table.append((ord(ch), "alone", form[1]))
-            elif len(form.encode()) > 4 or len(form) > len(ch.encode()):
+            elif len(form.encode()) > MAX_FORM_BYTES or len(form) > len(ch.encode()):
                 continue
             elif not form:
                 table.append((ord(ch), "drop", ""))

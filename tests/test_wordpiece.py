@@ -25,10 +25,11 @@ ALPHABET = "abcdeXYZ019 .,;:'\"!?#[]()-_~`@\t\n\r\x00\x01\x0b\x0c\x1f\x7f"
 # sigmas, Cyrillic, a combining accent, no-break and zero-width spaces, a soft hyphen, typographic
 # punctuation, math, CJK ideographs (one a compatibility ideograph that normalizes to another),
 # CJK punctuation and the ideographic space, kana with and without a voicing mark, fullwidth
-# letters and punctuation) and some outside it (Hangul, which NFD lengthens; emoji, past U+FFFF;
-# a replacement character).
+# letters and punctuation; Vietnamese, Hebrew, Arabic, Devanagari, Bengali (a vowel sign whose NFD
+# is two characters), Thai, Georgian) and some outside it (Hangul; emoji, past U+FFFF; a
+# replacement character).
 NON_ASCII = ("éÉßàÀîõüñçİıǅΣσςβΔμПриветЁё\u0301\u00a0\u2028\u200b\u00ad–—’“”…±×≥∼·°"
-             "中文語豈、。「」\u3000ひがカガｆＵＬ！，한😀\ufffd")
+             "中文語豈、。「」\u3000ひがカガｆＵＬ！，ếộשָׁب،ـक़िোกี่ა한😀\ufffd")
 
 
 def tokenizers_for(tmp_path, max_tokens: int):
@@ -172,6 +173,22 @@ def test_cjk_matches_hf(tmp_path, change):
         assert_same(fast, hf, texts, direction)
         for t in texts[:9]:
             assert_same(fast, hf, [t], direction)
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_other_scripts_match_hf(tmp_path, direction):
+    """Vietnamese, Hebrew, Arabic, Hindi, Bengali, Thai, Georgian, Armenian and polytonic Greek take
+    the compiled path with HF's ids: marks NFD splits off and strips, vowel signs it keeps."""
+    fast, hf = tokenizers_for(tmp_path, 24)
+    texts = ["Tiếng Việt có dấu: ế, ộ, ữ.", "שָׁלוֹם עוֹלָם", "مرحبا بالعالم، كيف حالك؟", "नमस्ते दुनिया। क़िला",
+             "আমি বাংলায় গান গাই", "สวัสดีชาวโลก ที่นี่", "გამარჯობა მსოფლიო", "Բարեւ աշխարհ", "ἐν ἀρχῇ ἦν ὁ λόγος"]
+    rnd = random.Random(2)
+    pool = "".join(dict.fromkeys("".join(texts))) + " ,.!"
+    texts += ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 60))) for _ in range(500)]
+    assert all(taken(fast, texts))
+    assert_same(fast, hf, texts, direction)
+    for t in texts[:9]:
+        assert_same(fast, hf, [t], direction)
 
 
 # Pieces of BERT's added tokens, whole, cut, in the wrong case and nested, among words and punctuation.
