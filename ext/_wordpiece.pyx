@@ -176,7 +176,7 @@ cdef class WordPiece:
         self.n_added = 0
         for content, token_id in added:
             raw = content.encode()
-            if not content.isascii() or len(raw) < 2 or self.base[raw[0]] != C_PUNCT or self.base[raw[-1]] != C_PUNCT:
+            if not content.isascii() or len(raw) < 2 or self.base[raw[0]] != C_PUNCT or self.base[raw[len(raw) - 1]] != C_PUNCT:
                 raise ValueError(f"added token {content!r} cannot be matched here (ASCII, punctuation at both ends)")
             self.added_off[self.n_added], self.added_n[self.n_added] = off_a, len(raw)
             self.added_id[self.n_added] = token_id
