@@ -510,6 +510,4 @@ cdef class WordPiece:
                                         &types[pos], &cut[i])
                     if length > 0:
                         pos += length
-                    else:
-                        cut[i] = 0
                 offsets[i + 1] = pos

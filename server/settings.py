@@ -116,7 +116,7 @@ class Settings:
     fast_tokenizer: bool = field(
         default=True, metadata={"help": "tokenize texts for BERT-family models (a BertNormalizer, "
                                         "BertPreTokenizer and WordPiece tokenizer.json) with ember's compiled "
-                                        "WordPiece, which gives HF tokenizers' ids in a tenth to a fifth of the "
+                                        "WordPiece, which gives HF tokenizers' ids in a twelfth to a quarter of the "
                                         "time (benchmarks/tokenizer_cost.py); other "
                                         "models and texts always use HF tokenizers. Checked against HF on probe "
                                         "texts at load. --no-fast-tokenizer sends every text to HF"}

@@ -343,7 +343,8 @@ class ModelTokenizer:
         return out
 
     def _encode_fast(self, texts: list[str], direction: str) -> list[Tokenized] | None:
-        """The compiled path's answer for `texts`, those it cannot take from HF; None when it takes none."""
+        """The compiled path's answer for `texts`, those it cannot take from HF; None where a single
+        text must go to HF."""
         zeros = self._zeros if self.with_type_ids else None
         if len(texts) == 1:
             one = self.fast.encode_one(texts[0], self.budget, direction == "left")
@@ -352,14 +353,20 @@ class ModelTokenizer:
             ids, cut = one
             return [Tokenized(ids, None if zeros is None else zeros[:len(ids)], len(ids), cut)]
         ids, offsets, cut = self.fast.encode(texts, self.budget, direction == "left")
+        return self._unpacked(ids, None, offsets, cut, texts, direction)
+
+    def _unpacked(self, ids: np.ndarray, types: np.ndarray | None, offsets: np.ndarray, cut: np.ndarray,
+                  inputs: list, direction: str) -> list[Tokenized]:
+        """One Tokenized per input from the compiled path's arrays (`types` None: single texts, whose
+        type ids are zeros); the inputs (texts or pairs) it left to HF, with no ids, tokenized there
+        in their place."""
         bounds = offsets.tolist()
-        out = [Tokenized(ids[a:b], None if zeros is None else zeros[:b - a], b - a, c)
+        out = [Tokenized(ids[a:b], None if not self.with_type_ids else self._zeros[:b - a] if types is None
+                         else types[a:b], b - a, c)
                for a, b, c in zip(bounds[:-1], bounds[1:], cut.tolist(), strict=True)]
         rest = [i for i, t in enumerate(out) if not t.tokens]
-        if len(rest) == len(texts):
-            return None
         if rest:
-            encs = self._by_direction[direction].encode_batch([texts[i] for i in rest])
+            encs = self._by_direction[direction].encode_batch([inputs[i] for i in rest])
             for i, e in zip(rest, encs, strict=True):
                 out[i] = self._convert(e)
         return out
@@ -387,15 +394,7 @@ class ModelTokenizer:
         if got is None:
             return None
         ids, types, offsets, cut = got
-        bounds = offsets.tolist()
-        out = [Tokenized(ids[a:b], types[a:b] if self.with_type_ids else None, b - a, c)
-               for a, b, c in zip(bounds[:-1], bounds[1:], cut.tolist(), strict=True)]
-        rest = [i for i, t in enumerate(out) if not t.tokens]
-        if rest:
-            encs = self._by_direction[direction].encode_batch([(query, documents[i]) for i in rest])
-            for i, e in zip(rest, encs, strict=True):
-                out[i] = self._convert(e)
-        return out
+        return self._unpacked(ids, types, offsets, cut, [(query, d) for d in documents], direction)
 
     def _encode_template(self, query: str, documents: list[str], *, truncate: bool, direction: str,
                          instruction: str) -> list[Tokenized]:
