@@ -1,7 +1,7 @@
 """The least a Python gRPC server can add to one text's embedding: the reference for ember's path.
 
     python benchmarks/floor_server.py MODEL_DIR PORT [--fixed] [--record PATH] [--ort-config K=V]
-                                      [--pause-ms MS] [--sync]
+                                      [--pause-ms MS] [--sync | --grpclib]
 
 Serves `ember.v1.Embedder/Embed` with nothing but what raw ONNX Runtime does in `bench.py`
 (tokenize, one session run with the same options, mean pooling, normalization), inline in a
@@ -17,7 +17,9 @@ writes them as JSON lines to PATH when stopped (SIGTERM). --ort-config KEY=VALUE
 an ONNX Runtime session config entry, e.g. session.force_spinning_stop=1. --pause-ms MS busy-waits
 that long in the handler before the session run (or in its place, with --fixed): a pause that
 keeps the event-loop thread busy and touches next to no memory. --sync serves the same handler on
-grpc's synchronous server (a thread pool) instead of grpc.aio.
+grpc's synchronous server (a thread pool) instead of grpc.aio. --grpclib serves it on grpclib: a
+gRPC server written in Python on asyncio (its HTTP/2 is the h2 package), so a call has no gRPC
+core, no poller thread and no hop between threads.
 """
 from __future__ import annotations
 
@@ -113,6 +115,37 @@ def serve_sync(model_dir: Path, port: int, fixed: bool, record: Path | None, ort
     server.wait_for_termination()
 
 
+class GrpclibEmbedder:
+    """The same handler on grpclib: the method table is written out (grpclib's own stubs are made by
+    a protoc plugin this project does not otherwise need)."""
+
+    def __init__(self, floor: FloorEmbedder):
+        self.floor = floor
+
+    async def embed(self, stream) -> None:
+        await stream.send_message(self.floor.embed(await stream.recv_message()))
+
+    def __mapping__(self):
+        from grpclib.const import Cardinality, Handler
+
+        from ember.v1 import ember_pb2 as pb
+        return {"/ember.v1.Embedder/Embed": Handler(self.embed, Cardinality.UNARY_UNARY, pb.EmbedRequest,
+                                                    pb.EmbedResponse)}
+
+
+async def serve_grpclib(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...],
+                        pause_s: float) -> None:
+    from grpclib.server import Server
+
+    embedder = FloorEmbedder(model_dir, fixed, ort_config, record is not None, pause_s)
+    if record is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, write_and_exit, embedder, record)
+    server = Server([GrpclibEmbedder(embedder)])
+    await server.start("127.0.0.1", port)
+    print("ready", flush=True)
+    await server.wait_closed()
+
+
 async def serve(model_dir: Path, port: int, fixed: bool, record: Path | None, ort_config: tuple[str, ...],
                 pause_s: float, grpc_args: tuple[str, ...] = ()) -> None:
     server = grpc.aio.server(options=[grpc_option(e) for e in grpc_args])
@@ -138,7 +171,11 @@ if __name__ == "__main__":
     ap.add_argument("--grpc-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="a gRPC core channel argument for the server, e.g. grpc.http2.bdp_probe=0 (repeatable)")
     ap.add_argument("--sync", action="store_true", help="grpc's synchronous server (a thread pool) instead of grpc.aio")
+    ap.add_argument("--grpclib", action="store_true", help="grpclib (gRPC in Python on asyncio) instead of grpc.aio")
     a = ap.parse_args()
+    if a.grpclib:
+        asyncio.run(serve_grpclib(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3))
+        raise SystemExit(0)
     if a.sync:
         serve_sync(a.model_dir, a.port, a.fixed, a.record, tuple(a.ort_config), a.pause_ms / 1e3,
                    tuple(a.grpc_arg))

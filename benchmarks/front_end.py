@@ -1,6 +1,7 @@
 """What the Python gRPC server costs around a pause, against a compiled (Go) gRPC server.
 
     make clients && python benchmarks/front_end.py [--pauses 0,2,5.5] [--processes 2] [--texts 200]
+                                                   [--grpclib]
 
 ember's single text is raw ONNX Runtime's run plus a gRPC round trip around it, and that round trip
 grows with the pause it brackets (benchmarks/RESULTS.md, thirteenth session). This asks how much of
@@ -9,7 +10,9 @@ it a compiled server would save. Both servers answer the same Embed calls from t
 for the model's run:
 - `floor_server.py --fixed --pause-ms P`: a bare Python grpc.aio handler (it also tokenizes the
   text and pools a fixed hidden state, ~0.1-0.2 ms, as the floor does);
-- `ember-floor PORT P` (clients/go/src/ember/floor): a grpc-go server that does nothing else.
+- `ember-floor PORT P` (clients/go/src/ember/floor): a grpc-go server that does nothing else;
+- with --grpclib, also `floor_server.py --grpclib --fixed --pause-ms P`: the Python handler on
+  grpclib, gRPC written in Python on asyncio (no gRPC core, no thread hops).
 Arms take turns on bench.py's single-text texts (`bench.interleaved`), closed loop, then open loop
 (each call after an idle stretch). Prints each arm's p50 and p50 − pause (the round trip and the
 handler's own work), and writes out/front_end.json.
@@ -41,6 +44,7 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=2, help="server processes per arm")
     ap.add_argument("--texts", type=int, default=200, help="closed-loop texts (the open loop takes up to 240)")
     ap.add_argument("--no-open", action="store_true", help="closed loop only")
+    ap.add_argument("--grpclib", action="store_true", help="add the Python handler on grpclib")
     ap.add_argument("--port", type=int, default=50860)
     args = ap.parse_args()
     for binary in (GO_LATENCY, GO_FLOOR):
@@ -54,6 +58,9 @@ def main() -> int:
             lambda port, ms: FloorProcess(model_dir, port, ("--fixed", "--pause-ms", str(ms))),
         "Go grpc-go (ember-floor)": GoFloor,
     }
+    if args.grpclib:
+        kinds["Python grpclib (floor_server.py --grpclib --fixed)"] = \
+            lambda port, ms: FloorProcess(model_dir, port, ("--grpclib", "--fixed", "--pause-ms", str(ms)))
     servers, clients, arms = [], [], []
     arm_of: dict[str, tuple[str, float]] = {}  # arm → (server, pause in ms)
     try:

@@ -43,3 +43,30 @@ def test_soak_counts_a_bad_request_answered_ok_as_unexpected():
     counts = {"bad:OK": 1, "bad:INVALID_ARGUMENT": 5, "bad:NOT_FOUND": 2, "embed:OK": 9, "embed:INTERNAL": 1,
               "stream:RESOURCE_EXHAUSTED": 3, "cancel:CANCELLED": 4, "deadline:OK": 1, "garbage:INVALID_ARGUMENT": 2}
     assert soak.unexpected_answers(counts) == {"bad:OK": 1, "embed:INTERNAL": 1, "deadline:OK": 1}
+
+
+def test_floor_server_answers_the_same_on_grpclib_as_on_grpc_aio(tiny_models_dir):
+    """front_end.py --grpclib compares the two stacks around one handler: both must really serve it."""
+    import socket
+
+    import grpc
+    import numpy as np
+    from bench import FloorProcess, _req
+
+    from ember.v1 import ember_pb2_grpc as pb_grpc
+
+    vectors = []
+    for extra in ((), ("--grpclib",)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = FloorProcess(tiny_models_dir / "tiny-embed", port, extra)
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                response = pb_grpc.EmbedderStub(channel).Embed(_req(["a text for the floor"]), timeout=30)
+            vectors.append(np.array([e.values.values for e in response.embeddings], dtype=np.float32))
+        finally:
+            server.stop()
+    assert vectors[0].shape == (1, 32)
+    np.testing.assert_allclose(vectors[1], vectors[0], rtol=0, atol=0)
+    np.testing.assert_allclose(np.linalg.norm(vectors[0]), 1.0, atol=1e-5)
