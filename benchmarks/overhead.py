@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                  # this tree's server code
     python benchmarks/overhead.py --rev b669cbe    # an earlier commit's, for a before/after
+    python benchmarks/overhead.py --split          # and where ember's time around the run goes
 
 Over gRPC a single text's latency is raw ORT + the Python gRPC stack (`floor_server.py` measures
 that) + ember's own work, and on a noisy 2-core machine the first two swing by more than the
@@ -12,6 +13,11 @@ text (`bench.RawOrt.one`) on the same texts. Both sessions' `run` calls are time
 splits into the ONNX Runtime run and everything around it; the table's last line is ember's
 "around" minus raw ORT's (tokenization and pooling are in both). Calls are 2 ms apart, as a
 closed-loop client's are over gRPC. Prints a table and writes out/overhead.json.
+
+With --split, the functions a lone text's Embed call goes through (validation, the registry,
+tokenization, the scheduler's inline path, pinning, the engine's run and pooling, the response)
+are also timed one by one in ember's calls, and a second table gives each one's p50 per call.
+Timing them costs ~0.3 µs per function per call, which the first table's ember rows then include.
 """
 from __future__ import annotations
 
@@ -49,6 +55,61 @@ class TimedRuns:
             setattr(session, name, timed)
 
 
+class Stamps:
+    """Each named function's duration per call (ns), by wrapping it where the handler looks it up:
+    a module's global or an object's attribute. Only counts while `on`."""
+
+    def __init__(self):
+        self.ns: dict[str, list[int]] = {}
+        self.on = False
+        self._undo: list[tuple[object, str, bool, object]] = []  # (owner, name, its own attribute?, before)
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        fn, ns = getattr(owner, name), self.ns.setdefault(label, [])
+        self._undo.append((owner, name, name in vars(owner), fn))
+
+        def timed(*a, **k):
+            if not self.on:
+                return fn(*a, **k)
+            t0 = time.perf_counter_ns()
+            try:
+                return fn(*a, **k)
+            finally:
+                ns.append(time.perf_counter_ns() - t0)
+
+        setattr(owner, name, timed)
+
+    def remove(self) -> None:
+        """Put every wrapped function back as it was."""
+        for owner, name, own, before in reversed(self._undo):
+            if own:
+                setattr(owner, name, before)
+            else:  # a method looked up on the class: drop the instance's shadow
+                delattr(owner, name)
+        self._undo.clear()
+
+    def install(self, server, model) -> None:
+        """The functions of a lone text's Embed call, in the order it calls them (nested ones
+        inside their callers: run_inline > _execute > engine.infer > _run, _post)."""
+        from ember import scheduler, servicers
+
+        for name in ("parsed", "embed_params", "resolve_prompt", "check_dimensions"):
+            self.wrap(servicers, name, name)
+        self.wrap(server.registry, "get", "registry.get")
+        self.wrap(model.tokenizer, "encode", "tokenizer.encode")
+        self.wrap(model.scheduler, "run_inline", "scheduler.run_inline")
+        for name in ("_new_job", "_pin_here", "_unpin_here"):
+            self.wrap(scheduler, name, f"scheduler.{name}")
+        self.wrap(model.scheduler, "_execute", "scheduler._execute")
+        self.wrap(model.engine, "infer", "engine.infer")
+        self.wrap(model.engine, "_run", "engine._run (the ORT run)")
+        self.wrap(model.engine, "_post", "engine._post (pooling)")
+        for name in ("finish_embeddings", "_timing"):
+            self.wrap(servicers, name, name)
+        self.wrap(servicers.wire, "embed_response", "wire.embed_response")
+        self.wrap(server.core, "_observe", "core._observe (metrics)")
+
+
 class Context:
     """What the handler asks of a grpc.aio context on a successful call."""
 
@@ -59,7 +120,7 @@ class Context:
         return ()
 
 
-async def measure(texts: list[str], rounds: int, block: int) -> dict:
+async def measure(texts: list[str], rounds: int, block: int, stamps: Stamps | None = None) -> dict:
     from ember.app import create_server
     from ember.servicers import EmbedderServicer
     from ember.settings import Settings
@@ -72,6 +133,8 @@ async def measure(texts: list[str], rounds: int, block: int) -> dict:
         await asyncio.to_thread(server.registry.models[MODEL].lanes_ready.wait, 60)
         handler, ctx = EmbedderServicer(server.core), Context()
         engine = server.registry.models[MODEL].engine
+        if stamps is not None:
+            stamps.install(server, server.registry.models[MODEL])
         raw = RawOrt(models["fp32"])
         runs = {"ember": TimedRuns(engine.session), "raw": TimedRuns(raw.session)}
 
@@ -95,9 +158,13 @@ async def measure(texts: list[str], rounds: int, block: int) -> dict:
                     # --inline-idle-us) is taken as it is over gRPC, and caches cool as they do.
                     await asyncio.sleep(GAP_S)
                     runs[name].ns.clear()
+                    if stamps is not None:
+                        stamps.on = name == "ember"
                     t0 = time.perf_counter_ns()
                     await calls[name](t)
                     total = time.perf_counter_ns() - t0
+                    if stamps is not None:
+                        stamps.on = False
                     out[name]["total_ns"].append(total)
                     out[name]["around_ns"].append(total - sum(runs[name].ns))
         return out
@@ -110,14 +177,17 @@ def main() -> int:
     ap.add_argument("--rev", default="", help="measure git revision REV's server code (see ab.py)")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--block", type=int, default=50)
+    ap.add_argument("--split", action="store_true", help="also time each function of ember's call")
     args = ap.parse_args()
     if args.rev:
         from ab import revision_env
 
-        argv = [sys.executable, __file__, "--rounds", str(args.rounds), "--block", str(args.block)]
+        argv = [sys.executable, __file__, "--rounds", str(args.rounds), "--block", str(args.block),
+                *(["--split"] if args.split else [])]
         return subprocess.call(argv, env={**revision_env(args.rev), "EMBER_OVERHEAD_REV": args.rev})
     texts = load_texts()[-400:]  # bench.py's single-text texts
-    res = asyncio.run(measure(texts, args.rounds, args.block))
+    stamps = Stamps() if args.split else None
+    res = asyncio.run(measure(texts, args.rounds, args.block, stamps))
     p50 = {k: {m: float(np.median(v[m])) / 1e3 for m in v} for k, v in res.items()}
     rev = os.environ.get("EMBER_OVERHEAD_REV", "this tree")
     rows = [("raw ORT single text: whole call / around the ORT run, p50 (µs)",
@@ -130,8 +200,17 @@ def main() -> int:
     print("| measurement | value |\n|---|---|")
     for label, value in rows:
         print(f"| {label} | {value} |")
+    split = {}
+    if stamps is not None:
+        calls = len(res["ember"]["total_ns"])
+        print(f"\nember's call, function by function ({calls} calls; nested ones are inside their callers)\n")
+        print("| function | calls | p50 per call (µs) |\n|---|---|---|")
+        for label, ns in stamps.ns.items():
+            split[label] = float(np.median(ns)) / 1e3 if ns else None
+            print(f"| {label} | {len(ns)} | {split[label]:.1f} |" if ns else f"| {label} | 0 | |")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "overhead.json").write_text(json.dumps({"rev": rev, "p50_us": p50, "samples_ns": res}))
+    (OUT / "overhead.json").write_text(json.dumps({"rev": rev, "p50_us": p50, "split_p50_us": split,
+                                                   "samples_ns": res}))
     return 0
 
 

@@ -70,3 +70,30 @@ def test_floor_server_answers_the_same_on_grpclib_as_on_grpc_aio(tiny_models_dir
     assert vectors[0].shape == (1, 32)
     np.testing.assert_allclose(vectors[1], vectors[0], rtol=0, atol=0)
     np.testing.assert_allclose(np.linalg.norm(vectors[0]), 1.0, atol=1e-5)
+
+
+def test_overhead_split_times_each_function_of_a_real_embed_call_and_puts_them_back(tiny_server):
+    """overhead.py --split wraps ember's functions by name: a rename must fail here, not leave a
+    benchmark that times nothing."""
+    from overhead import Stamps
+
+    from ember import servicers
+    from ember.v1 import ember_pb2 as pb
+
+    model = tiny_server.server.registry.models["tiny-embed"]
+    before = servicers.embed_params
+    stamps = Stamps()
+    stamps.install(tiny_server.server, model)
+    try:
+        assert servicers.embed_params is not before
+        stamps.on = True
+        tiny_server.embedder.Embed(pb.EmbedRequest(model="tiny-embed", inputs=["one text"]), timeout=30)
+        stamps.on = False
+    finally:
+        stamps.remove()
+    calls = {label: len(ns) for label, ns in stamps.ns.items()}
+    for label in ("embed_params", "registry.get", "tokenizer.encode", "engine._run (the ORT run)",
+                  "engine._post (pooling)", "wire.embed_response"):
+        assert calls[label] == 1, calls
+    assert servicers.embed_params is before
+    assert "encode" not in vars(model.tokenizer) and "_run" not in vars(model.engine)
