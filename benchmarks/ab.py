@@ -3,6 +3,7 @@
     python benchmarks/ab.py "" "--inference-workers 2 --intra-op-threads 1"
     python benchmarks/ab.py --raw-lanes "" "--inference-workers 1"   # with a second raw ORT reference
     python benchmarks/ab.py --realtime "@1d0ef31" ""   # an earlier commit's server against this one
+    python benchmarks/ab.py --single 1,2,4,8 "" "--inline-alone-ms 0"   # and clients sending single texts
 
 Each argument is one set of `ember serve` options (the empty string: the defaults); one that
 starts with `@REV` runs the server code of git revision REV (exported and built once under
@@ -11,6 +12,8 @@ out/revs/), and NAME=VALUE words before the options are set in that server's env
 Runtime (ideal batches) and every server on the same texts, one after another (in reverse order
 every other round), so the machine's drift falls on all alike. With --realtime, each server is
 also timed on single REALTIME texts idle and under a saturating BULK stream, as bench.py does.
+With --single C1,C2,..., also the texts/s of C clients each sending one text per Embed call, back
+to back (--single-texts texts in all, the first of the same texts).
 Prints each measurement and the medians as ratios to raw ORT; writes out/ab.json.
 """
 from __future__ import annotations
@@ -76,7 +79,11 @@ def main() -> int:
                     help="also measure raw ORT on two one-thread sessions side by side (bench.RawOrtLanes)")
     ap.add_argument("--realtime", action="store_true",
                     help="also time single REALTIME texts, idle and under a saturating BULK stream")
+    ap.add_argument("--single", default="", metavar="C1,C2,...",
+                    help="also single-text Embed calls from this many clients at once (texts/s)")
+    ap.add_argument("--single-texts", type=int, default=600, help="texts per --single measurement")
     args = ap.parse_args()
+    singles = [int(c) for c in args.single.split(",") if c]
     corpus = load_texts()
     texts, lat_texts = corpus[:args.texts], corpus[-250:]
     model_dir = export_models(OUT / "models", ("fp32",))["fp32"]
@@ -101,6 +108,9 @@ def main() -> int:
                 samples.setdefault(f"{name} | unary c4", []).append(
                     asyncio.run(unary_load(srv.address, texts, 32, 4)))
                 samples.setdefault(f"{name} | stream", []).append(stream_load(srv.address, texts, 32)[0])
+                for c in singles:
+                    samples.setdefault(f"{name} | single text × {c} clients, texts/s", []).append(
+                        asyncio.run(unary_load(srv.address, texts[:args.single_texts], 1, c)))
                 if args.realtime:
                     stub = pb_grpc.EmbedderStub(grpc.insecure_channel(srv.address))
                     idle = single_latencies(lambda t, stub=stub: stub.Embed(_req([t])), lat_texts[:100], 0.1)

@@ -10,6 +10,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -170,6 +171,8 @@ def counted(rpc: str, in_flight: bool = True):
             _used.set(None)
             _model.set("")
             self.in_flight += in_flight
+            if self.in_flight > 1:
+                self.overlap_at = time.monotonic()
             try:
                 return await method(self, req, context, request_id)
             except EmberError as e:
@@ -210,6 +213,7 @@ class Core:
         self.state = state
         self.tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="ember-tokenize")
         self.in_flight = 0  # Embed/Rerank calls (and stream messages) being answered now
+        self.overlap_at = -math.inf  # when two of them were last in flight together (monotonic s)
         self.metrics = None  # set by the server when metrics are on
         self.cache = EmbeddingCache(settings.cache_bytes, settings.cache_ttl_seconds) if settings.cache_bytes else None
 
@@ -218,14 +222,19 @@ class Core:
 
         The inline path is only taken by a call that is alone: the yield lets every call that
         arrived with it reach this point first, so concurrent calls still meet in the queue and
-        batch together. Either path refuses a call whose deadline has already passed.
+        batch together. It also wants the model idle for --inline-idle-us, since a call that comes
+        right after a run may be one of a burst, unless no two calls were in flight together for
+        --inline-alone-ms: then it is a client's next call in a loop. Either path refuses a call
+        whose deadline has already passed.
         """
         deadline = self.deadline(context)
-        if self.settings.inline_max_tokens and self.in_flight == 1:
+        s = self.settings
+        if s.inline_max_tokens and self.in_flight == 1:
             await asyncio.sleep(0)
             if self.in_flight == 1:
+                alone = s.inline_alone_ms and time.monotonic() - self.overlap_at >= s.inline_alone_ms / 1e3
                 job = model.scheduler.run_inline(toks, priority=priority, deadline=deadline,
-                                                 min_idle_s=self.settings.inline_idle_us / 1e6)
+                                                 min_idle_s=0.0 if alone else s.inline_idle_us / 1e6)
                 if job is not None:
                     return job
         return model.scheduler.submit(toks, priority=priority, deadline=deadline)

@@ -128,7 +128,14 @@ class Settings:
     )
     inline_idle_us: int = field(
         default=1000, metadata={"help": "the inline path needs the model to have been idle this long (a call "
-                                        "arriving right after a run is likely one of a burst that should batch)"}
+                                        "arriving right after a run is likely one of a burst that should batch), "
+                                        "unless calls have come one at a time lately (--inline-alone-ms)"}
+    )
+    inline_alone_ms: int = field(
+        default=100, metadata={"help": "a lone call may take the inline path right after a run when no two calls "
+                                       "were in flight together for this long: a client calling in a loop, whose "
+                                       "next call comes a round trip after the last run, sooner than "
+                                       "--inline-idle-us on a fast machine (0 = always wait for --inline-idle-us)"}
     )
     ort_spinning: bool = field(
         default=True, metadata={"help": "let ONNX Runtime's idle intra-op threads spin (faster ops, but they "
@@ -211,8 +218,8 @@ class Settings:
                      "max_message_bytes", "max_input_chars", "max_request_chars", "max_documents_per_request"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("inline_tokenize_chars", "inline_max_tokens", "inline_idle_us", "bulk_solo_batch_tokens",
-                     "realtime_recent_ms"):
+        for name in ("inline_tokenize_chars", "inline_max_tokens", "inline_idle_us", "inline_alone_ms",
+                     "bulk_solo_batch_tokens", "realtime_recent_ms"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         if self.batch_overhead_tokens < 0 or self.max_wait_us < 0:

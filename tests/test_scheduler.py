@@ -383,6 +383,58 @@ def test_server_takes_the_inline_path_only_for_a_call_that_is_alone(tiny_server)
     assert len(rec.batches) < 6  # merged: those queued behind the first batches ran together
 
 
+def test_a_client_calling_in_a_loop_keeps_the_inline_path_until_calls_overlap(tiny_server):
+    """A call that comes right after a run (sooner than --inline-idle-us) still runs inline while
+    calls have come one at a time for --inline-alone-ms, and queues once two were in flight
+    together within it; with --inline-alone-ms 0 it always waits for --inline-idle-us."""
+    import dataclasses
+
+    model = tiny_server.server.registry.models["tiny-embed"]
+    rec, lanes = RecordingEngine(model.scheduler.engine), model.scheduler.lanes
+    model.scheduler.engine, model.scheduler.lanes = rec, [rec] * len(lanes)
+    core = tiny_server.server.core
+    settings = core.settings
+    # idle never long enough: what runs inline does so by the alone rule
+    core.settings = dataclasses.replace(settings, inline_idle_us=60_000_000, inline_alone_ms=100)
+
+    def inline(call_threads: list[str]) -> list[bool]:
+        return [not t.startswith("ember-infer-") for t in call_threads]
+
+    async def one(text: str):
+        await core.embed(pb.EmbedRequest(inputs=[text]), _Context(), "r")
+
+    async def scenario():
+        seen = {}
+        await asyncio.sleep(0.15)  # no two calls in flight together for longer than inline_alone_ms
+        n = len(rec.threads)
+        for i in range(3):  # a client's loop: each call right after the last one's run
+            await one(f"loop call {i}")
+        seen["loop"] = inline(rec.threads[n:])
+        await asyncio.gather(*(one(f"together {i}") for i in range(4)))  # two or more in flight at once
+        n = len(rec.threads)
+        await one("right after calls overlapped")
+        seen["after overlap"] = inline(rec.threads[n:])
+        await asyncio.sleep(0.15)
+        n = len(rec.threads)
+        await one("alone again")
+        await one("and its next call")
+        seen["alone again"] = inline(rec.threads[n:])
+        core.settings = dataclasses.replace(core.settings, inline_alone_ms=0)
+        await asyncio.sleep(0.15)
+        n = len(rec.threads)
+        await one("alone, but the rule is off")
+        seen["rule off"] = inline(rec.threads[n:])
+        return seen
+
+    try:
+        seen = tiny_server.call(scenario())
+    finally:
+        core.settings = settings
+        model.scheduler.engine, model.scheduler.lanes = rec.real, lanes
+    assert seen == {"loop": [True] * 3, "after overlap": [False], "alone again": [True, True],
+                    "rule off": [False]}
+
+
 def test_bulk_batches_grow_while_no_realtime_request_is_about(parts):
     """BULK alone runs in `bulk_solo_batch_tokens` batches; once a REALTIME request came (within
     realtime_recent_s), BULK batches shrink to `bulk_max_batch_tokens` so REALTIME waits little."""
