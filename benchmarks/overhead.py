@@ -36,25 +36,6 @@ from corpus import load_texts
 GAP_S = 0.002
 
 
-class TimedRuns:
-    """Times a session's run calls (plain and IO-bound) into `self.ns`, by shadowing the bound
-    methods on the session instance."""
-
-    def __init__(self, session):
-        self.ns: list[int] = []
-        for name in ("run", "run_with_iobinding"):
-            method = getattr(session, name)
-
-            def timed(*a, _m=method, **k):
-                t0 = time.perf_counter_ns()
-                try:
-                    return _m(*a, **k)
-                finally:
-                    self.ns.append(time.perf_counter_ns() - t0)
-
-            setattr(session, name, timed)
-
-
 class Stamps:
     """Each named function's duration per call (ns), by wrapping it where the handler looks it up:
     a module's global or an object's attribute. Only counts while `on`."""
@@ -108,6 +89,18 @@ class Stamps:
             self.wrap(servicers, name, name)
         self.wrap(servicers.wire, "embed_response", "wire.embed_response")
         self.wrap(server.core, "_observe", "core._observe (metrics)")
+
+
+class TimedRuns:
+    """Times a session's run calls (plain and IO-bound) into `self.ns`, by shadowing the bound
+    methods on the session instance (a Stamps that is always on)."""
+
+    def __init__(self, session):
+        stamps = Stamps()
+        stamps.on = True
+        for name in ("run", "run_with_iobinding"):
+            stamps.wrap(session, name, "run")
+        self.ns: list[int] = stamps.ns["run"]
 
 
 class Context:
