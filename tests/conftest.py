@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -146,6 +147,13 @@ class ServerThread:
             self.call(self.server.drain(grace))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_server(**settings) -> ServerThread:

@@ -47,20 +47,16 @@ def test_soak_counts_a_bad_request_answered_ok_as_unexpected():
 
 def test_floor_server_answers_the_same_on_grpclib_as_on_grpc_aio(tiny_models_dir):
     """front_end.py --grpclib compares the two stacks around one handler: both must really serve it."""
-    import socket
-
     import grpc
     import numpy as np
     from bench import FloorProcess, _req
+    from conftest import free_port
 
     from ember.v1 import ember_pb2_grpc as pb_grpc
 
     vectors = []
     for extra in ((), ("--grpclib",)):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = FloorProcess(tiny_models_dir / "tiny-embed", port, extra)
+        server = FloorProcess(tiny_models_dir / "tiny-embed", free_port(), extra)
         try:
             with grpc.insecure_channel(server.address) as channel:
                 response = pb_grpc.EmbedderStub(channel).Embed(_req(["a text for the floor"]), timeout=30)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -94,8 +95,6 @@ FLOOR = ROOT / "clients/go/bin/ember-floor"
 def test_go_floor_server_answers_embed_like_a_384_d_model():
     """benchmarks/front_end.py's Go server: Embed answered with one 384-d FLOAT32_BYTES vector after
     its pause; bad arguments are refused with the usage."""
-    import socket
-
     import grpc
 
     from ember.v1 import ember_pb2 as pb
@@ -108,9 +107,7 @@ def test_go_floor_server_answers_embed_like_a_384_d_model():
     for args in ([], ["1"], ["1", "soon"], ["1", "-2"]):
         r = subprocess.run([str(FLOOR), *args], capture_output=True, text=True, timeout=30)
         assert r.returncode == 1 and ("usage" in r.stderr or "PAUSE_MS" in r.stderr), (args, r.stderr)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([str(FLOOR), str(port), "1.5"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

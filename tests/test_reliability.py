@@ -10,7 +10,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ServerThread, start_server
+from conftest import ServerThread, free_port, start_server
 from ember.manifest import MANIFEST, checksum_files
 from ember.settings import Settings
 from ember.v1 import ember_pb2 as pb
@@ -39,12 +38,6 @@ def health(channel, service: str = "") -> int:
 
 def vectors(resp) -> np.ndarray:
     return np.stack([np.frombuffer(e.packed, dtype="<f4") for e in resp.embeddings])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- faults -------------------------------------------------------------------------------
