@@ -20,6 +20,7 @@ def test_precedence_cli_over_env_over_default():
     ({"EMBER_INFERENCE_WORKERS": "-1"}, "inference_workers"),
     ({"EMBER_LOG_LEVEL": "loud"}, "log_level"),
     ({"EMBER_PIN_THREADS": "sometimes"}, "pin_threads"),
+    ({"EMBER_INLINE_ALONE_MS": "-1"}, r"inline_alone_ms .*must be >= 0"),
 ])
 def test_bad_values_name_the_setting(env, needle):
     with pytest.raises(ValueError, match=needle):
