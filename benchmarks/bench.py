@@ -344,9 +344,11 @@ class PipeTimed:
     """A timer in another process, driven over its stdin/stdout: one command line in, one line of
     nanoseconds out (the call timed there alone). This process says what to call and when."""
 
-    def __init__(self, argv: list[str], name: str):
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None):
+        """env: variables set for it on top of this process's."""
         self.name = name
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     env={**os.environ, **env} if env else None)
 
     def _ask(self, line: str) -> str:
         """Send one command line; its answer line."""
@@ -369,8 +371,8 @@ class GoClient(PipeTimed):
     """Single calls timed by a Go gRPC client (`clients/go/src/ember/latency`, built by `make
     clients`): the same requests as the Python client's, with less client-side overhead."""
 
-    def __init__(self, address: str):
-        super().__init__([str(GO_LATENCY), address], "ember-latency")
+    def __init__(self, address: str, env: dict[str, str] | None = None):
+        super().__init__([str(GO_LATENCY), address], "ember-latency", env)
 
     def embed(self, text: str) -> float:
         return self._call("embed " + one_line(text))

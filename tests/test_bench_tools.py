@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import ab  # noqa: E402
 import call_split  # noqa: E402
 import floor_server  # noqa: E402
+import sched_trace  # noqa: E402
 import soak  # noqa: E402
 
 
@@ -93,3 +94,47 @@ def test_overhead_split_times_each_function_of_a_real_embed_call_and_puts_them_b
         assert calls[label] == 1, calls
     assert servicers.embed_params is before
     assert "encode" not in vars(model.tokenizer) and "_run" not in vars(model.engine)
+
+
+# perf sched timehist -w lines as perf 6.x prints them (from a recording of ember and the Go client)
+TIMEHIST = """
+           time    cpu  task name                       wait time  sch delay   run time
+                        [tid/pid]                          (msec)     (msec)     (msec)
+--------------- ------  ------------------------------  ---------  ---------  ---------
+   10.000100 [0000]  python[100]                                                    awakened: ember-latency[201/200]
+   10.000110 [0000]  python[100]                       0.004      0.000      4.000
+   10.000130 [0000]  ember-latency[201/200]            4.300      0.020      0.010
+   10.000150 [0000]  ember-latency[201/200]                                         awakened: event_engine[103/100]
+   10.000160 [0001]  event_engine[103/100]             4.500      0.030      0.012
+   10.000170 [0001]  kworker/1:0-eve[9]                0.100      0.001      0.002
+   10.000200 [0000]  <idle>                            0.010      0.000      0.050
+   10.006000 [0000]  python[100]                       0.004      0.000      5.000
+"""
+
+
+def test_sched_trace_counts_each_threads_cpu_and_the_wakeups_between_processes_inside_the_window():
+    switches, wakes = sched_trace.parse_timehist(TIMEHIST)
+    assert [(s["comm"], s["tid"], s["pid"]) for s in switches][:3] == [
+        ("python", 100, 100), ("ember-latency", 201, 200), ("event_engine", 103, 100)]
+    assert wakes == [{"t": 10.0001, "tid": 100, "pid": 100, "woken_tid": 201, "woken_pid": 200},
+                     {"t": 10.00015, "tid": 201, "pid": 200, "woken_tid": 103, "woken_pid": 100}]
+    # two calls in a window that starts 1 ms in: the main thread's first 4 ms run counts for its last
+    # 0.12 ms, its second run for what falls before the window's end; other processes are left out
+    res = sched_trace.summarize(switches, wakes, (9.99999, 10.0055), 2, {100: "server", 200: "client"})
+    rows = {r["tid"]: r for r in res["threads"]}
+    assert set(rows) == {100, 103, 201}
+    assert rows[100]["thread"] == "python (main)" and rows[100]["switches_per_call"] == 1.0
+    assert abs(rows[100]["cpu_us_per_call"] - (120 + 4500) / 2) < 1e-6
+    assert abs(rows[201]["cpu_us_per_call"] - 5) < 1e-6 and abs(rows[201]["mean_wait_for_core_us"] - 20) < 1e-6
+    assert res["wakeups_per_call"] == {"client → server": 0.5, "server → client": 0.5}
+    assert abs(res["cpu_us_per_call"]["server"] - (2310 + 6)) < 1e-6
+
+
+def test_sched_trace_takes_only_name_value_words_for_the_client():
+    assert sched_trace.client_env(["GOMAXPROCS=1", "GODEBUG=x=1"]) == {"GOMAXPROCS": "1", "GODEBUG": "x=1"}
+    try:
+        sched_trace.client_env(["--x"])
+    except SystemExit as e:
+        assert "--x" in str(e)
+    else:
+        raise AssertionError("a word that is no NAME=VALUE was taken")
