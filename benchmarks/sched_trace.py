@@ -31,17 +31,25 @@ from collections import defaultdict
 
 import numpy as np
 
-from bench import (GO_LATENCY, OUT, EmberProcess, FloorProcess, GoClient, cpu_description, export_models,
-                   leading_assignments)
+from bench import _ASSIGNMENT, GO_LATENCY, OUT, EmberProcess, FloorProcess, GoClient, cpu_description, export_models
 from corpus import load_texts
 
 # perf sched timehist: "<time> [<cpu>] <comm>[<tid>/<pid>] <wait> <sch delay> <run time>" (ms), and
 # with -w also "<time> [<cpu>] <comm>[<tid>/<pid>] awakened: <comm>[<tid>/<pid>]"
-_TASK = r"(?P<comm>.+?)\[(?P<tid>\d+)(?:/(?P<pid>\d+))?\]"
-_SWITCH = re.compile(r"^\s*(?P<t>[\d.]+)\s+\[(?P<cpu>\d+)\]\s+" + _TASK +
-                     r"\s+(?P<wait>[\d.]+)\s+(?P<delay>[\d.]+)\s+(?P<run>[\d.]+)\s*$")
-_WAKE = re.compile(r"^\s*(?P<t>[\d.]+)\s+\[(?P<cpu>\d+)\]\s+" + _TASK +
-                   r"\s+awakened:\s+(?P<wcomm>.+?)\[(?P<wtid>\d+)(?:/(?P<wpid>\d+))?\]\s*$")
+def _task(prefix: str = "") -> str:
+    """A task as timehist prints it, comm[tid/pid] or comm[tid], its groups named with `prefix`."""
+    return rf"(?P<{prefix}comm>.+?)\[(?P<{prefix}tid>\d+)(?:/(?P<{prefix}pid>\d+))?\]"
+
+
+_EVENT = r"^\s*(?P<t>[\d.]+)\s+\[(?P<cpu>\d+)\]\s+" + _task()
+_SWITCH = re.compile(_EVENT + r"\s+(?P<wait>[\d.]+)\s+(?P<delay>[\d.]+)\s+(?P<run>[\d.]+)\s*$")
+_WAKE = re.compile(_EVENT + r"\s+awakened:\s+" + _task("w") + r"\s*$")
+
+
+def _ids(m: re.Match, prefix: str = "") -> tuple[int, int]:
+    """(tid, pid) of a matched task; timehist leaves the pid out when it is the tid."""
+    tid = int(m[prefix + "tid"])
+    return tid, int(m[prefix + "pid"] or tid)
 
 
 def parse_timehist(text: str) -> tuple[list[dict], list[dict]]:
@@ -51,14 +59,13 @@ def parse_timehist(text: str) -> tuple[list[dict], list[dict]]:
     for line in text.splitlines():
         m = _WAKE.match(line)
         if m:
-            tid, wtid = int(m["tid"]), int(m["wtid"])
-            wakes.append({"t": float(m["t"]), "tid": tid, "pid": int(m["pid"] or tid),
-                          "woken_tid": wtid, "woken_pid": int(m["wpid"] or wtid)})
+            (tid, pid), (wtid, wpid) = _ids(m), _ids(m, "w")
+            wakes.append({"t": float(m["t"]), "tid": tid, "pid": pid, "woken_tid": wtid, "woken_pid": wpid})
             continue
         m = _SWITCH.match(line)
         if m:
-            tid = int(m["tid"])
-            switches.append({"t": float(m["t"]), "tid": tid, "pid": int(m["pid"] or tid), "comm": m["comm"],
+            tid, pid = _ids(m)
+            switches.append({"t": float(m["t"]), "tid": tid, "pid": pid, "comm": m["comm"],
                              "delay_ms": float(m["delay"]), "run_ms": float(m["run"])})
     return switches, wakes
 
@@ -113,10 +120,10 @@ def perf_usable() -> str:
 
 def client_env(words: list[str]) -> dict[str, str]:
     """--client-env's NAME=VALUE words as a dict."""
-    rest, env = leading_assignments(" ".join(shlex.quote(w) for w in words))
-    if rest:
-        raise SystemExit(f"--client-env takes NAME=VALUE words, not {rest[0]!r}")
-    return env
+    for w in words:
+        if not _ASSIGNMENT.match(w):
+            raise SystemExit(f"--client-env takes NAME=VALUE words, not {w!r}")
+    return dict(w.split("=", 1) for w in words)
 
 
 def main() -> int:
@@ -129,6 +136,7 @@ def main() -> int:
                     help="environment for the Go client, e.g. GOMAXPROCS=1")
     ap.add_argument("--keep", action="store_true", help="keep perf's recording (out/sched_trace.data)")
     a = ap.parse_args()
+    env = client_env(a.client_env)  # before anything is started
     why = perf_usable()
     if why:
         print(why, file=sys.stderr)
@@ -141,10 +149,10 @@ def main() -> int:
     extra = shlex.split(a.server_args)
     server = FloorProcess(models["fp32"], a.port, tuple(extra)) if a.floor else \
         EmberProcess(models["fp32"].parent, a.port, extra)
-    env = client_env(a.client_env)
-    go = GoClient(server.address, env=env)
     data = OUT / "sched_trace.data"
+    go = perf = None
     try:
+        go = GoClient(server.address, env=env)
         texts = load_texts()[-(a.calls + 20):]
         for t in texts[:20]:
             go.embed(t)
@@ -156,13 +164,15 @@ def main() -> int:
             lat.append(go.embed(t))
         t1 = time.monotonic()
         time.sleep(0.1)
-        perf.send_signal(signal.SIGINT)
-        perf.wait(60)
-        hist = subprocess.run(["perf", "sched", "timehist", "-w", "-i", str(data)], capture_output=True,
-                              text=True, check=True).stdout
     finally:
-        go.close()
+        if perf is not None:  # stopped however the calls ended: `perf record -a` runs until told
+            perf.send_signal(signal.SIGINT)
+            perf.wait(60)
+        if go is not None:
+            go.close()
         server.stop()
+    hist = subprocess.run(["perf", "sched", "timehist", "-w", "-i", str(data)], capture_output=True,
+                          text=True, check=True).stdout
     switches, wakes = parse_timehist(hist)
     roles = {server.proc.pid: "server", go.proc.pid: "client"}
     res = summarize(switches, wakes, (t0, t1), len(lat), roles)
