@@ -71,6 +71,11 @@ class DrainingHealth(health.aio.HealthServicer):
             if ending:
                 return
 
+    async def List(self, request, context):
+        """Every registered status: the server (""), each service, each model (`model/<name>`)."""
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()})
+
     async def end_watches(self) -> None:
         await self.enter_graceful_shutdown()  # every status NOT_SERVING
         async with self._changes():
@@ -134,6 +139,7 @@ class EmberServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._load_task: asyncio.Future | None = None
         self._loading_done = False
+        self._hurry: asyncio.Event | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -143,7 +149,7 @@ class EmberServer:
         self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
-        for name in ("", *SERVICES.values()):
+        for name in ("", *SERVICES.values(), *self._admin_health()):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
         log.info("ember listening on %s:%d (%s%s)", self.settings.host, self.port,
@@ -220,7 +226,14 @@ class EmberServer:
         await self.health.set(SERVICES["Embedder"], SERVING if ready("embed") else NOT_SERVING)
         await self.health.set(SERVICES["Reranker"], SERVING if ready("rerank") else NOT_SERVING)
         await self.health.set(SERVICES["Models"], SERVING)
+        for name in self._admin_health():  # Admin answers once the first load is done
+            await self.health.set(name, SERVING if self._loading_done else NOT_SERVING)
         await self.health.set("", SERVING if self._loading_done and reg.ready() else NOT_SERVING)
+
+    def _admin_health(self) -> tuple[str, ...]:
+        """Admin has a health entry only where it is on (admin keys set); where it is off, Check
+        answers NOT_FOUND for it, as for any service the server does not offer."""
+        return (ADMIN_SERVICE,) if self.settings.admin_api_keys else ()
 
     # ---- live model management (Admin RPCs, SIGHUP) -----------------------------------------
     async def _blocking(self, fn, *args):
@@ -299,18 +312,46 @@ class EmberServer:
             raise Unavailable("the server is still loading its models; retry shortly")
 
     # ---- shutdown ---------------------------------------------------------------------------
-    async def drain(self, grace: float | None = None) -> None:
-        """Graceful stop: health NOT_SERVING first, refuse new work, let in-flight work finish."""
+    async def drain(self, grace: float | None = None, delay: float = 0.0) -> None:
+        """Graceful stop (SIGTERM runs it with --drain-delay-seconds as `delay`).
+
+        1. Health goes NOT_SERVING at once (Check and Watch, every service), and for `delay`
+           seconds the server goes on serving as before, new connections included, so that
+           probes, load balancers and clients see it leave before anything is refused (a second
+           signal, `hurry()`, cuts the delay short).
+        2. New calls are refused UNAVAILABLE; Watch streams end; every open Embed/Rerank stream
+           stops reading, answers each message it read, and ends UNAVAILABLE (`servicers.DRAINED`),
+           which tells its client to reconnect and send the rest again.
+        3. The listener closes; unary calls in flight finish, within `grace` seconds.
+        """
         grace = self.settings.drain_seconds if grace is None else grace
-        log.info("draining (grace %.1fs)", grace)
+        log.info("draining: health NOT_SERVING, serving on for %.1fs, then in-flight work has %.1fs", delay, grace)
+        await self.health.enter_graceful_shutdown()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(self._hurried().wait(), delay)
+            except asyncio.TimeoutError:
+                pass
         self.state.draining = True
         await self.health.end_watches()
+        streams = self.core.stop_streams()
+        if streams:
+            log.info("ending %d open stream(s) after their answers", streams)
         await self.server.stop(grace)
         self.registry.stop()
         self.core.tokenize_pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped")
+
+    def _hurried(self) -> asyncio.Event:
+        if self._hurry is None:
+            self._hurry = asyncio.Event()
+        return self._hurry
+
+    def hurry(self) -> None:
+        """A second stop signal: skip what is left of the drain delay."""
+        self._hurried().set()
 
 
 async def create_server(settings: Settings) -> tuple[EmberServer, int]:

@@ -102,13 +102,23 @@ async def _serve(settings: settings_mod.Settings) -> None:
     sys.setswitchinterval(0.0005)
     server, port = await create_server(settings)
     stop = asyncio.Event()
+    signals: list[int] = []
     loop = asyncio.get_running_loop()
+
+    def on_stop(sig: int) -> None:
+        signals.append(sig)
+        if stop.is_set():  # a second signal: skip the rest of the drain delay
+            server.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop, sig)
     # SIGHUP: rescan the models (load new, reload changed, unload removed), as Admin/Rescan does
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_rescan(server)))
     await stop.wait()
-    await server.drain()
+    # SIGTERM (Kubernetes, docker stop) keeps serving for the drain delay with health NOT_SERVING;
+    # Ctrl-C (SIGINT) at a terminal has no load balancer to tell and stops at once.
+    await server.drain(delay=settings.drain_delay_seconds if signals[0] == signal.SIGTERM else 0.0)
 
 
 async def _rescan(server) -> None:

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
@@ -216,6 +215,14 @@ class Core:
         self.overlap_at = -math.inf  # when two of them were last in flight together (monotonic s)
         self.metrics = None  # set by the server when metrics are on
         self.cache = EmbeddingCache(settings.cache_bytes, settings.cache_ttl_seconds) if settings.cache_bytes else None
+        self.stream_readers: set[asyncio.Task] = set()  # the reader task of every open stream
+
+    def stop_streams(self) -> int:
+        """Drain: every open stream stops reading, answers what it read, then ends UNAVAILABLE."""
+        readers = list(self.stream_readers)
+        for reader in readers:
+            reader.cancel()
+        return len(readers)
 
     async def infer(self, model: LoadedModel, toks: list, priority: int, context) -> Job:
         """Hand tokenized items to the model: on the loop when nothing else is in flight, else queued.
@@ -432,13 +439,21 @@ _ID_PREFIX = os.urandom(4).hex()
 _ids = itertools.count(1)
 
 
-async def guarded(context, request_id: str, rpc: str, work: Awaitable):
-    """Run one unary path; answer EmberErrors by the table, anything else INTERNAL (a bug)."""
+async def guarded(context, request_id: str, rpc: str, work: Awaitable, in_stream: bool = False):
+    """Run one unary path; answer EmberErrors by the table, anything else INTERNAL (a bug).
+
+    In a stream (`in_stream`), the status that ends it names the failing message's request_id,
+    in its details and in the `ember-request-id` trailer."""
     try:
         return await work
     except EmberError as e:
-        status = rpc_status.to_status(to_rpc_status(e))
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        proto = to_rpc_status(e)
+        extra = ()
+        if in_stream:
+            proto.message = f"message request_id={request_id}: {proto.message}"
+            extra = (("ember-request-id", request_id),)
+        status = rpc_status.to_status(proto)
+        await context.abort(status.code, status.details, tuple(status.trailing_metadata) + extra)
     except (asyncio.CancelledError, grpc.aio.AbortError):
         raise
     except Exception:
@@ -446,28 +461,71 @@ async def guarded(context, request_id: str, rpc: str, work: Awaitable):
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
 
 
+DRAINED = ("the server is shutting down: every message read so far was answered; reconnect (another replica "
+           "or this one once it is back) and send the rest again")
+_END = object()
+
+
 async def stream(requests: AsyncIterator, context, limit: int, rpc: str,
-                 one: Callable[[object, str], Awaitable]) -> AsyncIterator:
+                 one: Callable[[object, str], Awaitable], readers: set | None = None) -> AsyncIterator:
     """A stream as a thin wrapper over the unary path: one response per request, in order.
 
-    At most `limit` messages are in flight; while that many are, the stream stops reading, so
+    Reading and answering are decoupled: a reader task takes messages and starts each one's work;
+    this generator sends each answer as soon as it and every earlier one are done, whatever the
+    client does next (a client that waits for an answer before it sends the next message is
+    answered). At most `limit` messages are in flight; while that many are, the reader stops, so
     HTTP/2 flow control pushes back on a fast client instead of the server buffering. The first
-    failing message ends the stream with its status, after every earlier response was sent.
+    failing message ends the stream with its status (naming its request_id), after every earlier
+    response was sent. The reader is put in `readers` while it runs: a drain cancels it (see
+    `Core.stop_streams`), and the stream then answers what it read and ends with UNAVAILABLE.
     """
-    pending: deque[tuple[str, asyncio.Task]] = deque()
+    slots = asyncio.Semaphore(limit)
+    started: asyncio.Queue = asyncio.Queue()  # (rid, task) in arrival order, then _END or an exception
+    drained = False
+
+    async def read() -> None:
+        nonlocal drained
+        messages = requests.__aiter__()
+        try:
+            while True:
+                await slots.acquire()  # held by the message until its answer is taken
+                try:
+                    req = await messages.__anext__()
+                except StopAsyncIteration:
+                    break
+                rid = request_id_of(getattr(req, "request_id", ""), context)
+                started.put_nowait((rid, asyncio.ensure_future(one(req, rid))))
+            started.put_nowait(_END)
+        except asyncio.CancelledError:
+            drained = True
+            started.put_nowait(_END)
+        except Exception as e:  # the transport failed while reading: end the stream with it
+            started.put_nowait(e)
+
+    reader = asyncio.ensure_future(read())
+    if readers is not None:
+        readers.add(reader)
     try:
-        async for req in requests:
-            rid = request_id_of(req.request_id, context)
-            pending.append((rid, asyncio.ensure_future(one(req, rid))))
-            while pending and (len(pending) >= limit or pending[0][1].done()):
-                rid0, task = pending.popleft()
-                yield await guarded(context, rid0, rpc, task)
-        while pending:
-            rid0, task = pending.popleft()
-            yield await guarded(context, rid0, rpc, task)
+        while True:
+            item = await started.get()
+            if item is _END:
+                if drained:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINED)
+                return
+            if isinstance(item, BaseException):
+                raise item
+            rid, task = item
+            resp = await guarded(context, rid, rpc, task, in_stream=True)
+            slots.release()
+            yield resp
     finally:
-        for _, task in pending:
-            task.cancel()
+        if readers is not None:
+            readers.discard(reader)
+        reader.cancel()
+        while not started.empty():
+            item = started.get_nowait()
+            if isinstance(item, tuple):
+                item[1].cancel()
 
 
 def add_to_server(servicer, service_name: str, server) -> None:
@@ -501,7 +559,7 @@ class EmbedderServicer(pb_grpc.EmbedderServicer):
 
     async def EmbedStream(self, request_iterator, context):
         async for resp in stream(request_iterator, context, self.core.settings.stream_max_in_flight, "EmbedStream",
-                                 lambda req, rid: self.core.embed(req, context, rid)):
+                                 lambda req, rid: self.core.embed(req, context, rid), self.core.stream_readers):
             yield resp
 
 
@@ -515,7 +573,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
 
     async def RerankStream(self, request_iterator, context):
         async for resp in stream(request_iterator, context, self.core.settings.stream_max_in_flight, "RerankStream",
-                                 lambda req, rid: self.core.rerank(req, context, rid)):
+                                 lambda req, rid: self.core.rerank(req, context, rid), self.core.stream_readers):
             yield resp
 
 

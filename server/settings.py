@@ -197,7 +197,16 @@ class Settings:
         default=0, metadata={"help": "embedding cache budget in bytes (0 = no cache); LRU with a TTL"}
     )
     cache_ttl_seconds: float = field(default=3600.0, metadata={"help": "how long a cached embedding lives"})
-    drain_seconds: float = field(default=20.0, metadata={"help": "grace period for in-flight work on SIGTERM"})
+    drain_seconds: float = field(
+        default=20.0, metadata={"help": "on SIGTERM, after the drain delay: seconds in-flight calls and open "
+                                        "streams have to finish before they are cancelled"}
+    )
+    drain_delay_seconds: float = field(
+        default=5.0, metadata={"help": "on SIGTERM: seconds health answers NOT_SERVING while the server still "
+                                       "serves everything, so probes and load balancers drop it before it refuses "
+                                       "a call (one readiness period of deploy/kubernetes; a second signal skips "
+                                       "the rest; Ctrl-C does not wait)"}
+    )
     reflection: bool = field(default=True, metadata={"help": "enable gRPC server reflection"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     config: str = field(
@@ -235,8 +244,9 @@ class Settings:
             raise bad("breaker_threshold", "must be >= 1")
         if self.breaker_recovery_seconds < 0:
             raise bad("breaker_recovery_seconds", "must be >= 0")
-        if self.drain_seconds < 0:
-            raise bad("drain_seconds", "must be >= 0")
+        for name in ("drain_seconds", "drain_delay_seconds"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]
         if unknown or not self.providers:
             raise bad("providers", f"{','.join(unknown) or 'empty'}; choose from {','.join(KNOWN_PROVIDERS)}")

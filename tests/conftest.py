@@ -19,6 +19,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("EMBER_METRICS_PORT", "0")  # `ember serve` subprocesses: any free metrics port
+os.environ.setdefault("EMBER_DRAIN_DELAY_SECONDS", "0")  # ... that stop at once (the drain tests set it)
 
 from ember import cli  # noqa: E402
 from ember.app import EmberServer  # noqa: E402

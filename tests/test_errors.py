@@ -122,6 +122,9 @@ def test_stream_error_ends_the_stream_after_earlier_answers(tiny_server):
             got.append(r.request_id)
     assert got == ["0", "1"]
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and violation(e.value)[0] == "inputs[0]"
+    # the status names the failing message, in its text and in a trailer
+    assert e.value.details().startswith("message request_id=2: inputs[0]: is an empty string")
+    assert ("ember-request-id", "2") in e.value.trailing_metadata()
     assert_still_serving(tiny_server)
 
 

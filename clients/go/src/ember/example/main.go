@@ -1,5 +1,6 @@
 // ember from Go: health check, unary Embed, a bidirectional EmbedStream of 10,000 inputs (every id
-// answered exactly once), and Rerank.
+// answered exactly once), both streams driven interactively (one message, wait for its answer, the
+// next: 20 rounds each), and Rerank.
 //
 //	ember-example [host:port]        (default localhost:50051)
 //
@@ -24,8 +25,10 @@ import (
 )
 
 const (
-	streamInputs = 10000
-	perMessage   = 100
+	streamInputs   = 10000
+	perMessage     = 100
+	pingPongRounds = 20
+	roundTimeout   = 10 * time.Second
 )
 
 // vectors decodes an EmbedResponse, whichever encoding was asked for.
@@ -114,6 +117,82 @@ func embedStream(ctx context.Context, c emberv1.EmbedderClient) (inputs, ids int
 	return inputs, len(seen), nil
 }
 
+// recvWithin waits for one answer of a stream for at most roundTimeout: a server that answers a
+// message only when the next one arrives would make an interactive client wait forever.
+func recvWithin(recv func() (string, error)) (string, error) {
+	type answer struct {
+		id  string
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		id, err := recv()
+		ch <- answer{id, err}
+	}()
+	select {
+	case a := <-ch:
+		return a.id, a.err
+	case <-time.After(roundTimeout):
+		return "", fmt.Errorf("no answer within %s while the stream stays open", roundTimeout)
+	}
+}
+
+// pingPong drives EmbedStream and RerankStream as an interactive client does: send one message,
+// wait for its answer, then send the next; the stream stays open all along.
+func pingPong(ctx context.Context, embedder emberv1.EmbedderClient, reranker emberv1.RerankerClient) (int, error) {
+	rounds := 0
+	es, err := embedder.EmbedStream(ctx)
+	if err != nil {
+		return rounds, err
+	}
+	for r := 0; r < pingPongRounds; r++ {
+		id := fmt.Sprintf("e%d", r)
+		if err := es.Send(&emberv1.EmbedRequest{Inputs: []string{fmt.Sprintf("round %d", r)}, RequestId: id}); err != nil {
+			return rounds, err
+		}
+		got, err := recvWithin(func() (string, error) {
+			resp, err := es.Recv()
+			if err != nil {
+				return "", err
+			}
+			return resp.RequestId, nil
+		})
+		if err != nil || got != id {
+			return rounds, fmt.Errorf("EmbedStream round %d: answer %q, %v", r, got, err)
+		}
+		rounds++
+	}
+	if err := es.CloseSend(); err != nil {
+		return rounds, err
+	}
+	if _, err := es.Recv(); err != io.EOF {
+		return rounds, fmt.Errorf("EmbedStream: expected the end after half-close, got %v", err)
+	}
+	rs, err := reranker.RerankStream(ctx)
+	if err != nil {
+		return rounds, err
+	}
+	for r := 0; r < pingPongRounds; r++ {
+		id := fmt.Sprintf("r%d", r)
+		req := &emberv1.RerankRequest{Query: fmt.Sprintf("query %d", r), Documents: []string{"one", "two"}, RequestId: id}
+		if err := rs.Send(req); err != nil {
+			return rounds, err
+		}
+		got, err := recvWithin(func() (string, error) {
+			resp, err := rs.Recv()
+			if err != nil {
+				return "", err
+			}
+			return resp.RequestId, nil
+		})
+		if err != nil || got != id {
+			return rounds, fmt.Errorf("RerankStream round %d: answer %q, %v", r, got, err)
+		}
+		rounds++
+	}
+	return rounds, rs.CloseSend()
+}
+
 func run(address string) error {
 	// grpc.WithInsecure: Debian's grpc-go (1.33) predates credentials/insecure.
 	conn, err := grpc.Dial(address, grpc.WithInsecure(),
@@ -158,6 +237,14 @@ func run(address string) error {
 	}
 	fmt.Printf("EmbedStream: %d inputs in %d messages, every id answered once\n", inputs, ids)
 
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer pcancel()
+	rounds, err := pingPong(pctx, embedder, emberv1.NewRerankerClient(conn))
+	if err != nil {
+		return fmt.Errorf("ping-pong: %w", err)
+	}
+	fmt.Printf("ping-pong: %d rounds over EmbedStream and RerankStream, each answered before the next was sent\n", rounds)
+
 	docs := []string{"Kubernetes probes the gRPC health service", "Embers glow in the fireplace",
 		"A health check tells the orchestrator whether a server can take traffic"}
 	// A deadline of its own: the Embed call's context has been running through the whole stream.
@@ -180,7 +267,7 @@ func run(address string) error {
 
 	summary, _ := json.Marshal(map[string]interface{}{"client": "go", "health": health,
 		"embed_dimensions": emb.Dimensions, "stream_inputs": inputs, "stream_ids": ids,
-		"rerank_results": len(rr.Results)})
+		"rerank_results": len(rr.Results), "ping_pong_rounds": rounds})
 	fmt.Println(string(summary))
 	return nil
 }
