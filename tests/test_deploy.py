@@ -39,8 +39,11 @@ def test_deployments_match_how_ember_serves_and_drains():
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == grpc_port == 50051
         assert not c.get("args") or c["args"][0] != "serve"  # the image's entrypoint is already `ember serve`
-        drain = float(env["EMBER_DRAIN_SECONDS"])
-        assert spec["terminationGracePeriodSeconds"] > drain + c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        drain, delay = float(env["EMBER_DRAIN_SECONDS"]), float(env["EMBER_DRAIN_DELAY_SECONDS"])
+        pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert spec["terminationGracePeriodSeconds"] > pre_stop + delay + drain  # the whole drain fits
+        ready = c["readinessProbe"]
+        assert delay >= ready["periodSeconds"] * ready["failureThreshold"]  # the probe sees NOT_SERVING in time
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert c["resources"]["limits"] and c["resources"]["requests"]
         svc = services[dep["spec"]["selector"]["matchLabels"]["app"]]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import random
 import threading
@@ -101,6 +102,57 @@ async def _acall_with_retries(client, fn, req):
             await asyncio.sleep(delay)
 
 
+STREAM_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class _Resend:
+    """The chunks of one embed_stream: those sent and not yet answered, to send again on a new
+    stream after a retryable end, and the iterator of those not sent yet, shared by every stream
+    of the call. A stream's requests thread pulls from it under `pulling` (the caller's iterator
+    may block; nothing else waits on that lock), and a chunk pulled by a stream given up meanwhile
+    is carried over to the next one."""
+
+    def __init__(self, chunks: Iterator[tuple[int, list[str]]]):
+        self.chunks = chunks
+        self.sent: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self.carried: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self.lock = threading.Lock()  # sent, carried, exhausted; held briefly
+        self.pulling = threading.Lock()
+        self.exhausted = False
+
+    def start(self) -> list[tuple[int, list[str]]]:
+        """A new stream begins: what it must send first (the unanswered chunks, in order)."""
+        with self.lock:
+            return list(self.sent)
+
+    def take(self, done: threading.Event) -> tuple[int, list[str]] | None:
+        """The next chunk for the stream whose `done` this is, or None (no more, or given up)."""
+        with self.pulling:
+            with self.lock:
+                item = self.carried.popleft() if self.carried else None
+            if item is None and not self.exhausted and not done.is_set():
+                item = next(self.chunks, None)
+            with self.lock:
+                if item is None:
+                    self.exhausted = self.exhausted or not done.is_set()
+                    return None
+                if done.is_set():
+                    self.carried.append(item)
+                    return None
+                self.sent.append(item)
+                return item
+
+    def answered(self, request_id: str) -> None:
+        with self.lock:
+            i, _ = self.sent.popleft()
+        if request_id != str(i):
+            raise RuntimeError(f"EmbedStream answered message {request_id!r} where {i} was due")
+
+    def finished(self) -> bool:
+        with self.lock:
+            return self.exhausted and not self.sent and not self.carried
+
+
 @dataclass(frozen=True)
 class RerankHit:
     index: int
@@ -195,6 +247,7 @@ def _attach(client, channel, api_key: str | None, timeout: float | None, retries
     client._reranker = pb_grpc.RerankerStub(channel)
     client._models = pb_grpc.ModelsStub(channel)
     client._health = health_pb2_grpc.HealthStub(channel)
+    client.stream_resumes = 0  # streams of embed_stream that ended retryably and were resumed on a new one
 
 
 class Client:
@@ -242,26 +295,58 @@ class Client:
         """Feed an iterable of any size through EmbedStream; yields one array per batch, in order.
 
         At most `window` messages are sent ahead of the answers: grpc's sync client would otherwise
-        drain `texts` into its own buffers as fast as it can read them.
+        drain `texts` into its own buffers as fast as it can read them. When the stream ends with a
+        retryable status (UNAVAILABLE: a replica drained or went away; RESOURCE_EXHAUSTED after the
+        server's retry hint), the messages not yet answered are sent again on a new stream (another
+        replica, or this one once it is back), then the rest: every batch is yielded exactly once,
+        in order. `retries` attempts in a row without an answer, and the stream gives up.
         """
-        slots = threading.Semaphore(window)
-        done = threading.Event()
+        pending = _Resend(enumerate(_chunks(texts, batch_size)))
+        failures = 0
+        while True:
+            slots = threading.Semaphore(window)
+            done = threading.Event()
 
-        def requests():
-            for i, chunk in enumerate(_chunks(texts, batch_size)):
-                while not slots.acquire(timeout=0.1):
-                    if done.is_set():
+            def requests(resend, slots, done):
+                for item in resend:
+                    while not slots.acquire(timeout=0.1):
+                        if done.is_set():
+                            return
+                    yield _stream_request(item[1], item[0], options)
+                while True:
+                    while not slots.acquire(timeout=0.1):
+                        if done.is_set():
+                            return
+                    item = pending.take(done)
+                    if item is None:
                         return
-                yield _stream_request(chunk, i, options)
+                    yield _stream_request(item[1], item[0], options)
 
-        call = self._embedder.EmbedStream(requests(), metadata=self.metadata)
-        try:
-            for resp in call:
-                slots.release()
-                yield embeddings_array(resp)
-        finally:
-            done.set()
-            call.cancel()
+            call = self._embedder.EmbedStream(requests(pending.start(), slots, done), metadata=self.metadata)
+            try:
+                for resp in call:
+                    slots.release()
+                    pending.answered(resp.request_id)
+                    failures = 0
+                    yield embeddings_array(resp)
+                if pending.finished():
+                    return
+                raise RuntimeError("EmbedStream ended with messages unanswered")
+            except grpc.RpcError as e:
+                if e.code() not in STREAM_RETRYABLE or failures >= self.retries:
+                    raise
+                delay, last = retry_delay(e, failures, self.backoff), e
+                failures += 1
+                self.stream_resumes += 1
+            finally:
+                with pending.lock:
+                    done.set()
+                call.cancel()
+            time.sleep(delay)
+            try:  # a replica that answers: another one, or this one once it is back (within `timeout`)
+                grpc.channel_ready_future(self.channel).result(timeout=self.timeout)
+            except grpc.FutureTimeoutError:
+                raise last from None
 
     def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
                return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
@@ -322,22 +407,59 @@ class AsyncClient:
 
     async def embed_stream(self, texts: Iterable[str] | AsyncIterable[str], *, batch_size: int = 64,
                            **options) -> AsyncIterator[np.ndarray]:
-        async def requests():
+        """As `Client.embed_stream`: one array per batch, in order, the unanswered messages sent again
+        on a new stream after UNAVAILABLE or RESOURCE_EXHAUSTED."""
+        async def chunks():
             if isinstance(texts, AsyncIterable):
                 chunk, i = [], 0
                 async for t in texts:
                     chunk.append(t)
                     if len(chunk) == batch_size:
-                        yield _stream_request(chunk, i, options)
+                        yield i, chunk
                         chunk, i = [], i + 1
                 if chunk:
-                    yield _stream_request(chunk, i, options)
+                    yield i, chunk
             else:
-                for i, chunk in enumerate(_chunks(texts, batch_size)):
-                    yield _stream_request(chunk, i, options)
+                for item in enumerate(_chunks(texts, batch_size)):
+                    yield item
 
-        async for resp in self._embedder.EmbedStream(requests(), metadata=self.metadata):
-            yield embeddings_array(resp)
+        source = chunks()
+        sent: collections.deque[tuple[int, list[str]]] = collections.deque()
+        state = {"exhausted": False}
+        failures = 0
+        while True:
+            async def requests(resend):
+                for i, chunk in resend:
+                    yield _stream_request(chunk, i, options)
+                async for item in source:
+                    sent.append(item)
+                    yield _stream_request(item[1], item[0], options)
+                state["exhausted"] = True
+
+            call = self._embedder.EmbedStream(requests(list(sent)), metadata=self.metadata)
+            try:
+                async for resp in call:
+                    i, _ = sent.popleft()
+                    if resp.request_id != str(i):
+                        raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
+                    failures = 0
+                    yield embeddings_array(resp)
+                if state["exhausted"] and not sent:
+                    return
+                raise RuntimeError("EmbedStream ended with messages unanswered")
+            except grpc.RpcError as e:
+                if e.code() not in STREAM_RETRYABLE or failures >= self.retries:
+                    raise
+                delay, last = retry_delay(e, failures, self.backoff), e
+                failures += 1
+                self.stream_resumes += 1
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self.channel.channel_ready(), self.timeout)
+            except asyncio.TimeoutError:
+                raise last from None
 
     async def rerank(self, query: str, documents: Sequence[str], *, model: str = "", top_n: int = 0,
                      return_documents: bool = False, raw_scores: bool = False, truncate: bool | None = None,
