@@ -47,6 +47,9 @@ class Metrics:
                                         "request's deadline had passed", ("model",), registry=r)
         self.cancelled_dropped = Counter("ember_cancelled_dropped", "items dropped before inference because their "
                                          "request was cancelled", ("model",), registry=r)
+        self.refused_early = Counter("ember_overload_refused", "requests refused at once because the backlog "
+                                     "before them would not let them finish by their deadline", ("model",),
+                                     registry=r)
         self.cache_hits = Counter("ember_cache_hits", "embedding cache hits (inputs)", ("model",), registry=r)
         self.cache_misses = Counter("ember_cache_misses", "embedding cache misses (inputs)", ("model",), registry=r)
         r.register(_StateCollector(registry))
@@ -90,6 +93,9 @@ class _StateCollector:
 
     def collect(self):
         depth = GaugeMetricFamily("ember_queue_depth", "items waiting for inference", labels=["model"])
+        backlog = GaugeMetricFamily("ember_queue_backlog_seconds", "estimated seconds to work off the queue at "
+                                    "the model's measured rate (what admission compares deadlines with)",
+                                    labels=["model"])
         loaded = GaugeMetricFamily("ember_model_load_seconds", "time to load the model (session + tokenizer)",
                                    labels=["model"])
         ready = GaugeMetricFamily("ember_model_ready", "1 when the model is warm and serving", labels=["model"])
@@ -114,6 +120,7 @@ class _StateCollector:
         errors = GaugeMetricFamily("ember_model_load_errors", "1 for each model refused at load", labels=["model"])
         for name, model in list(self.registry.models.items()):
             depth.add_metric([name], model.scheduler.queued())
+            backlog.add_metric([name], model.scheduler.backlog_seconds())
             loaded.add_metric([name], model.load_seconds)
             ready.add_metric([name], 1.0 if model.ready else 0.0)
             for p in model.engine.providers:
@@ -132,5 +139,5 @@ class _StateCollector:
                     fam.add_metric([name], float(st[k]))
         for name in list(self.registry.errors):
             errors.add_metric([name], 1.0)
-        yield from (depth, loaded, ready, providers, breaker, fallback, accel, accel_errors, switch, *pool.values(),
-                    errors)
+        yield from (depth, backlog, loaded, ready, providers, breaker, fallback, accel, accel_errors, switch,
+                    *pool.values(), errors)

@@ -327,6 +327,7 @@ class Registry:
             workers=plan[0] or s.inference_workers or 1,
             inline_max_tokens=s.inline_max_tokens, bulk_solo_batch_tokens=s.bulk_solo_batch_tokens,
             realtime_recent_s=s.realtime_recent_ms / 1000, lanes_planned=bool(plan[0]),
+            default_deadline_s=s.default_deadline_seconds,
         )
         scheduler.metrics = self.metrics
         model = LoadedModel(name, path, manifest, tokenizer, engine, scheduler, time.monotonic() - t0)
@@ -481,6 +482,10 @@ class Registry:
             n = min(n, model.manifest.max_tokens)
             ids = np.full((4, n), model.manifest.pad_token_id or 1, dtype=np.int64)
             engine.infer(ids, np.ones_like(ids), np.zeros_like(ids) if engine.needs_type_ids else None)
+        if engine is model.engine:  # the last shape once more, timed: the queue's first rate estimate
+            t0 = time.perf_counter()
+            engine.infer(ids, np.ones_like(ids), np.zeros_like(ids) if engine.needs_type_ids else None)
+            model.scheduler.rate.seed(time.perf_counter() - t0, ids.size)
 
     def _changed(self) -> None:
         if self.on_change:

@@ -30,7 +30,10 @@ a time runs on the main session.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
+import math
 import os
 import sys
 import threading
@@ -66,6 +69,11 @@ class Job:
     started: float | None = None
     inference_s: float = 0.0
     failed: bool = False
+    # Queue bookkeeping (under the scheduler's lock): the items not yet taken into a batch, the
+    # tokens of those counted in the queue's backlog, and the job's place in the deadline order.
+    pending: deque = field(default_factory=deque)
+    backlog_tokens: int = 0
+    order: tuple = ()
 
     @property
     def cancelled(self) -> bool:
@@ -91,7 +99,8 @@ class ModelScheduler:
     def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int, max_queue_items: int,
                  pad_left: bool, pad_id: int, bulk_max_batch_tokens: int | None = None, batch_overhead_tokens: int = 32,
                  max_wait_us: int = 0, workers: int = 1, inline_max_tokens: int = 0,
-                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes_planned: bool = False):
+                 bulk_solo_batch_tokens: int = 0, realtime_recent_s: float = 1.0, lanes_planned: bool = False,
+                 default_deadline_s: float = 30.0):
         self.engine = engine
         # Worker i runs batches on lanes[i] (its own session, or one shared one-thread session),
         # except a lone request's, which take the main engine. No lanes: all on the engine. With
@@ -112,7 +121,15 @@ class ModelScheduler:
         self.max_queue_items = max_queue_items
         self.pad_left = pad_left
         self.pad_id = pad_id
-        self._queues: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
+        # Per priority: the jobs with items not yet taken, in deadline order (earliest first; a job
+        # without a deadline counts as due default_deadline_s after it came, and equal deadlines
+        # keep arrival order), with their counts of items and backlog tokens.
+        self._jobs: tuple[list[Job], list[Job]] = ([], [])
+        self._items = [0, 0]
+        self._backlog = [0, 0]
+        self._seq = itertools.count()
+        self.default_deadline_s = default_deadline_s
+        self.rate = _Throughput()
         # With lanes, each priority has workers of its own: `workers` REALTIME ones, and as many
         # BULK ones at a lower OS priority (BULK_NICE), so a REALTIME batch starts at once beside
         # the BULK batches and takes the cores from them. Without lanes, every worker takes both
@@ -139,15 +156,26 @@ class ModelScheduler:
 
     # ---- submission (event loop side) -------------------------------------------------------
     def queued(self) -> int:
-        return len(self._queues[0]) + len(self._queues[1])
+        return self._items[0] + self._items[1]
+
+    def backlog_seconds(self) -> float:
+        """Estimated time to work off everything queued, at the measured rate (0 before a measure)."""
+        spt = self.rate.seconds_per_token
+        return 0.0 if spt is None else spt * (self._backlog[REALTIME] + self._backlog[BULK])
 
     def idle(self) -> bool:
         """Nothing queued and no batch running."""
         return not self._busy and not self.queued()
 
     def submit(self, items: list[Tokenized], *, priority: int, deadline: float | None) -> Job:
-        """Queue a job; `job.future` resolves to its results array (rows in input order)."""
+        """Queue a job; `job.future` resolves to its results array (rows in input order).
+
+        Refused at once (ResourceExhausted, with a retry hint) when the queue is full, or when the
+        backlog that runs before it, at the rate the model has been measured to drain it, would
+        not let it finish by its deadline (a job without one: within default_deadline_s).
+        """
         job = _new_job(items, priority, deadline)
+        tokens = sum(t.tokens for t in items)
         with self._cond:
             if self._stopping:
                 raise Unavailable("the model is being unloaded")
@@ -157,12 +185,68 @@ class ModelScheduler:
                     f"({self.queued()} items waiting, limit {self.max_queue_items}); retry later",
                     retry_after_s=0.05 + 0.001 * self.queued() / max(1, self.max_batch_size),
                 )
+            due = deadline if deadline is not None else (
+                job.enqueued + self.default_deadline_s if self.default_deadline_s else math.inf)
+            job.order = (due, next(self._seq))
+            jobs = self._jobs[priority]
+            at = bisect.bisect_right(jobs, job.order, key=_order)
+            self._admit(job, priority, at, tokens, due)
             if priority == REALTIME:
                 self._last_realtime = job.enqueued
-            q = self._queues[priority]
-            q.extend(_Item(job, i) for i in range(len(items)))
+            job.pending.extend(range(len(items)))
+            job.backlog_tokens = tokens
+            jobs.insert(at, job)
+            self._items[priority] += len(items)
+            self._backlog[priority] += tokens
             (self._bulk_cond if priority == BULK else self._cond).notify()
+        job.future.add_done_callback(lambda _f, job=job: self._settle(job))
         return job
+
+    def _admit(self, job: Job, priority: int, at: int, tokens: int, due: float) -> None:
+        """Refuse `job` if what runs before it (REALTIME work, and for BULK the BULK jobs due
+        earlier) would keep it from finishing by `due`, at the measured rate (lock held)."""
+        now = time.monotonic()
+        if job.deadline is not None and now >= job.deadline:
+            if self.metrics is not None:  # as _drop_dead counts the queued items it drops
+                self.metrics.of(self.metrics.deadline_dropped, self.name).inc(len(job.items))
+            raise DeadlineExceeded("the deadline passed before inference")
+        spt = self.rate.seconds_per_token
+        if spt is None or due == math.inf:
+            return  # not measured yet, or no bound to keep
+        # The work before it: each stretch of jobs (REALTIME ones, then for BULK the BULK ones due
+        # earlier) takes its tokens' time, but no longer than until the last of them is due: past
+        # their deadlines the rest of them is dropped, not run.
+        segments = [(self._jobs[priority], at)]
+        if priority == BULK:
+            segments.insert(0, (self._jobs[REALTIME], len(self._jobs[REALTIME])))
+        ahead, wait = 0, 0.0
+        for jobs, end in segments:
+            if not end:
+                continue
+            n = self._backlog[priority if jobs is self._jobs[priority] else REALTIME] if end == len(jobs) \
+                else sum(j.backlog_tokens for j in jobs[:end])
+            ahead += n
+            wait += min(spt * n, max(0.0, jobs[end - 1].order[0] - now))
+        finish = now + wait + spt * tokens
+        if finish <= due:
+            return
+        if self.metrics is not None:
+            self.metrics.of(self.metrics.refused_early, self.name).inc()
+        budget = "its deadline" if job.deadline is not None else f"the {self.default_deadline_s:g}s bound"
+        raise ResourceExhausted(
+            f"model {self.name} is overloaded: the {ahead} tokens queued before this request would take "
+            f"~{wait:.2f}s and it ~{spt * tokens:.2f}s more, past {budget} (in {max(0.0, due - now):.2f}s); "
+            f"retry later or on another replica",
+            retry_after_s=min(30.0, max(0.05, finish - due)),
+        )
+
+    def _settle(self, job: Job) -> None:
+        """The job's future is done (answered, failed, cancelled): what it still had queued no
+        longer counts in the backlog (its items are dropped when they reach the head)."""
+        if job.backlog_tokens:
+            with self._cond:
+                self._backlog[job.priority] -= job.backlog_tokens
+                job.backlog_tokens = 0
 
     def run_inline(self, items: list[Tokenized], *, priority: int, deadline: float | None = None,
                    min_idle_s: float = 0.0) -> Job | None:
@@ -185,7 +269,7 @@ class ModelScheduler:
         with self._cond:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None
-            self._busy += 1
+            self._claim()
             self._running[REALTIME] += 1
             self._main_running = self.exclusive_main
             self._last_realtime = job.enqueued
@@ -193,8 +277,10 @@ class ModelScheduler:
         # them, not on one of theirs, where the OS may place a thread just woken.
         core = getattr(self.engine, "caller_core", None)
         mask = _pin_here(core) if core is not None else None
+        tokens = 0
         try:
             self._execute([_Item(job, i) for i in range(len(items))], _deliver_here, self.engine)
+            tokens = sum(t.tokens for t in items)
         except Exception as e:
             log.exception("inference failed for model %s", self.engine.manifest.name)
             job.failed = True
@@ -202,7 +288,7 @@ class ModelScheduler:
         finally:
             if mask is not None:
                 _unpin_here(mask)
-            self._batch_done()
+            self._batch_done(tokens=tokens)
         return job
 
     def add_lanes(self, lanes: list) -> None:
@@ -233,21 +319,25 @@ class ModelScheduler:
             batch, main = self._next_batch(role)
             if batch is None:
                 return
+            tokens = 0
             try:
                 self._execute(batch, _deliver_threadsafe, self.engine if main else self.lanes[i % self.workers])
+                tokens = sum(it.length for it in batch)
             except Exception as e:  # a failed batch fails its jobs, never the worker
                 log.exception("inference failed for model %s", self.engine.manifest.name)
                 for it in batch:
                     self._fail(it.job, e)
             finally:
-                self._batch_done(role)
+                self._batch_done(role, tokens)
 
-    def _batch_done(self, role: int | None = REALTIME) -> None:
-        """A batch (worker or inline) has ended: the model is idle from now unless more is queued."""
+    def _batch_done(self, role: int | None = REALTIME, tokens: int = 0) -> None:
+        """A batch (worker or inline) of `tokens` real tokens has ended: the model is idle from now
+        unless more is queued."""
         with self._cond:
             self._busy -= 1
             self._running[role] -= 1
             self.idle_since = time.monotonic()
+            self.rate.ran(tokens, self.idle_since, idle=not self._busy)
             self._main_running = False  # at most one batch runs while it is set: this one
             if self.queued():
                 self._wake_all()  # with lanes, every worker may have waited for the main session
@@ -261,18 +351,18 @@ class ModelScheduler:
         with self._cond:
             while True:
                 if role is None:
-                    bulk = not self._queues[REALTIME]
+                    p = BULK if not self._items[REALTIME] else REALTIME
                 else:
-                    bulk = role == BULK
-                q = self._queues[BULK] if bulk else self._queues[REALTIME]
-                if self._stopping and not q:
+                    p = role
+                if self._stopping and not self._items[p]:
                     return None, False
-                self._drop_dead(q)
-                if q and self._main_running:  # the main session has every thread: wait for it
+                self._drop_dead(p)
+                queued = self._items[p] > 0
+                if queued and self._main_running:  # the main session has every thread: wait for it
                     cond.wait()
                     continue
-                if q:
-                    wait = self._fill_wait(q, bulk)
+                if queued:
+                    wait = self._fill_wait(p)
                     if wait > 0:
                         cond.wait(wait)
                         continue
@@ -280,22 +370,24 @@ class ModelScheduler:
                     # Several requests and every lane of this role free: a batch that would take
                     # all of them is halved, so that a second lane takes the rest at once instead of
                     # idling (two clients whose calls arrived together stayed merged on one lane).
-                    batch = self._take(q, bulk, halve=not main and not self._running[role])
-                    if self.lanes and q:
+                    batch = self._take(p, halve=not main and not self._running[role])
+                    if self.lanes and self._items[p]:
                         cond.notify()  # another worker may take the rest now
-                    self._busy += 1
+                    self._claim()
                     self._running[role] += 1
                     self._main_running = main and self.exclusive_main
                     return batch, main
                 cond.wait()
 
+    def _claim(self) -> None:
+        """A batch starts (lock held)."""
+        if not self._busy:
+            self.rate.busy(time.monotonic())
+        self._busy += 1
+
     def _one_job_queued(self) -> bool:
-        """Everything queued belongs to one job (called with the lock held; a long queue is taken
-        to hold several)."""
-        if self.queued() > self.max_batch_size * 4:
-            return False
-        jobs = {id(it.job) for q in self._queues for it in q}
-        return len(jobs) <= 1
+        """Everything queued belongs to one job (called with the lock held)."""
+        return len(self._jobs[REALTIME]) + len(self._jobs[BULK]) <= 1
 
     def _budget(self, bulk: bool) -> int:
         """Padded tokens allowed in the next batch (called with the lock held)."""
@@ -307,54 +399,90 @@ class ModelScheduler:
             return self.bulk_max_batch_tokens
         return self.bulk_solo_batch_tokens
 
-    def _fill_wait(self, q: deque[_Item], bulk: bool) -> float:
+    def _fill_wait(self, p: int) -> float:
         """Seconds to wait for more items (max_wait): only while the batch would be far from full."""
         if self.max_wait_s <= 0 or self._stopping:
             return 0.0
-        budget = self._budget(bulk)
-        if len(q) >= self.max_batch_size or sum(it.length for it in q) * 2 >= budget:
+        budget = self._budget(p == BULK)
+        if self._items[p] >= self.max_batch_size or self._backlog[p] * 2 >= budget:
             return 0.0
-        return q[0].job.enqueued + self.max_wait_s - time.monotonic()
+        return min(j.enqueued for j in self._jobs[p]) + self.max_wait_s - time.monotonic()
 
-    def _drop_dead(self, q: deque[_Item]) -> None:
-        """Remove items of cancelled, failed or expired jobs from the head window of the queue."""
+    def _drop_dead(self, p: int) -> None:
+        """Remove the jobs that are cancelled, failed or past their deadline from the head of the
+        queue (as far as the next batch can reach), failing the expired ones. So are the jobs that
+        the measured rate says cannot finish by their deadline, given the jobs before them: run,
+        they would only miss it later, and delay every job after them."""
         now = time.monotonic()
-        keep = deque()
-        window = min(len(q), self.max_batch_size * 4)
-        for _ in range(window):
-            it = q.popleft()
-            job = it.job
+        spt = self.rate.seconds_per_token
+        jobs = self._jobs[p]
+        i = seen = 0
+        work = 0.0  # estimated seconds until the job being looked at is done
+        while i < len(jobs) and seen < self.max_batch_size * 4:
+            job = jobs[i]
             expired = job.deadline is not None and now >= job.deadline
-            if job.cancelled or job.failed or expired:
-                if expired and not job.cancelled:
-                    self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
-                m = self.metrics
-                if m is not None and (expired or job.cancelled):
-                    # gRPC cancels a call whose deadline passed: count those as expired, not cancelled
-                    m.of(m.deadline_dropped if expired else m.cancelled_dropped, self.name).inc()
+            doomed = not expired and job.deadline is not None and spt is not None and \
+                now + work + spt * job.backlog_tokens > job.deadline
+            if not (job.cancelled or job.failed or expired or doomed):
+                seen += len(job.pending)
+                work += spt * job.backlog_tokens if spt is not None else 0.0
+                i += 1
                 continue
-            keep.append(it)
-        keep.extend(q)
-        q.clear()
-        q.extend(keep)
+            del jobs[i]
+            self._items[p] -= len(job.pending)
+            self._backlog[p] -= job.backlog_tokens
+            if doomed and not job.cancelled:
+                self._fail(job, DeadlineExceeded(
+                    f"the request cannot finish by its deadline (in {job.deadline - now:.2f}s): its "
+                    f"{job.backlog_tokens} tokens still queued take ~{spt * job.backlog_tokens:.2f}s at the model's "
+                    f"rate, after ~{work:.2f}s of work due before it"))
+                expired = True  # counted as dropped for its deadline
+            job.backlog_tokens = 0
+            if expired and not job.cancelled and not job.failed:
+                self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
+            m = self.metrics
+            if m is not None and (expired or job.cancelled):
+                # gRPC cancels a call whose deadline passed: count those as expired, not cancelled
+                m.of(m.deadline_dropped if expired else m.cancelled_dropped, self.name).inc(len(job.pending))
+            job.pending.clear()
 
-    def _take(self, q: deque[_Item], bulk: bool, halve: bool = False) -> list[_Item]:
-        """Take the least-cost batch holding the oldest item from the head window of q; with halve,
-        at most half of q when one batch would otherwise take it all."""
-        window = [q.popleft() for _ in range(min(len(q), self.max_batch_size * 4))]
+    def _take(self, p: int, halve: bool = False) -> list[_Item]:
+        """The next batch of priority p: from a window of whole jobs at the head of the deadline
+        order (at least two batches' worth of items), the least-cost batch that holds the first
+        job's first waiting item. A backlog is thus worked off a request at a time, earliest
+        deadline first, while small requests still share batches. With halve, at most half of the
+        window when one batch would otherwise take it all."""
+        jobs = self._jobs[p]
+        window: list[_Item] = []
+        spanned = 0
+        for job in jobs:
+            window.extend(_Item(job, i) for i in job.pending)
+            spanned += 1
+            if len(window) >= self.max_batch_size * 2:
+                break
         order = sorted(range(len(window)), key=lambda i: -window[i].length)  # stable: ties keep arrival order
         lengths = np.fromiter((window[i].length for i in order), dtype=np.int64, count=len(order))
-        budget = self._budget(bulk)
+        budget = self._budget(p == BULK)
         ends = kernels.plan_batches(lengths, budget, self.max_batch_size, self.batch_overhead_tokens)
-        if halve and not q and len(ends) == 1 and len(window) > 1:
+        if halve and len(ends) == 1 and len(window) > 1 and len(window) == self._items[p]:
             ends = kernels.plan_batches(lengths, budget, (len(window) + 1) // 2, self.batch_overhead_tokens)
-        rank_of_oldest = order.index(0)
-        g = int(np.searchsorted(ends, rank_of_oldest, side="right"))
+        rank_of_first = order.index(0)
+        g = int(np.searchsorted(ends, rank_of_first, side="right"))
         start = int(ends[g - 1]) if g else 0
-        chosen = set(order[start:int(ends[g])])
-        # Put what was not taken back at the head, in arrival order.
-        q.extendleft(window[i] for i in reversed(range(len(window))) if i not in chosen)
-        return [window[i] for i in sorted(chosen)]
+        batch = [window[i] for i in sorted(order[start:int(ends[g])])]
+        taken: dict[int, set[int]] = {}
+        for it in batch:
+            taken.setdefault(id(it.job), set()).add(it.index)
+            n = it.length
+            it.job.backlog_tokens -= n
+            self._backlog[p] -= n
+        self._items[p] -= len(batch)
+        for job in {id(it.job): it.job for it in batch}.values():
+            chosen = taken[id(job)]
+            job.pending = deque(i for i in job.pending if i not in chosen)
+        if any(not j.pending for j in jobs[:spanned]):
+            jobs[:spanned] = [j for j in jobs[:spanned] if j.pending]
+        return batch
 
     def _execute(self, batch: list[_Item], deliver, engine) -> None:
         t0 = time.monotonic()
@@ -419,6 +547,52 @@ class ModelScheduler:
             return
         job.failed = True
         _post(job.loop, _reject, job.future, err)
+
+
+class _Throughput:
+    """How fast the model works off its queue: wall seconds per real token while it is busy (one
+    batch or several at once on the lanes), measured over stretches of at least MEASURE_S and
+    smoothed. Padding and per-run overhead are in it, at the mix of the traffic being served."""
+
+    MEASURE_S = 0.25
+    SMOOTHING = 0.3
+    # Stretches whose batches averaged fewer tokens are not counted: lone short texts are mostly
+    # per-run overhead, and the figure is for a backlog, which runs in full batches.
+    MIN_BATCH_TOKENS = 64
+
+    def __init__(self) -> None:
+        self.seconds_per_token: float | None = None
+        self._since: float | None = None  # start of the busy stretch being measured
+        self._busy_s = 0.0
+        self._tokens = 0
+        self._batches = 0
+
+    def seed(self, seconds: float, tokens: int) -> None:
+        """A first figure (the warm-up's timed batch), until traffic measures a real one."""
+        if self.seconds_per_token is None and tokens > 0:
+            self.seconds_per_token = seconds / tokens
+
+    def busy(self, now: float) -> None:
+        self._since = now
+
+    def ran(self, tokens: int, now: float, idle: bool) -> None:
+        self._tokens += tokens
+        self._batches += 1
+        if self._since is None:
+            return
+        if idle or now - self._since >= self.MEASURE_S:
+            self._busy_s += now - self._since
+            self._since = None if idle else now
+        if self._busy_s >= self.MEASURE_S:
+            if self._tokens >= self.MIN_BATCH_TOKENS * self._batches:
+                spt = self._busy_s / self._tokens
+                old = self.seconds_per_token
+                self.seconds_per_token = spt if old is None else old + self.SMOOTHING * (spt - old)
+            self._busy_s, self._tokens, self._batches = 0.0, 0, 0
+
+
+def _order(job: Job) -> tuple:
+    return job.order
 
 
 def _lower_thread_priority(steps: int) -> None:

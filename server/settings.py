@@ -95,6 +95,12 @@ class Settings:
     )
     max_batch_size: int = field(default=128, metadata={"help": "items in one inference batch"})
     max_queue_items: int = field(default=65536, metadata={"help": "items waiting for inference per model"})
+    default_deadline_seconds: float = field(
+        default=30.0, metadata={"help": "the deadline ember assumes for a request that sets none: its place in "
+                                        "the queue's deadline order, and the wait it is admitted against (a "
+                                        "request the backlog would keep longer is refused RESOURCE_EXHAUSTED at "
+                                        "once; 0 = no bound)"}
+    )
     stream_max_in_flight: int = field(default=16, metadata={"help": "messages in flight per stream"})
     intra_op_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0 = cores)"})
     inference_workers: int = field(
@@ -244,7 +250,7 @@ class Settings:
             raise bad("breaker_threshold", "must be >= 1")
         if self.breaker_recovery_seconds < 0:
             raise bad("breaker_recovery_seconds", "must be >= 0")
-        for name in ("drain_seconds", "drain_delay_seconds"):
+        for name in ("drain_seconds", "drain_delay_seconds", "default_deadline_seconds"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]

@@ -123,16 +123,18 @@ def test_streams_in_flight_at_the_drain_get_their_answers_then_unavailable(tiny_
     s = ServerThread(Settings(host="127.0.0.1", port=0, models_dir=str(tiny_models_dir), models=("tiny-embed",),
                               inline_max_tokens=0))
     s.wait_loaded()
-    engine = s.server.registry.models["tiny-embed"].engine
+    model = s.server.registry.models["tiny-embed"]
     entered, release = threading.Event(), threading.Event()
-    real_infer = engine.infer
 
-    def held_infer(*a):  # the real engine, held until the test lets it go
-        entered.set()
-        release.wait(60)
-        return real_infer(*a)
+    def held(real_infer):
+        def held_infer(*a):  # the real engine, held until the test lets it go
+            entered.set()
+            release.wait(60)
+            return real_infer(*a)
+        return held_infer
 
-    engine.infer = held_infer
+    for engine in {id(e): e for e in (model.engine, *model.scheduler.lanes)}.values():  # main session and lanes
+        engine.infer = held(engine.infer)
     embed = Interactive(s.embedder.EmbedStream)
     rerank_idle = Interactive(s.reranker.RerankStream)  # open, nothing in flight
     for r in range(3):

@@ -160,8 +160,11 @@ def test_cancelled_and_expired_items_never_reach_inference(parts):
         await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
         cancelled = sched.submit(texts_of_lengths(tok, [11] * 5), priority=REALTIME, deadline=None)
         cancelled.future.cancel()
-        expired = sched.submit(texts_of_lengths(tok, [13] * 5), priority=REALTIME, deadline=0.0)
+        with pytest.raises(DeadlineExceeded):  # already late: refused at once
+            sched.submit(texts_of_lengths(tok, [12] * 5), priority=REALTIME, deadline=0.0)
+        expired = sched.submit(texts_of_lengths(tok, [13] * 5), priority=REALTIME, deadline=time.monotonic() + 0.2)
         live = sched.submit(texts_of_lengths(tok, [17] * 2), priority=REALTIME, deadline=None)
+        await asyncio.sleep(0.3)  # `expired`'s deadline passes while it waits
         rec.hold.set()
         await blocker.future
         await live.future
@@ -172,7 +175,7 @@ def test_cancelled_and_expired_items_never_reach_inference(parts):
 
     batches = asyncio.run(run())
     seen = [n for _, _, ns in batches for n in ns]
-    assert 11 not in seen and 13 not in seen and seen.count(17) == 2
+    assert 11 not in seen and 12 not in seen and 13 not in seen and seen.count(17) == 2
 
 
 def test_full_queue_is_refused_at_once_with_a_retry_hint(parts):
@@ -799,3 +802,102 @@ def test_lanes_are_built_only_where_their_weights_fit_unless_asked_for(tiny_mode
         assert [r.shape for r in rows] == [(1, model.manifest.dimensions)] * 2
     finally:
         model.scheduler.stop()
+
+
+# ---- a backlog: deadline order, whole requests, admission ----------------------------------
+def _rated(sched, seconds_per_token: float):
+    """Fix the scheduler's measured rate (and stop it measuring: a held batch would count as slow)."""
+    sched.rate.seconds_per_token = seconds_per_token
+    sched.rate.MEASURE_S = float("inf")
+    return sched
+
+
+def test_a_backlog_is_worked_off_a_whole_request_at_a_time(parts):
+    """Two big requests queued together: the first one's batches all run before the second's
+    (not mixed by length over both, which finishes neither until the end)."""
+    async def run():
+        sched, rec, tok = make(parts, max_batch_tokens=200)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        first = sched.submit(texts_of_lengths(tok, [10] * 16), priority=REALTIME, deadline=None)
+        second = sched.submit(texts_of_lengths(tok, [11] * 16), priority=REALTIME, deadline=None)
+        rec.hold.set()
+        await asyncio.gather(blocker.future, first.future, second.future)
+        sched.stop()
+        return rec.batches
+
+    batches = asyncio.run(run())
+    assert [ns for _, _, ns in batches[1:]] == [[10] * 8, [10] * 8, [11] * 8, [11] * 8]
+
+
+def test_the_earliest_deadline_runs_first(parts):
+    async def run():
+        sched, rec, tok = make(parts, max_batch_size=4)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        now = time.monotonic()
+        late = sched.submit(texts_of_lengths(tok, [10] * 4), priority=REALTIME, deadline=now + 60)
+        soon = sched.submit(texts_of_lengths(tok, [11] * 4), priority=REALTIME, deadline=now + 30)
+        rec.hold.set()
+        await asyncio.gather(blocker.future, late.future, soon.future)
+        sched.stop()
+        return rec.batches
+
+    batches = asyncio.run(run())
+    assert [ns for _, _, ns in batches[1:]] == [[11] * 4, [10] * 4]
+
+
+def test_a_request_the_backlog_cannot_finish_in_time_is_refused_at_once(parts):
+    """At 10 ms a token, a request of 100 tokens takes ~1 s: accepted while the work due before it
+    leaves it time, refused at once with a retry hint when not (a request without a deadline is
+    held to default_deadline_s)."""
+    async def run():
+        sched, rec, tok = make(parts, max_batch_tokens=200, default_deadline_s=1.5)
+        _rated(sched, 0.01)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        now = time.monotonic()
+        hundred = [10] * 10
+        later = sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=now + 30)
+        sooner = sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=now + 1.5)  # goes first
+        with pytest.raises(ResourceExhausted) as tight:  # ~1 s of work due before it, ~1 s of its own
+            sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=now + 1.8)
+        with pytest.raises(ResourceExhausted) as unbounded:
+            sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=None)
+        bulk_ok = sched.submit(texts_of_lengths(tok, [10]), priority=BULK, deadline=now + 30)
+        _rated(sched, 1e-6)  # (so that the doomed-work rule does not drop what was accepted)
+        rec.hold.set()
+        await asyncio.gather(blocker.future, later.future, sooner.future, bulk_ok.future)
+        sched.stop()
+        return tight.value, unbounded.value, rec.batches
+
+    tight, unbounded, batches = asyncio.run(run())
+    assert "past its deadline" in tight.message and 0.05 <= tight.retry_after_s <= 1.0
+    assert "past the 1.5s bound" in unbounded.message
+    assert sum(len(ns) for _, _, ns in batches) == 1 + 10 + 10 + 1  # what was accepted all ran
+
+
+def test_a_queued_request_that_can_no_longer_finish_in_time_is_dropped_before_its_deadline(parts):
+    async def run():
+        sched, rec, tok = make(parts, max_batch_tokens=200)
+        _rated(sched, 0.01)
+        rec.hold.clear()
+        blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        deadline = time.monotonic() + 1.5
+        doomed = sched.submit(texts_of_lengths(tok, [13] * 10), priority=REALTIME, deadline=deadline)  # ~1.3 s
+        await asyncio.sleep(0.5)  # held: now ~1.3 s of work and ~1 s left
+        rec.hold.set()
+        with pytest.raises(DeadlineExceeded) as e:
+            await doomed.future
+        failed_at = time.monotonic()
+        await blocker.future
+        sched.stop()
+        return e.value, deadline - failed_at, rec.batches
+
+    err, early, batches = asyncio.run(run())
+    assert "cannot finish by its deadline" in err.message and early > 0.5
+    assert all(13 not in ns for _, _, ns in batches)  # none of its work was run
