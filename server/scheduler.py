@@ -126,7 +126,8 @@ class ModelScheduler:
         # keep arrival order), with their counts of items and backlog tokens.
         self._jobs: tuple[list[Job], list[Job]] = ([], [])
         self._items = [0, 0]
-        self._backlog = [0, 0]
+        self._backlog = [0, 0]  # tokens of the items queued, by priority
+        self._open = [0, 0]  # ... of those, the tokens of requests without a deadline
         self._seq = itertools.count()
         self.default_deadline_s = default_deadline_s
         self.rate = _Throughput()
@@ -198,6 +199,8 @@ class ModelScheduler:
             jobs.insert(at, job)
             self._items[priority] += len(items)
             self._backlog[priority] += tokens
+            if deadline is None:
+                self._open[priority] += tokens
             (self._bulk_cond if priority == BULK else self._cond).notify()
         job.future.add_done_callback(lambda _f, job=job: self._settle(job))
         return job
@@ -214,38 +217,56 @@ class ModelScheduler:
         if spt is None or due == math.inf:
             return  # not measured yet, or no bound to keep
         # The work before it: each stretch of jobs (REALTIME ones, then for BULK the BULK ones due
-        # earlier) takes its tokens' time, but no longer than until the last of them is due: past
-        # their deadlines the rest of them is dropped, not run.
-        segments = [(self._jobs[priority], at)]
+        # earlier) takes its tokens' time; but the requests with a deadline in it take no longer
+        # than until the last of them is due: past their deadlines the rest of them is dropped.
+        segments = [(priority, at)]
         if priority == BULK:
-            segments.insert(0, (self._jobs[REALTIME], len(self._jobs[REALTIME])))
+            segments.insert(0, (REALTIME, len(self._jobs[REALTIME])))
         ahead, wait = 0, 0.0
-        for jobs, end in segments:
+        for p, end in segments:
+            jobs = self._jobs[p]
             if not end:
                 continue
-            n = self._backlog[priority if jobs is self._jobs[priority] else REALTIME] if end == len(jobs) \
-                else sum(j.backlog_tokens for j in jobs[:end])
+            if end == len(jobs):
+                n, open_n = self._backlog[p], self._open[p]
+            else:
+                n = sum(j.backlog_tokens for j in jobs[:end])
+                open_n = sum(j.backlog_tokens for j in jobs[:end] if j.deadline is None)
             ahead += n
-            wait += min(spt * n, max(0.0, jobs[end - 1].order[0] - now))
-        finish = now + wait + spt * tokens
+            wait += min(spt * (n - open_n), max(0.0, jobs[end - 1].order[0] - now)) + spt * open_n
+        own = spt * tokens
+        if job.deadline is None:  # the bound is on the wait: a big request may take longer to run
+            own = 0.0
+        elif now + own > due:  # too short a deadline for the work itself: waiting would not help
+            if self.metrics is not None:
+                self.metrics.of(self.metrics.deadline_dropped, self.name).inc(len(job.items))
+            raise DeadlineExceeded(f"the request's {tokens} tokens take ~{own:.3f}s at the model's rate, longer "
+                                   f"than its deadline (in {max(0.0, due - now):.3f}s)")
+        finish = now + wait + own
         if finish <= due:
             return
         if self.metrics is not None:
             self.metrics.of(self.metrics.refused_early, self.name).inc()
-        budget = "its deadline" if job.deadline is not None else f"the {self.default_deadline_s:g}s bound"
+        budget = "its deadline" if job.deadline is not None else f"the {self.default_deadline_s:g}s bound on a wait"
         raise ResourceExhausted(
             f"model {self.name} is overloaded: the {ahead} tokens queued before this request would take "
-            f"~{wait:.2f}s and it ~{spt * tokens:.2f}s more, past {budget} (in {max(0.0, due - now):.2f}s); "
+            f"~{wait:.2f}s and it ~{own:.2f}s more, past {budget} (in {max(0.0, due - now):.2f}s); "
             f"retry later or on another replica",
             retry_after_s=min(30.0, max(0.05, finish - due)),
         )
+
+    def _unqueue(self, job: Job, p: int, n: int) -> None:
+        """n of a job's tokens leave the queue's backlog (lock held)."""
+        self._backlog[p] -= n
+        if job.deadline is None:
+            self._open[p] -= n
 
     def _settle(self, job: Job) -> None:
         """The job's future is done (answered, failed, cancelled): what it still had queued no
         longer counts in the backlog (its items are dropped when they reach the head)."""
         if job.backlog_tokens:
             with self._cond:
-                self._backlog[job.priority] -= job.backlog_tokens
+                self._unqueue(job, job.priority, job.backlog_tokens)
                 job.backlog_tokens = 0
 
     def run_inline(self, items: list[Tokenized], *, priority: int, deadline: float | None = None,
@@ -430,7 +451,7 @@ class ModelScheduler:
                 continue
             del jobs[i]
             self._items[p] -= len(job.pending)
-            self._backlog[p] -= job.backlog_tokens
+            self._unqueue(job, p, job.backlog_tokens)
             if doomed and not job.cancelled:
                 self._fail(job, DeadlineExceeded(
                     f"the request cannot finish by its deadline (in {job.deadline - now:.2f}s): its "
@@ -475,7 +496,7 @@ class ModelScheduler:
             taken.setdefault(id(it.job), set()).add(it.index)
             n = it.length
             it.job.backlog_tokens -= n
-            self._backlog[p] -= n
+            self._unqueue(it.job, p, n)
         self._items[p] -= len(batch)
         for job in {id(it.job): it.job for it in batch}.values():
             chosen = taken[id(job)]

@@ -851,10 +851,10 @@ def test_the_earliest_deadline_runs_first(parts):
 
 def test_a_request_the_backlog_cannot_finish_in_time_is_refused_at_once(parts):
     """At 10 ms a token, a request of 100 tokens takes ~1 s: accepted while the work due before it
-    leaves it time, refused at once with a retry hint when not (a request without a deadline is
-    held to default_deadline_s)."""
+    leaves it time, refused at once with a retry hint when not; a request without a deadline may
+    wait default_deadline_s; one whose own work is longer than its deadline fails at once."""
     async def run():
-        sched, rec, tok = make(parts, max_batch_tokens=200, default_deadline_s=1.5)
+        sched, rec, tok = make(parts, max_batch_tokens=200, default_deadline_s=0.8)
         _rated(sched, 0.01)
         rec.hold.clear()
         blocker = sched.submit(texts_of_lengths(tok, [4]), priority=REALTIME, deadline=None)
@@ -865,19 +865,22 @@ def test_a_request_the_backlog_cannot_finish_in_time_is_refused_at_once(parts):
         sooner = sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=now + 1.5)  # goes first
         with pytest.raises(ResourceExhausted) as tight:  # ~1 s of work due before it, ~1 s of its own
             sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=now + 1.8)
-        with pytest.raises(ResourceExhausted) as unbounded:
+        open_ = sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=None)  # due in 0.8 s
+        with pytest.raises(ResourceExhausted) as unbounded:  # would wait ~1 s for `open_`
             sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=None)
+        with pytest.raises(DeadlineExceeded, match="longer than its deadline"):  # no wait would help
+            sched.submit(texts_of_lengths(tok, hundred), priority=REALTIME, deadline=now + 0.5)
         bulk_ok = sched.submit(texts_of_lengths(tok, [10]), priority=BULK, deadline=now + 30)
         _rated(sched, 1e-6)  # (so that the doomed-work rule does not drop what was accepted)
         rec.hold.set()
-        await asyncio.gather(blocker.future, later.future, sooner.future, bulk_ok.future)
+        await asyncio.gather(blocker.future, later.future, sooner.future, open_.future, bulk_ok.future)
         sched.stop()
         return tight.value, unbounded.value, rec.batches
 
     tight, unbounded, batches = asyncio.run(run())
     assert "past its deadline" in tight.message and 0.05 <= tight.retry_after_s <= 1.0
-    assert "past the 1.5s bound" in unbounded.message
-    assert sum(len(ns) for _, _, ns in batches) == 1 + 10 + 10 + 1  # what was accepted all ran
+    assert "past the 0.8s bound on a wait" in unbounded.message
+    assert sum(len(ns) for _, _, ns in batches) == 1 + 10 + 10 + 10 + 1  # what was accepted all ran
 
 
 def test_a_queued_request_that_can_no_longer_finish_in_time_is_dropped_before_its_deadline(parts):
