@@ -4,8 +4,10 @@
 #   docker build --target cuda -t ember:cuda .     # CUDA 12 + cuDNN 9, onnxruntime-gpu
 #   docker run -p 50051:50051 -p 9464:9464 ember:cpu
 #
-# Every step is a command CI runs on its machine (`make health-probe`, `pip install torch==2.13.0`,
-# `pip install '.[...]'`, the default model's export): what CI tests is what the image builds.
+# Every step is a command CI runs on its machine (`make health-probe`, the Makefile's PyTorch
+# install, `pip install '.[...]'`, the default model's export): what CI tests is what the image
+# builds. PyTorch is the CPU build (TORCH_SPEC from TORCH_INDEX, as in the Makefile), and only the
+# export stage has it.
 # No container engine runs in this project's CI, so the image itself is not built there.
 #
 # Both images: non-root user (uid 10001), models in the /models volume (the default model,
@@ -15,6 +17,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ARG ORT_GPU_VERSION=1.22.0
+ARG TORCH_SPEC=torch==2.13.0+cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 # ---- grpc_health_probe, from Debian's grpc-go (GOPATH mode, as `make test` builds it) --------
 FROM debian:bookworm-slim AS probe
@@ -29,10 +33,14 @@ RUN make health-probe
 
 # ---- the default model, exported once (needs PyTorch; nothing of it reaches the images) -----
 FROM ${PYTHON_IMAGE} AS export
+ARG TORCH_SPEC
+ARG TORCH_INDEX
 RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN python -m venv /opt/export && /opt/export/bin/pip install --no-cache-dir torch==2.13.0 \
+RUN python -m venv /opt/export \
+ && { /opt/export/bin/pip install --no-cache-dir "${TORCH_SPEC}" 2>/dev/null \
+      || /opt/export/bin/pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" "${TORCH_SPEC}"; } \
  && /opt/export/bin/pip install --no-cache-dir '.[export,default-model]'
 RUN HF_HUB_OFFLINE=1 /opt/export/bin/python -c "from pathlib import Path; from ember.export import ensure_default_model; ensure_default_model(Path('/export'))" \
  && mv /export/models /models

@@ -1,9 +1,16 @@
 # The two set-up commands of the README:
 #   make serve   install, then run the server on the embedded default model (all-MiniLM-L6-v2)
 #   make test    install, then run the test suite
-# Both create .venv on first use. torch is installed first and pinned (the local CPU build), so
-# nothing pulls a CUDA build of it.
+# Both create .venv on first use.
+#
+# PyTorch is needed to export models (the embedded default's first export included), never to
+# serve. It is installed first, as the CPU build TORCH_SPEC: from the indexes pip is set up with
+# where they hold it (a mirror, a wheel directory: offline machines), else from TORCH_INDEX,
+# PyTorch's CPU wheel index; never the CUDA build plain PyPI resolves `torch` to (~20 nvidia-*
+# wheels, several GB). Another build: make serve TORCH_SPEC=torch==2.13.0 (plain PyPI's, CUDA).
 PYTHON ?= python3
+TORCH_SPEC  ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
@@ -18,9 +25,11 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 $(VENV)/.serve-installed: $(BIN)/python $(BUILD_INPUTS)
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q "$(TORCH_SPEC)" 2>/dev/null || \
+	  $(BIN)/pip install -q --extra-index-url "$(TORCH_INDEX)" "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[export,default-model]'
 	touch $@
+	@echo "ember is installed in $(VENV): run it as $(BIN)/ember (or 'source $(BIN)/activate', then ember)"
 
 $(VENV)/.test-installed: $(VENV)/.serve-installed
 	$(BIN)/pip install -q -e '.[test]'

@@ -83,6 +83,23 @@ class DrainingHealth(health.aio.HealthServicer):
             self._changes().notify_all()
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Raise OSError when `host:port` cannot be listened on (in use, not this machine's address)."""
+    if port == 0:
+        return
+    import socket
+
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host.strip("[]") or None, port, 0,
+                                                              socket.SOCK_STREAM, 0, socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's listener does
+            sock.bind(sockaddr)
+
+
+class StartupError(Exception):
+    """The server cannot start with these settings (a port in use, …): one line for the user."""
+
+
 def model_health_name(name: str) -> str:
     return f"model/{name}"
 
@@ -143,22 +160,41 @@ class EmberServer:
         self.port = 0
 
     async def start(self) -> int:
+        """Bind the ports and start serving; StartupError (one line, naming the setting) when a port
+        cannot be had. Models load in the background."""
         self._loop = asyncio.get_running_loop()
-        address = f"{self.settings.host}:{self.settings.port}"
-        creds = server_credentials(self.settings)
-        self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        s = self.settings
+        address = f"{s.host}:{s.port}"
+        creds = server_credentials(s)
+        try:
+            # Checked first: gRPC would also log its own error line for a port in use.
+            _check_bindable(s.host, s.port)
+            self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        except (RuntimeError, OSError):
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            await self.server.stop(None)
+            raise StartupError(f"cannot listen for gRPC on {address}: the port is in use (another server?) or the "
+                               "address is not one of this machine's; choose another with --port / EMBER_PORT "
+                               "(0 = any free port) or --host / EMBER_HOST")
+        if self.metrics is not None:
+            try:
+                self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+            except OSError as e:
+                await self.server.stop(None)
+                raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: "
+                                   f"{getattr(e.__cause__, 'strerror', None) or e}; a second server on this host needs "
+                                   "a port of its own: --metrics-port / EMBER_METRICS_PORT (0 = any free port), or "
+                                   "--no-metrics") from None
         for name in ("", *SERVICES.values(), *self._admin_health()):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
-        log.info("ember listening on %s:%d (%s%s)", self.settings.host, self.port,
-                 "mutual TLS" if self.settings.tls_client_ca else "TLS" if creds else "plaintext",
-                 ", API keys required" if self.settings.all_api_keys() else "")
-        log.info("settings: %s", self.settings.describe())
+        log.info("ember listening on %s:%d (%s%s)", s.host, self.port,
+                 "mutual TLS" if s.tls_client_ca else "TLS" if creds else "plaintext",
+                 ", API keys required" if s.all_api_keys() else "")
+        log.info("settings: %s", s.describe())
         if self.metrics is not None:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", s.host, self.metrics_port)
         self.registry.on_change = self._schedule_health_update
         self._load_task = asyncio.ensure_future(self._load())
         return self.port

@@ -167,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         from . import logs
 
         logs.setup(cfg.log_level, cfg.log_format)
-        asyncio.run(_serve(cfg))
+        from .app import StartupError
+
+        try:
+            asyncio.run(_serve(cfg))
+        except StartupError as e:
+            print(f"ember: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "export":
         from .export import ExportError, export_model

@@ -138,7 +138,7 @@ class Engine:
     def __init__(self, model_dir: Path, manifest: Manifest, providers: tuple[str, ...], intra_op_threads: int = 0,
                  spinning: bool = False, provider_options: dict[str, dict[str, str]] | None = None,
                  run_timeout_s: float = 0.0, spin_after_run: bool = True, pin: str = "off",
-                 shared_arena: bool = False):
+                 shared_arena: bool = False, warn_missing: bool = True):
         self.manifest = manifest
         self.creation_error = ""
         self.run_timeout_s = run_timeout_s
@@ -185,7 +185,7 @@ class Engine:
         active = self.session.get_providers()
         self.providers = [SHORT_NAME.get(p, p) for p in active]
         self.unavailable = [p for p in providers if ORT_PROVIDER[p] not in active]
-        if missing:
+        if missing and warn_missing:
             log.warning("model %s: providers %s requested but not available in this onnxruntime build (%s)",
                         manifest.name, ",".join(missing), ",".join(sorted(available)))
         silent = [p for p in self.unavailable if p not in missing]

@@ -27,7 +27,7 @@ from .ext import BufferPool, cuda_error
 from .fallback import CircuitBreaker, FallbackEngine
 from .manifest import Manifest, read_manifest
 from .scheduler import ModelScheduler
-from .settings import ModelConfig, Settings, model_config
+from .settings import KNOWN_PROVIDERS, ModelConfig, Settings, model_config
 from .tokenization import ModelTokenizer
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -358,8 +358,11 @@ class Registry:
         """One ONNX Runtime session with the server's thread and spinning settings (threads: the
         intra-op threads, default --intra-op-threads), so that every session of a model gets them."""
         s = self.settings
+        # The default list (tensorrt,cuda,cpu) means "what this onnxruntime build has": only a
+        # provider asked for by name warns when it is missing.
         return Engine(path, manifest, providers, s.intra_op_threads if threads is None else threads, s.ort_spinning,
-                      spin_after_run=s.ort_spin_after_run, shared_arena=s.shared_cpu_arena, **options)
+                      spin_after_run=s.ort_spin_after_run, shared_arena=s.shared_cpu_arena,
+                      warn_missing=tuple(providers) != KNOWN_PROVIDERS, **options)
 
     def _engine(self, path: Path, manifest: Manifest, providers: tuple[str, ...], max_batch_tokens: int):
         """The model's engine; on an accelerator, wrapped with a CPU session and a circuit breaker.

@@ -45,7 +45,9 @@ class Settings:
     default_embed_model: str = field(default="", metadata={"help": "default model for Embed (empty = automatic)"})
     default_rerank_model: str = field(default="", metadata={"help": "default model for Rerank (empty = automatic)"})
     providers: tuple[str, ...] = field(
-        default=KNOWN_PROVIDERS, metadata={"help": "execution providers in priority order (tensorrt,cuda,cpu)"}
+        default=KNOWN_PROVIDERS, metadata={"help": "execution providers in priority order; the default takes those "
+                                                   "this onnxruntime build has, quietly (one named here that is "
+                                                   "missing is logged)"}
     )
     breaker_threshold: int = field(
         default=3, metadata={"help": "consecutive accelerator errors that open a model's circuit breaker"}
@@ -290,6 +292,8 @@ class Settings:
                 raise bad(f"{where}.path", f"{mc.path} is not a directory")
         if self.models_dir and not Path(self.models_dir).is_dir():
             raise bad("models_dir", f"{self.models_dir} is not a directory")
+        if self.models_dir and not os.access(self.models_dir, os.R_OK | os.X_OK):
+            raise bad("models_dir", f"{self.models_dir} cannot be read by this user; fix its permissions")
 
     def describe(self) -> str:
         """Every setting as name=value for the start-up log, secrets masked."""
@@ -339,13 +343,16 @@ def _parse(f: dataclasses.Field, raw: str):
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"invalid setting {f.name} ({env_name(f.name)}): {raw!r} is not a boolean")
+        raise ValueError(f"invalid setting {f.name} (--{f.name.replace('_', '-')} / {env_name(f.name)}): {raw!r} is "
+                         "not a boolean (true or false)")
     if kind is tuple:
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"invalid setting {f.name}: {raw!r} is not a {kind.__name__}") from None
+        what = {int: "a whole number", float: "a number"}.get(kind, f"a {kind.__name__}")
+        raise ValueError(f"invalid setting {f.name} (--{f.name.replace('_', '-')} / {env_name(f.name)}): "
+                         f"{raw!r} is not {what}") from None
 
 
 def _from_toml(path: str) -> dict[str, object]:

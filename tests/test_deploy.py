@@ -3,6 +3,7 @@ unknown fields) and consistent with ember: probes on the gRPC port, a grace peri
 the drain, a headless Service."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,5 +108,9 @@ def test_dockerfile_steps_are_the_commands_ci_runs():
     for spec in ("'.[export,default-model]'", "'.[bulk]'"):
         assert spec in runs
         assert set(spec.strip("'.[]").split(",")) <= set(extras)
-    assert "pip install --no-cache-dir torch==2.13.0" in runs  # the pin CI installs
+    # PyTorch: the CPU build the Makefile installs, from the same index
+    make_vars = dict(re.findall(r"^(TORCH_SPEC|TORCH_INDEX)\s*\?=\s*(\S+)", makefile, re.M))
+    args = dict(re.findall(r"^ARG (TORCH_SPEC|TORCH_INDEX)=(\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+    assert make_vars == args and make_vars["TORCH_SPEC"].endswith("+cpu")
+    assert '--extra-index-url "${TORCH_INDEX}" "${TORCH_SPEC}"' in runs
     assert "'.[export" not in " ".join(a for i, a in dockerfile_stages()["cpu-build"] if i == "RUN")  # no torch

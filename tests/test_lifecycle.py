@@ -137,3 +137,62 @@ def test_serve_help_documents_settings():
     for flag, env in (("--models-dir", "EMBER_MODELS_DIR"), ("--port", "EMBER_PORT"),
                       ("--providers", "EMBER_PROVIDERS"), ("--max-inputs-per-request", "EMBER_MAX_INPUTS_PER_REQUEST")):
         assert flag in out.stdout and env in out.stdout
+
+
+def _serve_fails(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def _one_line(r: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and " INFO " not in ln]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr  # one line, no traceback
+    assert "Traceback" not in r.stderr and "never awaited" not in r.stderr
+    return lines[0]
+
+
+def test_a_busy_grpc_port_is_one_line_naming_the_setting(tiny_models_dir):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        line = _one_line(_serve_fails(["--port", str(busy.getsockname()[1]), "--models-dir", str(tiny_models_dir)]))
+    assert "cannot listen for gRPC" in line and "--port / EMBER_PORT" in line
+
+
+def test_a_busy_metrics_port_is_one_line_naming_the_setting(tiny_models_dir):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        line = _one_line(_serve_fails(["--port", "0", "--models-dir", str(tiny_models_dir)],
+                                      {"EMBER_METRICS_PORT": str(busy.getsockname()[1])}))
+    assert "cannot serve metrics" in line and "--metrics-port / EMBER_METRICS_PORT" in line
+    assert "in use" in line
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"EMBER_PORT": "abc"}, "invalid setting port (--port / EMBER_PORT): 'abc' is not a whole number"),
+    ({"EMBER_DRAIN_SECONDS": "soon"}, "invalid setting drain_seconds (--drain-seconds / EMBER_DRAIN_SECONDS)"),
+    ({"EMBER_METRICS": "maybe"}, "invalid setting metrics (--metrics / EMBER_METRICS): 'maybe' is not a boolean"),
+])
+def test_a_bad_environment_value_is_one_line_naming_the_variable(env, needle):
+    assert needle in _one_line(_serve_fails([], env))
+
+
+def test_the_default_providers_do_not_warn_on_a_cpu_only_machine_and_named_ones_do(tiny_models_dir, caplog):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    for providers, warns in (((), False), (("cuda", "cpu"), True)):
+        caplog.clear()
+        extra = {"providers": providers} if providers else {}
+        s = ServerThread(Settings(host="127.0.0.1", port=0, models_dir=str(tiny_models_dir), models=("tiny-embed",),
+                                  **extra))
+        s.wait_loaded()
+        s.stop()
+        missing = [r for r in caplog.records if "requested but not available" in r.getMessage()]
+        assert bool(missing) == warns, [r.getMessage() for r in missing]
