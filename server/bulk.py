@@ -11,6 +11,10 @@ rerun with the same command skips the chunks already there and sends only the re
 chunks are there they are assembled into OUTPUT and the partial directory is removed. The job's
 identity (input file size and mtime, options) is recorded in `OUTPUT.partial/job.json`: a
 partial directory left by a different job is refused instead of mixed in.
+
+Empty texts (a blank line, an empty cell, a null, only whitespace) are skipped: they are not in
+the output, and the summary counts them and names where they were. Any other bad input stops the
+job with its file line (or row) and id, before or while it runs; it is never retried.
 """
 from __future__ import annotations
 
@@ -40,6 +44,17 @@ class BulkError(Exception):
 class Records:
     ids: list[str]
     texts: list[str]
+    where: list[str]  # each text's place in its file ("corpus.jsonl:28", "docs.parquet: row 7")
+    skipped: list[str]  # the places of the empty texts left out
+
+    def describe(self, i: int) -> str:
+        return f"{self.where[i]} (id {self.ids[i]})"
+
+    def skipped_note(self, what: str = "texts") -> str:
+        if not self.skipped:
+            return ""
+        shown = ", ".join(self.skipped[:5]) + (", …" if len(self.skipped) > 5 else "")
+        return f"; skipped {len(self.skipped)} empty {what} ({shown})"
 
 
 def input_format(path: Path, fmt: str = "") -> str:
@@ -60,12 +75,18 @@ def read_records(path: Path, fmt: str = "", text_field: str = "text", id_field: 
     fmt = input_format(path, fmt)
     ids: list[str] = []
     texts: list[str] = []
+    places: list[str] = []
+    skipped: list[str] = []
 
     def add(row: int, text, rid, where: str) -> None:
+        if text is None or (isinstance(text, str) and not text.strip()):
+            skipped.append(where)
+            return
         if not isinstance(text, str):
-            raise BulkError(f"{where}: field {text_field!r} is missing or not a string")
+            raise BulkError(f"{where}: field {text_field!r} is not a string")
         texts.append(text)
         ids.append(str(row) if rid is None else str(rid))
+        places.append(where)
 
     if fmt == "txt":
         with open(path, encoding="utf-8") as f:
@@ -83,6 +104,9 @@ def read_records(path: Path, fmt: str = "", text_field: str = "text", id_field: 
                     raise BulkError(f"{path}:{n}: not valid JSON ({e.msg})") from None
                 if not isinstance(obj, dict):
                     raise BulkError(f"{path}:{n}: expected a JSON object with a {text_field!r} field")
+                if text_field not in obj:
+                    raise BulkError(f"{path}:{n}: no field {text_field!r} (fields: {', '.join(obj) or 'none'}); "
+                                    "choose it with --text-field")
                 add(row, obj.get(text_field), obj.get(id_field), f"{path}:{n}")
                 row += 1
     elif fmt in ("csv", "tsv"):
@@ -101,7 +125,7 @@ def read_records(path: Path, fmt: str = "", text_field: str = "text", id_field: 
         id_col = table.column(id_field).to_pylist() if id_field in table.column_names else [None] * len(col)
         for row, (text, rid) in enumerate(zip(col, id_col, strict=True)):
             add(row, text, rid, f"{path}: row {row}")
-    return Records(ids, texts)
+    return Records(ids, texts, places, skipped)
 
 
 def _pyarrow_parquet():
@@ -114,9 +138,12 @@ def _pyarrow_parquet():
 
 # ---- output ---------------------------------------------------------------------------------
 def output_kind(path: Path, allowed: Sequence[str]) -> str:
+    """The output's format from its extension, with what it needs checked before any work."""
     kind = path.suffix.lower().lstrip(".")
     if kind not in allowed:
         raise BulkError(f"{path}: the output must end in {' or '.join('.' + a for a in allowed)}")
+    if kind == "parquet":
+        _pyarrow()
     return kind
 
 
@@ -283,8 +310,37 @@ def _client(target: str, api_key: str):
     return Client(target, api_key=api_key or None, timeout=None)
 
 
-def _retrying(run: Callable[[], None], retries: int, what: str) -> None:
-    """Run a pass over the remaining chunks; a server that goes away is retried with backoff."""
+def _violation(err) -> tuple[str, str] | None:
+    """The field and description of an INVALID_ARGUMENT's first field violation, if it has one."""
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        status = rpc_status.from_call(err)
+        for detail in status.details if status else ():
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                info = error_details_pb2.BadRequest()
+                detail.Unpack(info)
+                if info.field_violations:
+                    v = info.field_violations[0]
+                    return v.field, v.description
+    except Exception:  # no details: the caller reports the status as it is
+        pass
+    return None
+
+
+def _index(field: str, name: str) -> int | None:
+    """k of `name[k]`."""
+    if field.startswith(name + "[") and field.endswith("]") and field[len(name) + 1:-1].isdigit():
+        return int(field[len(name) + 1:-1])
+    return None
+
+
+def _retrying(run: Callable[[], None], retries: int, what: str,
+              locate: Callable[[object], str | None] = lambda e: None) -> None:
+    """Run a pass over the remaining chunks; a server that goes away is retried with backoff. An
+    input the server refuses (INVALID_ARGUMENT) ends the job at once, named by `locate` (its file
+    line and id): running again would only fail the same way."""
     import grpc
     from ember_client import RETRYABLE
 
@@ -294,6 +350,12 @@ def _retrying(run: Callable[[], None], retries: int, what: str) -> None:
             return
         except grpc.RpcError as e:
             code = e.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                where = locate(e)
+                problem = (_violation(e) or ("", e.details()))[1]
+                raise BulkError(f"{where}: {problem}; fix the input, then run the same command again (finished "
+                                "chunks are kept)" if where else
+                                f"the server refused the input: {e.details()}") from None
             if code not in RETRYABLE or attempt == retries:
                 raise BulkError(f"the server answered {code.name}: {e.details()}; finished chunks are kept, "
                                 "rerun the same command to resume") from None
@@ -311,16 +373,20 @@ def embed(args) -> str:
         raise BulkError("--chunk-size must be a positive multiple of --batch-size")
     recs = read_records(src, args.input_format, args.text_field, args.id_field)
     if not recs.texts:
-        raise BulkError(f"{src}: no texts")
+        raise BulkError(f"{src}: no texts" + recs.skipped_note())
     options = {"model": args.model, "input_type": args.input_type, "prompt_name": args.prompt_name,
                "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field}
     chunks, progress = _resume(out, len(recs.texts), {**_file_identity(src, "input"), **options}, args, "embed",
                                "text")
     sent = [0]
+    locate = StreamPlace(args.batch_size)
+    locate.records = recs
+
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client:
         def run() -> None:
             todo = chunks.todo()
-            texts = (t for i in todo for t in recs.texts[slice(*chunks.bounds(i))])
+            locate.sending = [r for i in todo for r in range(*chunks.bounds(i))]
+            texts = (recs.texts[r] for r in locate.sending)
             parts: list[np.ndarray] = []
             it = iter(todo)
             current = next(it, None)
@@ -339,7 +405,7 @@ def embed(args) -> str:
                     current = next(it, None)
 
         try:
-            _retrying(run, args.retries, "ember embed")
+            _retrying(run, args.retries, "ember embed", locate)
         finally:
             progress.close()
     missing = chunks.todo()
@@ -350,7 +416,7 @@ def embed(args) -> str:
     chunks.clear()
     extra = f" (+ ids in {ids_path(out).name})" if kind == "npy" else ""
     return (f"embedded {len(recs.texts)} texts ({sent[0]} in this run) -> {out}{extra}: "
-            f"{vectors.shape[0]} x {vectors.shape[1]} float32")
+            f"{vectors.shape[0]} x {vectors.shape[1]} float32{recs.skipped_note()}")
 
 
 # ---- ember rerank ---------------------------------------------------------------------------
@@ -362,7 +428,7 @@ def rerank(args) -> str:
     queries = read_records(qsrc, args.input_format, args.query_field, args.id_field)
     docs = read_records(dsrc, args.input_format, args.text_field, args.id_field)
     if not queries.texts or not docs.texts:
-        raise BulkError("no queries or no documents")
+        raise BulkError("no queries or no documents" + queries.skipped_note("queries") + docs.skipped_note("documents"))
     options = {"model": args.model, "raw_scores": args.raw_scores, "chunk_size": args.chunk_size,
                **_file_identity(dsrc, "documents"), "query_field": args.query_field, "text_field": args.text_field,
                "instruction": args.instruction}
@@ -373,14 +439,23 @@ def rerank(args) -> str:
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client, \
             ThreadPoolExecutor(args.concurrency) as pool:
         def scores(q: int, g: tuple[int, int]) -> tuple[int, int, np.ndarray]:
-            hits = client.rerank(queries.texts[q], docs.texts[g[0]:g[1]], model=args.model,
-                                 raw_scores=args.raw_scores, priority="bulk", instruction=args.instruction)
+            import grpc
+
+            try:
+                hits = client.rerank(queries.texts[q], docs.texts[g[0]:g[1]], model=args.model,
+                                     raw_scores=args.raw_scores, priority="bulk", instruction=args.instruction)
+            except grpc.RpcError as e:  # name the query or document the server refused
+                v = _violation(e)
+                k = _index(v[0], "documents") if v else None
+                e.ember_where = (queries.describe(q) if v and v[0] == "query" else
+                                 docs.describe(g[0] + k) if k is not None else None)
+                raise
             row = np.empty(g[1] - g[0], dtype=np.float32)
             for h in hits:
                 row[h.index] = h.score
             return q, g[0], row
 
-        def run() -> None:
+        def run_pairs() -> None:
             for i in chunks.todo():
                 start, end = chunks.bounds(i)
                 block = np.empty((end - start, len(docs.texts)), dtype=np.float32)
@@ -389,8 +464,31 @@ def rerank(args) -> str:
                 chunks.save(i, block)
                 progress.update(end - start)
 
+        place = StreamPlace(64)
+
+        def run_vectors() -> None:
+            # An embedding model scores by cosine similarity, as its Rerank does: each document and
+            # each query embedded once (normalized, with the model's document / query prompts),
+            # the scores one matrix product, instead of every document again for every query.
+            stream = dict(model=args.model, priority="bulk", batch_size=place.batch_size)
+            place.records, place.sending = docs, list(range(len(docs.texts)))
+            d = np.concatenate(list(client.embed_stream(docs.texts, input_type="document", **stream)))
+            for i in chunks.todo():
+                start, end = chunks.bounds(i)
+                place.records, place.sending = queries, list(range(start, end))
+                q = np.concatenate(list(client.embed_stream(queries.texts[start:end], input_type="query", **stream)))
+                chunks.save(i, (q @ d.T).astype(np.float32))
+                progress.update(end - start)
+
+        if _task_of(client, args.model) == "embed":
+            if args.instruction:
+                raise BulkError("--instruction: the model is an embedding model, which takes no instruction (only "
+                                "rerankers with a prompt template do); leave it out")
+            run, locate = run_vectors, place
+        else:
+            run, locate = run_pairs, lambda e: getattr(e, "ember_where", None)
         try:
-            _retrying(run, args.retries, "ember rerank")
+            _retrying(run, args.retries, "ember rerank", locate)
         finally:
             progress.close()
     scores_all = np.concatenate([chunks.load(i) for i in range(chunks.count)])
@@ -414,7 +512,39 @@ def rerank(args) -> str:
             _atomic(out, lambda p: _pyarrow_parquet().write_table(table, p))
         what = f"top {top} of {len(docs.texts)} documents per query, {len(rows)} rows"
     chunks.clear()
-    return f"reranked {len(queries.texts)} queries -> {out}: {what}"
+    return (f"reranked {len(queries.texts)} queries -> {out}: {what}"
+            f"{queries.skipped_note('queries')}{docs.skipped_note('documents')}")
+
+
+def _task_of(client, model: str) -> str:
+    """embed or rerank: the task of the model that Rerank calls with `model` would use."""
+    facts = client.list_models()
+    chosen = [m for m in facts if m.name == model] if model else [m for m in facts if m.is_default_rerank]
+    if not chosen:
+        known = ", ".join(m.name for m in facts) or "none"
+        raise BulkError(f"--model: the server has no model {model!r} (models: {known})" if model else
+                        "the server has no model for Rerank")
+    return chosen[0].task
+
+
+class StreamPlace:
+    """Which record an EmbedStream refused: its status names the message (the ember-request-id
+    trailer, the message's number in the stream) and the field (`inputs[k]`); `sending` is set to
+    the records the stream sends, in order, before it starts."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.records: Records | None = None
+        self.sending: list[int] = []
+
+    def __call__(self, err) -> str | None:
+        md = dict(err.trailing_metadata() or ())
+        message, v = md.get("ember-request-id"), _violation(err)
+        k = _index(v[0], "inputs") if v else None
+        if self.records is None or message is None or not message.isdigit() or k is None:
+            return None
+        pos = int(message) * self.batch_size + k
+        return self.records.describe(self.sending[pos]) if pos < len(self.sending) else None
 
 
 def _serve_args(args) -> dict:

@@ -59,7 +59,8 @@ def _bulk_common(p) -> None:
     p.add_argument("--input-format", default="", choices=["", "jsonl", "csv", "tsv", "parquet", "txt"],
                    help="default: from the extension")
     p.add_argument("--text-field", default="text", help="field / column holding the text")
-    p.add_argument("--id-field", default="id", help="field / column holding the id (default: the row number)")
+    p.add_argument("--id-field", default="id", help="field / column holding the id (default: id; a row without "
+                                                     "one gets its row number)")
     p.add_argument("--retries", type=int, default=5, help="times to reconnect when the server goes away")
     p.add_argument("--restart", action="store_true", help="discard a previous run's finished chunks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

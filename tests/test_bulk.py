@@ -135,7 +135,7 @@ def test_bad_input_is_named(tiny_server, tmp_path):
     assert r.returncode == 2 and "bad.jsonl:2: not valid JSON" in r.stderr
     src.write_text('{"body": "no text field"}\n', encoding="utf-8")
     r = ember("embed", str(src), "-o", str(tmp_path / "o.npy"), "--server", tiny_server.address)
-    assert r.returncode == 2 and "field 'text' is missing" in r.stderr
+    assert r.returncode == 2 and "bad.jsonl:1: no field 'text' (fields: body)" in r.stderr
     r = ember("embed", str(src), "-o", str(tmp_path / "o.csv"), "--server", tiny_server.address)
     assert r.returncode == 2 and "must end in .npy or .parquet" in r.stderr
 
@@ -200,3 +200,91 @@ def test_rerank_queries_against_documents_resumes(tiny_server, tmp_path):
 def test_embed_help_lists_the_formats():
     r = ember("embed", "--help")
     assert r.returncode == 0 and "Parquet" in r.stdout and "--chunk-size" in r.stdout
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "txt"])
+def test_empty_texts_are_skipped_and_counted_in_every_format(tiny_server, tmp_path, fmt):
+    """A blank line or an empty cell among real texts: left out of the output, counted and named in
+    the summary; every other text embedded as the server embeds it."""
+    texts = ["first text", "", "third text", "   ", "fifth text"]
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+        blank = [f"{src}:2", f"{src}:4"]
+    elif fmt == "csv":
+        with open(src, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "text"])
+            w.writerows([f"r{i}", t] for i, t in enumerate(texts))
+        blank = [f"{src}:3", f"{src}:5"]
+    else:
+        src.write_text("\n".join(texts) + "\n")
+        blank = [f"{src}:2", f"{src}:4"]
+    out = tmp_path / "out.npy"
+    r = ember("embed", str(src), "-o", str(out), "--server", tiny_server.address, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "embedded 3 texts" in r.stdout and f"skipped 2 empty texts ({blank[0]}, {blank[1]})" in r.stdout
+    kept = [t for t in texts if t.strip()]
+    np.testing.assert_allclose(np.load(out), reference(tiny_server, kept), atol=1e-6)
+    ids = json.loads((tmp_path / "out.ids.json").read_text())
+    assert ids == (["0", "2", "4"] if fmt == "txt" else ["r0", "r2", "r4"])
+
+
+def test_an_input_the_server_refuses_is_named_by_its_line_and_id_and_not_retried(tiny_server, tmp_path):
+    """tiny_server allows 5,000 characters per input: the one too long is named by its file line and
+    id, the job stops at once (no retry loop), and what finished before it is kept."""
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": f"doc-{i}", "text": f"text {i}"} for i in range(100)]
+    rows[70]["text"] = "x " * 3000
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t0 = time.monotonic()
+    r = ember("embed", str(src), "-o", str(tmp_path / "o.npy"), "--server", tiny_server.address, "--no-progress",
+              "--chunk-size", "32", "--batch-size", "16")
+    assert r.returncode == 2, r.stderr
+    assert f"{src}:71 (id doc-70): has 6000 characters" in r.stderr and "fix the input" in r.stderr
+    assert "retrying" not in r.stderr and time.monotonic() - t0 < 60
+    assert len(list((tmp_path / "o.npy.partial").glob("chunk-*.npy"))) == 2  # rows 0-63 finished and kept
+
+
+def test_parquet_output_without_pyarrow_fails_before_any_work(tiny_server, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    blocker = tmp_path / "site"
+    (blocker / "pyarrow").mkdir(parents=True)
+    (blocker / "pyarrow" / "__init__.py").write_text("raise ImportError('no pyarrow here')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(blocker)}
+    r = ember("embed", str(src), "-o", str(tmp_path / "o.parquet"), "--server", tiny_server.address, env=env)
+    assert r.returncode == 2 and "Parquet needs pyarrow" in r.stderr
+    assert not (tmp_path / "o.parquet.partial").exists()  # nothing was started
+
+
+def test_rerank_with_an_embedding_model_embeds_each_text_once_with_the_servers_scores(tiny_server, tmp_path):
+    queries, docs = real_texts(30, 0)[:6], corpus(200)
+    (tmp_path / "q.txt").write_text("\n".join(queries) + "\n")
+    (tmp_path / "d.txt").write_text("\n".join(docs) + "\n")
+    prom = tiny_server.server.metrics.prom
+
+    def tokens_served() -> float:
+        return prom.get_sample_value("ember_input_tokens_total", {"model": "tiny-embed"}) or 0.0
+
+    def tokens_of(texts: list[str], input_type: int) -> int:  # as the model tokenizes them, prompt included
+        return sum(t.tokens for s in range(0, len(texts), 64) for t in tiny_server.models.Tokenize(
+            pb.TokenizeRequest(model="tiny-embed", inputs=texts[s:s + 64], input_type=input_type)).inputs)
+
+    before = tokens_served()
+    r = ember("rerank", str(tmp_path / "q.txt"), str(tmp_path / "d.txt"), "-o", str(tmp_path / "s.npy"),
+              "--server", tiny_server.address, "--model", "tiny-embed", "--no-progress", "--chunk-size", "2")
+    assert r.returncode == 0, r.stderr
+    sent = tokens_served() - before
+    # each document embedded once (with the document prompt), each query once (the query prompt)
+    assert sent == tokens_of(docs, pb.INPUT_TYPE_DOCUMENT) + tokens_of(queries, pb.INPUT_TYPE_QUERY)
+    scores = np.load(tmp_path / "s.npy")
+    assert scores.shape == (6, 200)
+    for q in range(6):  # today's scores: the server's own Rerank of the same query and documents
+        want = np.empty(200, dtype=np.float32)
+        for s in range(0, 200, 64):
+            resp = tiny_server.reranker.Rerank(pb.RerankRequest(model="tiny-embed", query=queries[q],
+                                                                documents=docs[s:s + 64]))
+            for h in resp.results:
+                want[s + h.index] = h.score
+        np.testing.assert_allclose(scores[q], want, atol=1e-5)
