@@ -50,7 +50,7 @@ FROM ${PYTHON_IMAGE} AS cpu-build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN python -m venv /opt/ember && /opt/ember/bin/pip install --no-cache-dir '.[bulk]'
+RUN python -m venv /opt/ember && /opt/ember/bin/pip install --no-cache-dir ./clients/python '.[bulk]'
 
 # ---- CUDA runtime environment: the same, with onnxruntime-gpu in place of onnxruntime ---------
 FROM ${CUDA_IMAGE} AS cuda-build
@@ -59,7 +59,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN python3 -m venv /opt/ember && /opt/ember/bin/pip install --no-cache-dir '.[bulk]' \
+RUN python3 -m venv /opt/ember && /opt/ember/bin/pip install --no-cache-dir ./clients/python '.[bulk]' \
  && /opt/ember/bin/pip uninstall -y onnxruntime \
  && /opt/ember/bin/pip install --no-cache-dir "onnxruntime-gpu==${ORT_GPU_VERSION}"
 

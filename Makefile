@@ -16,7 +16,8 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
+BUILD_INPUTS := pyproject.toml setup.py clients/python/pyproject.toml clients/python/setup.py \
+                $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
 
 .PHONY: serve test lint install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain go-toolchain health-probe
 
@@ -27,7 +28,7 @@ $(BIN)/python:
 $(VENV)/.serve-installed: $(BIN)/python $(BUILD_INPUTS)
 	$(BIN)/pip install -q "$(TORCH_SPEC)" 2>/dev/null || \
 	  $(BIN)/pip install -q --extra-index-url "$(TORCH_INDEX)" "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[export,default-model]'
+	$(BIN)/pip install -q -e ./clients/python -e '.[export,default-model]'
 	touch $@
 	@echo "ember is installed in $(VENV): run it as $(BIN)/ember (or 'source $(BIN)/activate', then ember)"
 

@@ -78,9 +78,9 @@ setup(
         "ember": "server",
         "ember.v1": "server/v1",
         "ember.ext": "ext",
-        "ember_client": "clients/python/ember_client",
     },
-    packages=["ember", "ember.v1", "ember.ext", "ember_client"],
+    # The Python client is a distribution of its own (clients/python): the Makefile installs it.
+    packages=["ember", "ember.v1", "ember.ext"],
     package_data={"ember.ext": ["*.pyx", "*.pxd"], "ember.v1": ["*.pyi"], "ember": ["py.typed"]},
     ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, include_path=["ext"]),
     zip_safe=False,

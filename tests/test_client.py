@@ -20,6 +20,45 @@ def test_client_imports_without_onnxruntime():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_the_client_distribution_installs_alone_and_embeds_against_a_live_server(tiny_server, tmp_path):
+    """`pip install ./clients/python` into a clean venv: grpcio, protobuf and numpy come with it,
+    onnxruntime and the server do not, and it embeds, tokenizes and checks health."""
+    from pathlib import Path
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    client_dir = Path(__file__).resolve().parent.parent / "clients" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", str(client_dir)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, timeout=60).stdout
+    installed = {line.split("==")[0].split(" @ ")[0].lower() for line in freeze.splitlines()}
+    assert {"ember-client", "grpcio", "protobuf", "numpy"} <= installed
+    assert not installed & {"onnxruntime", "ember", "tokenizers", "grpcio-health-checking", "grpcio-status"}
+    code = ("import sys\n"
+            "from ember_client import Client\n"
+            f"with Client({tiny_server.address!r}) as c:\n"
+            "    c.wait_until_serving(timeout=30)\n"
+            "    v = c.embed(['hello world', 'ember'])\n"
+            "    t = c.tokenize(['hello world'], return_ids=True)\n"
+            "    print(v.shape, t[0].tokens, len(t[0].ids), c.health('model/tiny-embed'))\n")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["(2,", "32)", "4", "4", "SERVING"]
+
+
+def test_tokenize(tiny_server):
+    with Client(tiny_server.address) as c:
+        plain = c.tokenize(["hello world"], return_ids=True)
+        query = c.tokenize(["hello world"], input_type="query")  # with the model's query prompt
+        cut = c.tokenize(["word " * 500])
+    want = tiny_server.models.Tokenize(pb.TokenizeRequest(inputs=["hello world"], return_ids=True)).inputs[0]
+    assert plain[0].tokens == want.tokens == len(plain[0].ids) and plain[0].ids == tuple(want.ids)
+    assert query[0].tokens > plain[0].tokens and not query[0].ids
+    assert cut[0].truncated and cut[0].tokens == 64  # tiny-embed's max_tokens
+
+
 def test_sync_client(tiny_server):
     with Client(tiny_server.address) as c:
         c.wait_until_serving()

@@ -1,4 +1,4 @@
-"""Python client for ember (sync and asyncio). Needs grpcio and numpy, not onnxruntime.
+"""Python client for ember (sync and asyncio). Needs grpcio, protobuf and numpy only.
 
     from ember_client import Client
     with Client("localhost:50051") as c:
@@ -8,6 +8,6 @@
 """
 from __future__ import annotations
 
-from ._client import RETRYABLE, AsyncClient, Client, ModelFacts, RerankHit
+from ._client import RETRYABLE, AsyncClient, Client, ModelFacts, RerankHit, TokenCount
 
-__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts", "RETRYABLE"]
+__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts", "TokenCount", "RETRYABLE"]

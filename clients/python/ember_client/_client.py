@@ -11,10 +11,10 @@ from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ember.v1 import ember_pb2 as pb
-from ember.v1 import ember_pb2_grpc as pb_grpc
+from . import _wire
+from .v1 import ember_pb2 as pb
+from .v1 import ember_pb2_grpc as pb_grpc
 
 _INPUT_TYPE = {None: pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
 _PRIORITY = {"realtime": pb.PRIORITY_REALTIME, "bulk": pb.PRIORITY_BULK}
@@ -41,16 +41,12 @@ def channel_target(target: str | Sequence[str]) -> str:
 def retry_delay(err: grpc.RpcError, attempt: int, backoff: float) -> float:
     """The server's RetryInfo delay when it sent one, else exponential backoff with jitter."""
     try:
-        from google.rpc import error_details_pb2
-        from grpc_status import rpc_status
-
-        status = rpc_status.from_call(err)
-        for detail in status.details if status else ():
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return info.retry_delay.ToTimedelta().total_seconds()
-    except Exception:  # no grpc-status package, or no details: fall back to backoff
+        for key, value in err.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                delay = _wire.retry_delay_s(value)
+                if delay is not None:
+                    return delay
+    except Exception:  # no details, or not readable: fall back to backoff
         pass
     return min(backoff * (2 ** attempt), 2.0) * (0.5 + random.random() / 2)
 
@@ -161,6 +157,16 @@ class RerankHit:
 
 
 @dataclass(frozen=True)
+class TokenCount:
+    """One input as the model tokenizes it (its prompt included): the token count, whether it was
+    cut to the model's max_tokens, and the ids when asked for."""
+
+    tokens: int
+    truncated: bool
+    ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     name: str
     task: str
@@ -219,6 +225,20 @@ def embeddings_array(resp: pb.EmbedResponse) -> np.ndarray:
     return np.array([e.values.values for e in resp.embeddings], dtype=np.float32)
 
 
+def _tokenize_request(texts: Sequence[str], model: str, input_type: str | None, prompt_name: str,
+                      truncate: bool | None, truncation_direction: str, return_ids: bool) -> pb.TokenizeRequest:
+    req = pb.TokenizeRequest(model=model, inputs=list(texts), input_type=_INPUT_TYPE[input_type],
+                             prompt_name=prompt_name, truncation_direction=_DIRECTION[truncation_direction],
+                             return_ids=return_ids)
+    if truncate is not None:
+        req.truncate = truncate
+    return req
+
+
+def _counts(resp: pb.TokenizeResponse) -> list[TokenCount]:
+    return [TokenCount(t.tokens, t.truncated, tuple(t.ids)) for t in resp.inputs]
+
+
 def _hits(resp: pb.RerankResponse) -> list[RerankHit]:
     return [RerankHit(r.index, r.score, r.document if r.HasField("document") else None) for r in resp.results]
 
@@ -246,7 +266,8 @@ def _attach(client, channel, api_key: str | None, timeout: float | None, retries
     client._embedder = pb_grpc.EmbedderStub(channel)
     client._reranker = pb_grpc.RerankerStub(channel)
     client._models = pb_grpc.ModelsStub(channel)
-    client._health = health_pb2_grpc.HealthStub(channel)
+    client._health_check = channel.unary_unary(_wire.HEALTH_CHECK, request_serializer=_wire.health_request,
+                                               response_deserializer=_wire.health_status)
     client.stream_resumes = 0  # streams of embed_stream that ended retryably and were resumed on a new one
 
 
@@ -357,13 +378,19 @@ class Client:
                               request_id, instruction)
         return _hits(_call_with_retries(self, self._reranker.Rerank, req))
 
+    def tokenize(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None,
+                 prompt_name: str = "", truncate: bool | None = None, truncation_direction: str = "right",
+                 return_ids: bool = False) -> list[TokenCount]:
+        """How the model tokenizes texts (with the prompt `embed` would add): counts, truncation, ids."""
+        req = _tokenize_request(texts, model, input_type, prompt_name, truncate, truncation_direction, return_ids)
+        return _counts(_call_with_retries(self, self._models.Tokenize, req))
+
     def list_models(self) -> list[ModelFacts]:
         return _facts(self._models.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata))
 
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN for a service ("" = the server, model/<name>)."""
-        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return self._health_check(service, timeout=self.timeout)
 
     def wait_until_serving(self, service: str = "", timeout: float = 120.0, poll: float = 0.1) -> None:
         """Block until `service` reports SERVING (TimeoutError after `timeout` seconds)."""
@@ -468,13 +495,18 @@ class AsyncClient:
                               request_id, instruction)
         return _hits(await _acall_with_retries(self, self._reranker.Rerank, req))
 
+    async def tokenize(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None,
+                       prompt_name: str = "", truncate: bool | None = None, truncation_direction: str = "right",
+                       return_ids: bool = False) -> list[TokenCount]:
+        req = _tokenize_request(texts, model, input_type, prompt_name, truncate, truncation_direction, return_ids)
+        return _counts(await _acall_with_retries(self, self._models.Tokenize, req))
+
     async def list_models(self) -> list[ModelFacts]:
         return _facts(await self._models.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
                                                     metadata=self.metadata))
 
     async def health(self, service: str = "") -> str:
-        resp = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return await self._health_check(service, timeout=self.timeout)
 
     async def wait_until_serving(self, service: str = "", timeout: float = 120.0, poll: float = 0.1) -> None:
         deadline = time.monotonic() + timeout
