@@ -12,19 +12,47 @@ import sys
 from . import settings as settings_mod
 
 
+# `ember serve --help`, by topic (every setting is in one group; a new one lands in the last).
+SERVE_GROUPS = {
+    "server": ("host", "port", "config", "reflection", "log_level", "log_format"),
+    "models": ("models_dir", "models", "default_embed_model", "default_rerank_model", "cache_dir",
+               "fast_tokenizer"),
+    "limits and requests": ("max_inputs_per_request", "max_documents_per_request", "max_input_chars",
+                            "max_request_chars", "max_message_bytes", "stream_max_in_flight"),
+    "queue, deadlines and drain": ("max_queue_items", "default_deadline_seconds", "drain_delay_seconds",
+                                   "drain_seconds"),
+    "batching and priorities": ("max_batch_tokens", "max_batch_size", "batch_overhead_tokens", "max_wait_us",
+                                "bulk_max_batch_tokens", "bulk_solo_batch_tokens", "realtime_recent_ms"),
+    "CPU inference": ("intra_op_threads", "inference_workers", "tokenizer_threads", "pin_threads", "ort_spinning",
+                      "ort_spin_after_run", "shared_cpu_arena", "inline_max_tokens", "inline_idle_us",
+                      "inline_alone_ms", "inline_tokenize_chars"),
+    "accelerators (GPU)": ("providers", "device_id", "gpu_mem_limit_mb", "cuda_arena_extend", "trt_fp16",
+                           "trt_cache_dir", "gpu_timeout_ms", "buffer_pool_mb", "breaker_threshold",
+                           "breaker_recovery_seconds"),
+    "security": ("api_keys", "api_keys_file", "admin_api_keys", "tls_cert", "tls_key", "tls_client_ca"),
+    "metrics and cache": ("metrics", "metrics_port", "cache_bytes", "cache_ttl_seconds"),
+}
+
+
 def _serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="run the gRPC server",
-                       description="Run the gRPC server. Every flag has an EMBER_* environment twin.")
+    p = sub.add_parser("serve", help="run the gRPC server", usage="ember serve [options]",
+                       description="Run the gRPC server. Every flag has an EMBER_* environment twin, and every "
+                                   "setting can be in the --config TOML file; flags win over variables, variables "
+                                   "over the file.")
+    groups = {title: p.add_argument_group(title) for title in SERVE_GROUPS}
+    other = p.add_argument_group("other")
+    group_of = {name: groups[title] for title, names in SERVE_GROUPS.items() for name in names}
     for f in dataclasses.fields(settings_mod.Settings):
         if not f.metadata.get("cli", True):
             continue
+        g = group_of.get(f.name, other)
         flag = "--" + f.name.replace("_", "-")
         default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         help_text = f"{f.metadata.get('help', '')} [env {settings_mod.env_name(f.name)}; default: {default!r}]"
         if isinstance(f.default, bool):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            p.add_argument(flag, dest=f.name, default=None, help=help_text,
+            g.add_argument(flag, dest=f.name, default=None, help=help_text,
                            type=str if isinstance(f.default, (str, tuple)) else type(f.default))
 
 

@@ -137,6 +137,18 @@ def test_serve_help_documents_settings():
     for flag, env in (("--models-dir", "EMBER_MODELS_DIR"), ("--port", "EMBER_PORT"),
                       ("--providers", "EMBER_PROVIDERS"), ("--max-inputs-per-request", "EMBER_MAX_INPUTS_PER_REQUEST")):
         assert flag in out.stdout and env in out.stdout
+    # grouped by topic, every setting in a named group (none left to "other")
+    from ember.cli import SERVE_GROUPS
+
+    for title in SERVE_GROUPS:
+        assert f"\n{title}:\n" in out.stdout
+    assert "\nother:\n" not in out.stdout
+    import dataclasses
+
+    from ember.settings import Settings
+
+    grouped = [n for names in SERVE_GROUPS.values() for n in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(Settings) if f.metadata.get("cli", True))
 
 
 def _serve_fails(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
