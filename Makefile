@@ -87,13 +87,11 @@ check-stubs: clients-toolchain
 health-probe: go-toolchain
 	cd clients/go && $(GOENV) go build -o bin/grpc_health_probe ember/healthprobe
 
-# Build both examples (clients/go/bin/ember-example, clients/node/dist/example.js), the probe,
-# the Go latency client of benchmarks/bench.py (clients/go/bin/ember-latency) and the Go server of
-# benchmarks/front_end.py (clients/go/bin/ember-floor).
+# Build both examples (clients/go/bin/ember-example, clients/node/dist/example.js), the probe and
+# the Go latency client of benchmarks/bench.py (clients/go/bin/ember-latency).
 clients: clients-toolchain health-probe
 	cd clients/go && $(GOENV) go build -o bin/ember-example ember/example
 	cd clients/go && $(GOENV) go build -o bin/ember-latency ember/latency
-	cd clients/go && $(GOENV) go build -o bin/ember-floor ember/floor
 	cd $(NODE_DIR) && node_modules/.bin/tsc -p .
 
 install: $(VENV)/.serve-installed

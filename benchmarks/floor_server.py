@@ -10,7 +10,7 @@ metrics or timing. `bench.py` times it with the same clients as ember, so the si
 shows how much of ember's distance to raw ORT is the Python gRPC stack itself and how much is
 ember. Prints "ready" once it listens.
 
-For call_split.py: with --fixed the handler does everything but the session run (it pools a fixed
+With --fixed the handler does everything but the session run (it pools a fixed
 hidden state of the text's length instead), the gRPC round trip with the same request and
 response; with --record it notes the Unix ns at which each call's handler starts and ends, and
 writes them as JSON lines to PATH when stopped (SIGTERM). --ort-config KEY=VALUE (repeatable) adds

@@ -8,9 +8,9 @@ ember and floor_server.py run in processes of their own that wait on a socket be
 raw ORT in bench.py's own process shares it with the clients and their threads. Run like this,
 raw ORT waits on a pipe between calls as the servers do, so the single-text table can show
 whether the reference's process placement moves it. Prints "ready" once the session is warm.
-With --no-spinning, the session's idle intra-op threads do not spin (spin_interference.py). With
---pin, the session's pool thread and this process's thread are pinned to cores of their own, as
-ember's `--pin-threads` pins its main session and the thread that runs a lone call.
+With --no-spinning, the session's idle intra-op threads do not spin (spinning threads take CPU
+from other processes). With --pin, the session's pool thread and this process's thread are
+pinned to cores of their own, as ember's `--pin-threads` pins its main session and the thread that runs a lone call.
 """
 from __future__ import annotations
 

@@ -149,14 +149,14 @@ class Settings:
         default=True, metadata={"help": "let ONNX Runtime's idle intra-op threads spin (faster ops, but they "
                                          "take CPU from the rest of the server, and for tens of ms after each "
                                          "run from other processes on the machine: "
-                                         "benchmarks/spin_interference.py)"}
+                                         "benchmarks/RESULTS.md)"}
     )
     ort_spin_after_run: bool = field(
         default=True, metadata={"help": "with --ort-spinning, let the threads go on spinning for tens of ms after "
                                         "a run, as ONNX Runtime does by default. --no-ort-spin-after-run stops "
                                         "them when a run ends: a quarter less CPU per call back to back and "
                                         "two thirds less for a call after an idle stretch (for CPU quotas), but "
-                                        "that call is ~3 ms slower (benchmarks/RESULTS.md, eleventh session)"}
+                                        "that call is ~3 ms slower (measured 2026-11-23)"}
     )
     shared_cpu_arena: bool = field(
         default=True, metadata={"help": "one ONNX Runtime CPU memory arena for every session of the process "
@@ -174,8 +174,7 @@ class Settings:
                                           "auto pins when this process may use exactly as many cores as the "
                                           "session has threads (a 2-core VM, a pod with exclusive cores); on, "
                                           "whenever it may use that many. On the 2-core benchmark machine a text "
-                                          "after an idle stretch took ~2 ms less (benchmarks/RESULTS.md, "
-                                          "eleventh session)"}
+                                          "after an idle stretch took ~2 ms less (measured 2026-11-23)"}
     )
     metrics: bool = field(default=True, metadata={"help": "serve Prometheus metrics over HTTP"})
     metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint (0 = any free port)"})

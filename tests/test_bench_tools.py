@@ -7,21 +7,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import ab  # noqa: E402
-import call_split  # noqa: E402
 import floor_server  # noqa: E402
-import sched_trace  # noqa: E402
 import soak  # noqa: E402
-
-
-def test_floor_arm_reads_leading_assignments_as_the_environment_like_a_shell():
-    assert call_split.floor_arm("GRPC_EXPERIMENTS=-a,-b B_2='x y' --fixed --ort-config k=v") == (
-        ("--fixed", "--ort-config", "k=v"), {"GRPC_EXPERIMENTS": "-a,-b", "B_2": "x y"})
-    # an option's own KEY=VALUE argument is not an assignment: only words before the first option are
-    assert call_split.floor_arm("--ort-config session.force_spinning_stop=1") == (
-        ("--ort-config", "session.force_spinning_stop=1"), {})
-    assert call_split.floor_arm("A=1") == ((), {"A": "1"})
-    assert call_split.floor_arm("") == ((), {})
-    assert call_split.floor_arm("1A=x --fixed") == (("1A=x", "--fixed"), {})  # not a variable name
 
 
 def test_ab_arm_reads_revision_then_environment_then_serve_options():
@@ -47,7 +34,7 @@ def test_soak_counts_a_bad_request_answered_ok_as_unexpected():
 
 
 def test_floor_server_answers_the_same_on_grpclib_as_on_grpc_aio(tiny_models_dir):
-    """front_end.py --grpclib compares the two stacks around one handler: both must really serve it."""
+    """floor_server.py --grpclib serves the floor's handler on grpclib: both stacks must really serve it."""
     import grpc
     import numpy as np
     from bench import FloorProcess, _req
@@ -97,44 +84,3 @@ def test_overhead_split_times_each_function_of_a_real_embed_call_and_puts_them_b
 
 
 # perf sched timehist -w lines as perf 6.x prints them (from a recording of ember and the Go client)
-TIMEHIST = """
-           time    cpu  task name                       wait time  sch delay   run time
-                        [tid/pid]                          (msec)     (msec)     (msec)
---------------- ------  ------------------------------  ---------  ---------  ---------
-   10.000100 [0000]  python[100]                                                    awakened: ember-latency[201/200]
-   10.000110 [0000]  python[100]                       0.004      0.000      4.000
-   10.000130 [0000]  ember-latency[201/200]            4.300      0.020      0.010
-   10.000150 [0000]  ember-latency[201/200]                                         awakened: event_engine[103/100]
-   10.000160 [0001]  event_engine[103/100]             4.500      0.030      0.012
-   10.000170 [0001]  kworker/1:0-eve[9]                0.100      0.001      0.002
-   10.000200 [0000]  <idle>                            0.010      0.000      0.050
-   10.006000 [0000]  python[100]                       0.004      0.000      5.000
-"""
-
-
-def test_sched_trace_counts_each_threads_cpu_and_the_wakeups_between_processes_inside_the_window():
-    switches, wakes = sched_trace.parse_timehist(TIMEHIST)
-    assert [(s["comm"], s["tid"], s["pid"]) for s in switches][:3] == [
-        ("python", 100, 100), ("ember-latency", 201, 200), ("event_engine", 103, 100)]
-    assert wakes == [{"t": 10.0001, "tid": 100, "pid": 100, "woken_tid": 201, "woken_pid": 200},
-                     {"t": 10.00015, "tid": 201, "pid": 200, "woken_tid": 103, "woken_pid": 100}]
-    # two calls in a window that starts 1 ms in: the main thread's first 4 ms run counts for its last
-    # 0.12 ms, its second run for what falls before the window's end; other processes are left out
-    res = sched_trace.summarize(switches, wakes, (9.99999, 10.0055), 2, {100: "server", 200: "client"})
-    rows = {r["tid"]: r for r in res["threads"]}
-    assert set(rows) == {100, 103, 201}
-    assert rows[100]["thread"] == "python (main)" and rows[100]["switches_per_call"] == 1.0
-    assert abs(rows[100]["cpu_us_per_call"] - (120 + 4500) / 2) < 1e-6
-    assert abs(rows[201]["cpu_us_per_call"] - 5) < 1e-6 and abs(rows[201]["mean_wait_for_core_us"] - 20) < 1e-6
-    assert res["wakeups_per_call"] == {"client → server": 0.5, "server → client": 0.5}
-    assert abs(res["cpu_us_per_call"]["server"] - (2310 + 6)) < 1e-6
-
-
-def test_sched_trace_takes_only_name_value_words_for_the_client():
-    assert sched_trace.client_env(["GOMAXPROCS=1", "GODEBUG=x=1"]) == {"GOMAXPROCS": "1", "GODEBUG": "x=1"}
-    try:
-        sched_trace.client_env(["--x"])
-    except SystemExit as e:
-        assert "--x" in str(e)
-    else:
-        raise AssertionError("a word that is no NAME=VALUE was taken")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -89,34 +88,3 @@ def test_go_latency_client_times_real_calls(tiny_server):
     assert lines[4] == 'error unknown command "bogus"'
     took, start, end = (int(x) for x in lines[5].split())  # wall: the duration, then its Unix ns span
     assert took > 0 and end - start == took and abs(start / 1e9 - time.time()) < 60, lines[5]
-
-
-FLOOR = ROOT / "clients/go/bin/ember-floor"
-
-
-def test_go_floor_server_answers_embed_like_a_384_d_model():
-    """benchmarks/front_end.py's Go server: Embed answered with one 384-d FLOAT32_BYTES vector after
-    its pause; bad arguments are refused with the usage."""
-    import grpc
-
-    from ember.v1 import ember_pb2 as pb
-    from ember.v1 import ember_pb2_grpc as pb_grpc
-
-    if not FLOOR.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{FLOOR} is not built: `make test` runs `make clients` first")
-        pytest.skip("ember-floor not built (make clients)")
-    for args in ([], ["1"], ["1", "soon"], ["1", "-2"]):
-        r = subprocess.run([str(FLOOR), *args], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 1 and ("usage" in r.stderr or "PAUSE_MS" in r.stderr), (args, r.stderr)
-    port = free_port()
-    proc = subprocess.Popen([str(FLOOR), str(port), "1.5"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            resp = pb_grpc.EmbedderStub(ch).Embed(pb.EmbedRequest(inputs=["a text", "another"]), timeout=30)
-        assert resp.dimensions == 384 and len(resp.embeddings) == 1
-        assert len(resp.embeddings[0].packed) == 384 * 4 and resp.embeddings[0].tokens == 2
-    finally:
-        proc.terminate()
-        proc.wait(30)
