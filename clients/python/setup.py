@@ -32,4 +32,4 @@ def generate_stubs() -> None:
 
 
 generate_stubs()
-setup(packages=["ember_client", "ember_client.v1"], package_data={"ember_client.v1": ["*.pyi"]})
+setup(packages=["ember_client", "ember_client.v1"], package_dir={"": "."}, package_data={"ember_client.v1": ["*.pyi"]})
