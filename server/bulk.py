@@ -22,6 +22,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -365,17 +366,80 @@ def _retrying(run: Callable[[], None], retries: int, what: str,
             time.sleep(delay)
 
 
+# ---- shards ---------------------------------------------------------------------------------
+def parse_shard(spec: str, environ=os.environ) -> tuple[int, int] | None:
+    """`INDEX/COUNT` (INDEX may be `job`: JOB_COMPLETION_INDEX, as a Kubernetes Indexed Job sets it)."""
+    if not spec:
+        return None
+    index, _, count = spec.partition("/")
+    if index == "job":
+        index = environ.get("JOB_COMPLETION_INDEX", "")
+        if not index:
+            raise BulkError("--shard job/COUNT: JOB_COMPLETION_INDEX is not set (it is in a Kubernetes Indexed Job)")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise BulkError(f"--shard {spec!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4 (or job/4)")
+    return int(index), int(count)
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    width = max(4, len(str(count)))
+    return out.with_name(f"{out.stem}.shard-{index:0{width}d}-of-{count:0{width}d}{out.suffix}")
+
+
+def shard_rows(n: int, index: int, count: int) -> range:
+    """The contiguous rows of shard `index`: the same for every worker that reads the same input."""
+    return range(n * index // count, n * (index + 1) // count)
+
+
+def merge(args) -> str:
+    out = Path(args.output)
+    kind = output_kind(out, ("npy", "parquet"))
+    pattern = re.compile(re.escape(out.stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(out.suffix) + "$")
+    found = sorted((int(m.group(2)), int(m.group(1)), p) for p in out.parent.glob(f"{out.stem}.shard-*{out.suffix}")
+                   if (m := pattern.match(p.name)))
+    if not found:
+        raise BulkError(f"no shards of {out} (expected {shard_path(out, 0, 2).name} and the like)")
+    counts = {c for c, _, _ in found}
+    if len(counts) != 1:
+        raise BulkError(f"shards of {out} from jobs of different sizes ({sorted(counts)} parts); remove the stale ones")
+    count = counts.pop()
+    missing = sorted(set(range(count)) - {i for _, i, _ in found})
+    if missing:
+        shown = ", ".join(map(str, missing[:10]))
+        raise BulkError(f"{len(missing)} of {count} shards of {out} are missing (index {shown}); run them, then "
+                        "merge again")
+    parts = [p for _, _, p in found]
+    if kind == "npy":
+        vectors = np.concatenate([np.load(p) for p in parts])
+        ids = [i for p in parts for i in json.loads(ids_path(p).read_text(encoding="utf-8"))]
+    else:
+        pq = _pyarrow_parquet()
+        table = _pyarrow().concat_tables([pq.read_table(p) for p in parts])
+        ids, vectors = table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), np.float32)
+    _write_embeddings(out, kind, ids, vectors)
+    return f"merged {count} shards -> {out}: {vectors.shape[0]} x {vectors.shape[1]} float32"
+
+
 # ---- ember embed ----------------------------------------------------------------------------
 def embed(args) -> str:
     src, out = Path(args.input), Path(args.output)
     kind = output_kind(out, ("npy", "parquet"))
+    shard = parse_shard(getattr(args, "shard", ""))
     if args.chunk_size <= 0 or args.batch_size <= 0 or args.chunk_size % args.batch_size:
         raise BulkError("--chunk-size must be a positive multiple of --batch-size")
     recs = read_records(src, args.input_format, args.text_field, args.id_field)
     if not recs.texts:
         raise BulkError(f"{src}: no texts" + recs.skipped_note())
+    if shard is not None:
+        rows = shard_rows(len(recs.texts), *shard)
+        recs = Records([recs.ids[r] for r in rows], [recs.texts[r] for r in rows], [recs.where[r] for r in rows],
+                       recs.skipped)
+        out = shard_path(out, *shard)
+        if not recs.texts:
+            raise BulkError(f"shard {shard[0]}/{shard[1]} of {src} holds no texts")
     options = {"model": args.model, "input_type": args.input_type, "prompt_name": args.prompt_name,
-               "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field}
+               "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field,
+               "shard": list(shard) if shard else None}
     chunks, progress = _resume(out, len(recs.texts), {**_file_identity(src, "input"), **options}, args, "embed",
                                "text")
     sent = [0]
@@ -393,7 +457,8 @@ def embed(args) -> str:
             have = 0
             for arr in client.embed_stream(texts, batch_size=args.batch_size, model=args.model,
                                            input_type=args.input_type, prompt_name=args.prompt_name,
-                                           dimensions=args.dimensions, priority="bulk"):
+                                           dimensions=args.dimensions, priority="bulk",
+                                           streams=_streams(args, target)):
                 parts.append(arr)
                 have += len(arr)
                 sent[0] += len(arr)
@@ -470,7 +535,8 @@ def rerank(args) -> str:
             # An embedding model scores by cosine similarity, as its Rerank does: each document and
             # each query embedded once (normalized, with the model's document / query prompts),
             # the scores one matrix product, instead of every document again for every query.
-            stream = dict(model=args.model, priority="bulk", batch_size=place.batch_size)
+            stream = dict(model=args.model, priority="bulk", batch_size=place.batch_size,
+                          streams=_streams(args, target))
             place.records, place.sending = docs, list(range(len(docs.texts)))
             d = np.concatenate(list(client.embed_stream(docs.texts, input_type="document", **stream)))
             for i in chunks.todo():
@@ -514,6 +580,13 @@ def rerank(args) -> str:
     chunks.clear()
     return (f"reranked {len(queries.texts)} queries -> {out}: {what}"
             f"{queries.skipped_note('queries')}{docs.skipped_note('documents')}")
+
+
+def _streams(args, target) -> int:
+    """--streams, or one stream per replica the target resolves to."""
+    from ember_client import replicas
+
+    return getattr(args, "streams", 0) or len(replicas(target))
 
 
 def _task_of(client, model: str) -> str:

@@ -90,6 +90,13 @@ def _bulk_common(p) -> None:
     p.add_argument("--id-field", default="id", help="field / column holding the id (default: id; a row without "
                                                      "one gets its row number)")
     p.add_argument("--retries", type=int, default=5, help="times to reconnect when the server goes away")
+    p.add_argument("--streams", type=int, default=0,
+                   help="streams at once, spread over the replicas --server names (a list, or every address of a "
+                        "dns:/// name); default: one per replica")
+    p.add_argument("--shard", default="",
+                   help="INDEX/COUNT: take only the INDEX-th of COUNT equal, contiguous parts of the input (0-based) "
+                        "and write OUTPUT with .shard-INDEX-of-COUNT before its extension; INDEX may be 'job' for "
+                        "a Kubernetes Indexed Job's JOB_COMPLETION_INDEX. `ember merge OUTPUT` joins the parts")
     p.add_argument("--restart", action="store_true", help="discard a previous run's finished chunks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -105,6 +112,14 @@ def _embed_parser(sub) -> None:
     p.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation")
     p.add_argument("--batch-size", type=int, default=64, help="texts per stream message")
     p.add_argument("--chunk-size", type=int, default=1024, help="texts per saved chunk (multiple of --batch-size)")
+
+
+def _merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="join the shard outputs of a sharded `ember embed` into one file",
+                       description="Join OUTPUT's shards (OUTPUT with .shard-INDEX-of-COUNT before its extension, "
+                                   "as `ember embed --shard` writes them) into OUTPUT, in shard order. Every shard "
+                                   "must be there.")
+    p.add_argument("output", help="the output the shards were written for (.npy or .parquet)")
 
 
 def _rerank_parser(sub) -> None:
@@ -164,8 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     _export_parser(sub)
     _embed_parser(sub)
     _rerank_parser(sub)
+    _merge_parser(sub)
     args = parser.parse_args(argv)
 
+    if args.command == "merge":
+        from . import bulk
+
+        try:
+            print(bulk.merge(args))
+        except bulk.BulkError as e:
+            print(f"ember merge: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.command in ("embed", "rerank"):
         from . import bulk
 

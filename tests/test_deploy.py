@@ -114,3 +114,28 @@ def test_dockerfile_steps_are_the_commands_ci_runs():
     assert make_vars == args and make_vars["TORCH_SPEC"].endswith("+cpu")
     assert '--extra-index-url "${TORCH_INDEX}" "${TORCH_SPEC}"' in runs
     assert "'.[export" not in " ".join(a for i, a in dockerfile_stages()["cpu-build"] if i == "RUN")  # no torch
+
+
+def test_the_indexed_job_runs_a_sharded_embed_against_the_ember_service():
+    """deploy/kubernetes/ember-embed-job.yaml: each index of an Indexed Job takes its shard
+    (`--shard job/N`, N = completions) and calls the ember Service by its headless DNS name."""
+    from ember.bulk import parse_shard
+
+    jobs = [d for _, d in documents() if d["kind"] == "Job"]
+    assert len(jobs) == 1
+    spec = jobs[0]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["template"]["spec"]["restartPolicy"] == "Never"
+    (c,) = spec["template"]["spec"]["containers"]
+    assert c["command"] == ["ember"] and c["args"][0] == "embed"
+    args = c["args"]
+    shard = args[args.index("--shard") + 1]
+    assert shard == f"job/{spec['completions']}"
+    assert parse_shard(shard, {"JOB_COMPLETION_INDEX": str(spec["completions"] - 1)}) == (spec["completions"] - 1,
+                                                                                         spec["completions"])
+    server = args[args.index("--server") + 1]
+    svc = next(d for _, d in documents() if d["kind"] == "Service" and d["metadata"]["name"] == "ember")
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert server == f"dns:///ember.default.svc.cluster.local:{port}" and svc["spec"]["clusterIP"] == "None"
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert args[1].startswith("/data/") and args[args.index("-o") + 1].startswith("/out/")
+    assert {"/data", "/out"} <= mounts

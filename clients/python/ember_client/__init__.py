@@ -8,6 +8,6 @@
 """
 from __future__ import annotations
 
-from ._client import RETRYABLE, AsyncClient, Client, ModelFacts, RerankHit, TokenCount
+from ._client import RETRYABLE, AsyncClient, Client, ModelFacts, RerankHit, StreamPool, TokenCount, replicas
 
-__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts", "TokenCount", "RETRYABLE"]
+__all__ = ["Client", "AsyncClient", "RerankHit", "ModelFacts", "TokenCount", "StreamPool", "RETRYABLE", "replicas"]

@@ -3,7 +3,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import heapq
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +38,26 @@ def channel_target(target: str | Sequence[str]) -> str:
         return addresses[0]
     scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
     return f"{scheme}:" + ",".join(addresses)
+
+
+def replicas(target: str | Sequence[str]) -> list[str]:
+    """The addresses a target names: a list as given, each address of an `ipv4:`/`ipv6:` target,
+    every A/AAAA record of a `dns:///name:port` target (a Kubernetes headless Service's ready pods),
+    else the target itself."""
+    if not isinstance(target, str):
+        return list(target)
+    if target.startswith(("ipv4:", "ipv6:")):
+        return target.split(":", 1)[1].split(",")
+    if target.startswith("dns:"):
+        hostport = target.split("///", 1)[1] if "///" in target else target[len("dns:"):]
+        host, _, port = hostport.rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            return [target]
+        found = sorted({(f"[{ai[4][0]}]" if ai[0] == socket.AF_INET6 else ai[4][0]) + f":{port}" for ai in infos})
+        return found or [target]
+    return [target]
 
 
 def retry_delay(err: grpc.RpcError, attempt: int, backoff: float) -> float:
@@ -147,6 +169,171 @@ class _Resend:
     def finished(self) -> bool:
         with self.lock:
             return self.exhausted and not self.sent and not self.carried
+
+
+class StreamPool:
+    """Several EmbedStreams at once, one queue of batches: the parallel path of `embed_stream`.
+
+    Each worker thread holds a stream to one replica (workers are dealt to the replicas in turn,
+    each replica with a channel of its own, so the streams do not all land on the one a shared
+    channel happened to connect first). Workers take the next batch from the one queue as their
+    stream has room (`window` in flight each): a fast replica takes more. When a stream ends
+    with a retryable status, its unanswered batches go back to the queue, lowest first, for any
+    worker; the worker tries its replica again with backoff, and gives up after `retries` tries
+    in a row without an answer. Answers are put back in order and yielded once each; at most
+    `streams × window × 4` batches are taken ahead of the one the caller waits for.
+    """
+
+    def __init__(self, client: "Client", streams: int, window: int):
+        self.client, self.streams, self.window = client, streams, window
+        self.addresses = replicas(client.target)
+        self.cond = threading.Condition()
+        self.results: dict[int, np.ndarray] = {}
+        self.requeued: list[tuple[int, list[str]]] = []  # a heap: the lowest index first
+        self.next_out = 0  # the batch the caller waits for
+        self.taken = 0  # batches taken from the source so far
+        self.exhausted = False
+        self.error: BaseException | None = None
+        self.alive = 0
+        self.answers_by_replica: dict[str, int] = {}
+
+    # ---- the queue ----------------------------------------------------------------------
+    def _take(self, source, done: threading.Event) -> tuple[int, list[str]] | None:
+        """The next batch for a stream: a requeued one first, else the source's next; None when
+        there is none now (the stream then half-closes) or the stream is being given up."""
+        with self.cond:
+            while True:
+                if done.is_set() or self.error is not None:
+                    return None
+                if self.requeued:
+                    return heapq.heappop(self.requeued)
+                if self.exhausted:
+                    return None
+                if self.taken - self.next_out < self.streams * self.window * 4:
+                    break
+                self.cond.wait(0.1)  # the caller is behind: do not read further ahead
+        item = next(source, None)  # the caller's iterator, outside the lock (it may block)
+        with self.cond:
+            if item is None:
+                self.exhausted = True
+                self.cond.notify_all()
+                return None
+            self.taken = max(self.taken, item[0] + 1)
+            if done.is_set():
+                heapq.heappush(self.requeued, item)
+                self.cond.notify_all()
+                return None
+            return item
+
+    def _finished(self) -> bool:
+        return self.exhausted and not self.requeued and self.next_out + len(self.results) >= self.taken
+
+    # ---- a worker -------------------------------------------------------------------------
+    def _work(self, k: int, source, pulling: threading.Lock, options: dict) -> None:
+        address = self.addresses[k % len(self.addresses)]
+        channel = grpc.insecure_channel(address, options=_OPTIONS)
+        stub = pb_grpc.EmbedderStub(channel)
+        failures, client = 0, self.client
+        try:
+            while True:
+                with self.cond:
+                    while not self.requeued and self.exhausted and not self._finished() and self.error is None:
+                        self.cond.wait(0.1)  # others' batches may come back to the queue
+                    if self._finished() or self.error is not None:
+                        return
+                slots, done = threading.Semaphore(self.window), threading.Event()
+                mine: collections.deque[tuple[int, list[str]]] = collections.deque()
+
+                def requests(slots=slots, done=done, mine=mine):
+                    while True:
+                        while not slots.acquire(timeout=0.1):
+                            if done.is_set():
+                                return
+                        with pulling:
+                            item = self._take(source, done)
+                        if item is None:
+                            return
+                        mine.append(item)
+                        yield _stream_request(item[1], item[0], options)
+
+                call = stub.EmbedStream(requests(), metadata=client.metadata)
+                try:
+                    for resp in call:
+                        slots.release()
+                        i, _ = mine.popleft()
+                        if resp.request_id != str(i):
+                            raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
+                        failures = 0
+                        with self.cond:
+                            if i >= self.next_out and i not in self.results:
+                                self.results[i] = embeddings_array(resp)
+                                self.answers_by_replica[address] = self.answers_by_replica.get(address, 0) + 1
+                            self.cond.notify_all()
+                    continue  # half-closed with everything answered: look for more
+                except grpc.RpcError as e:
+                    if e.code() not in STREAM_RETRYABLE:
+                        raise
+                    failures += 1
+                    client.stream_resumes += 1
+                    delay = retry_delay(e, failures - 1, client.backoff)
+                    if failures > client.retries:
+                        raise
+                finally:
+                    with self.cond:
+                        done.set()
+                        for item in mine:  # unanswered: back to the queue for any stream
+                            heapq.heappush(self.requeued, item)
+                        mine.clear()
+                        self.cond.notify_all()
+                    call.cancel()
+                time.sleep(delay)
+                try:  # this replica, back: within a few seconds, or the next failure counts
+                    grpc.channel_ready_future(channel).result(timeout=min(5.0, client.timeout or 5.0))
+                except grpc.FutureTimeoutError:
+                    pass
+        except BaseException as e:  # this worker is done for; the others carry on without it
+            with self.cond:
+                self.last_error = e
+                if not isinstance(e, grpc.RpcError) or e.code() not in STREAM_RETRYABLE:
+                    self.error = e
+        finally:
+            with self.cond:
+                self.alive -= 1
+                self.cond.notify_all()
+            channel.close()
+
+    # ---- the caller's side --------------------------------------------------------------
+    def run(self, texts: Iterable[str], batch_size: int, options: dict) -> Iterator[np.ndarray]:
+        source = enumerate(_chunks(texts, batch_size))
+        pulling = threading.Lock()
+        self.last_error = None
+        threads = [threading.Thread(target=self._work, args=(k, source, pulling, options), daemon=True,
+                                    name=f"ember-stream-{k}") for k in range(self.streams)]
+        self.alive = len(threads)
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                with self.cond:
+                    while self.next_out not in self.results:
+                        if self.error is not None:
+                            raise self.error
+                        if self._finished():
+                            return
+                        if self.alive == 0:
+                            raise self.last_error or RuntimeError("every EmbedStream ended with batches unanswered")
+                        self.cond.wait(0.1)
+                    arr = self.results.pop(self.next_out)
+                    self.next_out += 1
+                    self.cond.notify_all()
+                yield arr
+        finally:
+            with self.cond:
+                if self.error is None:
+                    self.error = GeneratorExit()  # stop the workers if the caller stopped early
+                self.cond.notify_all()
+            for t in threads:
+                t.join(10)
 
 
 @dataclass(frozen=True)
@@ -284,6 +471,7 @@ class Client:
     def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.Channel | None = None,
                  api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
                  chunk_size: int = 256):
+        self.target = target
         channel = channel or grpc.insecure_channel(channel_target(target), options=_OPTIONS)
         _attach(self, channel, api_key, timeout, retries, backoff)
         self.chunk_size = chunk_size
@@ -311,9 +499,21 @@ class Client:
                              truncation_direction, priority, request_id)
         return embeddings_array(_call_with_retries(self, self._embedder.Embed, req))
 
-    def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, window: int = 32,
+    def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, window: int = 32, streams: int = 1,
                      **options) -> Iterator[np.ndarray]:
         """Feed an iterable of any size through EmbedStream; yields one array per batch, in order.
+
+        With `streams` > 1, that many streams run at once, spread over the replicas the target
+        names (`replicas()`: a list, or every address of a `dns:///` name), all fed batch by batch
+        from the one iterable; a replica that goes away has its unanswered batches sent on the
+        others. The batches still come out in order, each once (`StreamPool`).
+        """
+        if streams > 1:
+            return StreamPool(self, streams, window).run(texts, batch_size, options)
+        return self._one_stream(texts, batch_size, window, options)
+
+    def _one_stream(self, texts: Iterable[str], batch_size: int, window: int, options: dict) -> Iterator[np.ndarray]:
+        """One EmbedStream (see embed_stream).
 
         At most `window` messages are sent ahead of the answers: grpc's sync client would otherwise
         drain `texts` into its own buffers as fast as it can read them. When the stream ends with a
