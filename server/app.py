@@ -137,6 +137,12 @@ class EmberServer:
                 ("grpc.so_reuseport", 0),
             ])
         self.metrics = Metrics(self.registry) if settings.metrics else None
+        self.http = None
+        if settings.http:
+            from .httpapi import HttpFrontend
+
+            self.http = HttpFrontend(self)
+        self.http_port = 0
         self.core.metrics = self.registry.metrics = self.metrics
         self.metrics_port = 0
         add_to_server(EmbedderServicer(self.core), "Embedder", self.server)
@@ -186,6 +192,17 @@ class EmberServer:
                                    f"{getattr(e.__cause__, 'strerror', None) or e}; a second server on this host needs "
                                    "a port of its own: --metrics-port / EMBER_METRICS_PORT (0 = any free port), or "
                                    "--no-metrics") from None
+        if self.http is not None:
+            try:
+                _check_bindable(s.host, s.http_port)
+                self.http_port = await self.http.start(s.host, s.http_port)
+            except OSError as e:
+                await self.server.stop(None)
+                if self.metrics is not None:
+                    self.metrics.stop()
+                raise StartupError(f"cannot serve HTTP on {s.host}:{s.http_port}: {e.strerror or e}; give it "
+                                   "another port with --http-port / EMBER_HTTP_PORT (0 = any free port), or "
+                                   "--no-http") from None
         for name in ("", *SERVICES.values(), *self._admin_health()):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
@@ -195,6 +212,9 @@ class EmberServer:
         log.info("settings: %s", s.describe())
         if self.metrics is not None:
             log.info("metrics on http://%s:%d/metrics", s.host, self.metrics_port)
+        if self.http is not None:
+            log.info("HTTP APIs on http://%s:%d (OpenAI /v1/embeddings, Cohere /v1/rerank, TEI /embed; /docs)",
+                     s.host, self.http_port)
         self.registry.on_change = self._schedule_health_update
         self._load_task = asyncio.ensure_future(self._load())
         return self.port
@@ -373,7 +393,10 @@ class EmberServer:
         streams = self.core.stop_streams()
         if streams:
             log.info("ending %d open stream(s) after their answers", streams)
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop())
+        await asyncio.gather(*stopping)
         self.registry.stop()
         self.core.tokenize_pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics is not None:

@@ -277,7 +277,7 @@ def server_target(server: str, serve_args: dict) -> Iterator[str]:
     from . import settings as settings_mod
     from .app import EmberServer
 
-    cfg = settings_mod.from_sources({**serve_args, "host": "127.0.0.1", "port": 0, "metrics": False,
+    cfg = settings_mod.from_sources({**serve_args, "host": "127.0.0.1", "port": 0, "metrics": False, "http": False,
                                      "reflection": False})
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="ember-inprocess", daemon=True)

@@ -14,7 +14,7 @@ from . import settings as settings_mod
 
 # `ember serve --help`, by topic (every setting is in one group; a new one lands in the last).
 SERVE_GROUPS = {
-    "server": ("host", "port", "config", "reflection", "log_level", "log_format"),
+    "server": ("host", "port", "http", "http_port", "config", "reflection", "log_level", "log_format"),
     "models": ("models_dir", "models", "default_embed_model", "default_rerank_model", "cache_dir",
                "fast_tokenizer"),
     "limits and requests": ("max_inputs_per_request", "max_documents_per_request", "max_input_chars",

@@ -176,6 +176,12 @@ class Settings:
                                           "whenever it may use that many. On the 2-core benchmark machine a text "
                                           "after an idle stretch took ~2 ms less (measured 2026-11-23)"}
     )
+    http: bool = field(
+        default=True, metadata={"help": "serve the HTTP/JSON APIs (OpenAI /v1/embeddings, Cohere /v1/rerank, "
+                                        "text-embeddings-inference /embed, /rerank, /tokenize, /info; /health, "
+                                        "/docs) beside gRPC, on the same models, limits and keys"}
+    )
+    http_port: int = field(default=8080, metadata={"help": "port of the HTTP APIs (0 = any free port)"})
     metrics: bool = field(default=True, metadata={"help": "serve Prometheus metrics over HTTP"})
     metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint (0 = any free port)"})
     log_format: str = field(default="text", metadata={"help": "text or json (one JSON object per line)"})
@@ -259,6 +265,8 @@ class Settings:
             raise bad("providers", f"{','.join(unknown) or 'empty'}; choose from {','.join(KNOWN_PROVIDERS)}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", f"{self.log_level!r}")
+        if not 0 <= self.http_port <= 65535:
+            raise bad("http_port", f"{self.http_port} is not a port number")
         if not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", f"{self.metrics_port} is not a port number")
         if self.pin_threads not in ("auto", "on", "off"):

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("EMBER_METRICS_PORT", "0")  # `ember serve` subprocesses: any free metrics port
 os.environ.setdefault("EMBER_DRAIN_DELAY_SECONDS", "0")  # ... that stop at once (the drain tests set it)
+os.environ.setdefault("EMBER_HTTP_PORT", "0")  # ... and any free HTTP port
 
 from ember import cli  # noqa: E402
 from ember.app import EmberServer  # noqa: E402
@@ -115,6 +116,8 @@ class ServerThread:
     def __init__(self, settings: Settings):
         if settings.metrics_port == Settings.metrics_port:  # the default: any free port in tests
             settings = dataclasses.replace(settings, metrics_port=0)
+        if settings.http_port == Settings.http_port:
+            settings = dataclasses.replace(settings, http_port=0)
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

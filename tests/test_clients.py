@@ -30,12 +30,14 @@ def test_example_against_a_live_server(lang, minilm_server):
         if os.environ.get("CI"):
             pytest.fail(f"{cmd[-1]} is not built: `make test` runs `make clients` first")
         pytest.skip(f"{cmd[-1]} not built (make clients)")
-    r = subprocess.run([*cmd, minilm_server.address], capture_output=True, text=True, timeout=600)
+    # the Node example also calls the HTTP API's /v1/embeddings through npm's `openai` package
+    http = [f"http://127.0.0.1:{minilm_server.server.http_port}"] if lang == "node" else []
+    r = subprocess.run([*cmd, minilm_server.address, *http], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     print(f"\n{lang}: " + r.stdout.strip().replace("\n", f"\n{lang}: "))
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     # The Go example also drives both streams one message at a time (an answer before each next send).
-    extra = {"ping_pong_rounds": 40} if lang == "go" else {}
+    extra = {"ping_pong_rounds": 40} if lang == "go" else {"openai_embedding_dimensions": 384}
     assert summary == {"client": lang, "health": "SERVING", "embed_dimensions": 384, "stream_inputs": 10000,
                        "stream_ids": 100, "rerank_results": 3, **extra}
 

@@ -1,16 +1,19 @@
 // ember from Node: health check, unary Embed, a bidirectional EmbedStream of 10,000 inputs (every
-// id answered exactly once), and Rerank.
+// id answered exactly once), and Rerank over gRPC; with an HTTP base URL, also `/v1/embeddings`
+// through npm's `openai` package, as any OpenAI-compatible client calls it.
 //
-//   node dist/example.js [host:port]        (default localhost:50051)
+//   node dist/example.js [host:port] [http://host:8080]        (default localhost:50051, no HTTP)
 //
 // Exits 0 and prints a JSON summary on its last line when every check held, 1 otherwise.
 import * as grpc from "@grpc/grpc-js";
+import OpenAI from "openai";
 import { connect, unary, vectors, EmberClients } from "./client";
 import type { EmbedResponse__Output } from "./generated/ember/v1/EmbedResponse";
 import type { RerankResponse__Output } from "./generated/ember/v1/RerankResponse";
 import type { HealthCheckResponse__Output } from "./generated/grpc/health/v1/HealthCheckResponse";
 
 const address = process.argv[2] ?? "localhost:50051";
+const httpBase = process.argv[3];
 const STREAM_INPUTS = 10_000;
 const PER_MESSAGE = 100;
 
@@ -100,9 +103,24 @@ async function main(): Promise<void> {
     }
     console.log(`Rerank: best "${rr.results[0].document}" (${rr.results[0].score.toFixed(4)})`);
 
-    console.log(JSON.stringify({ client: "node", health, embed_dimensions: emb.dimensions,
-                                 stream_inputs: stream.inputs, stream_ids: stream.ids,
-                                 rerank_results: rr.results.length }));
+    const summary: Record<string, unknown> = { client: "node", health, embed_dimensions: emb.dimensions,
+                                               stream_inputs: stream.inputs, stream_ids: stream.ids,
+                                               rerank_results: rr.results.length };
+    if (httpBase) {
+      // ember's OpenAI-compatible route, through the OpenAI SDK (the model: the server's default)
+      const openai = new OpenAI({ baseURL: `${httpBase}/v1`, apiKey: "unused" });
+      const r = await openai.embeddings.create({ model: emb.model, input: ["hello world", "ember is fast"] });
+      const grpcFirst = vectors(emb.embeddings, emb.dimensions)[0];
+      const httpFirst = r.data[0].embedding;
+      let dot = 0;
+      for (let k = 0; k < grpcFirst.length; k++) dot += grpcFirst[k] * httpFirst[k];
+      if (r.data.length !== 2 || httpFirst.length !== emb.dimensions || dot < 0.99999) {
+        fail(`/v1/embeddings: ${r.data.length} vectors of ${httpFirst.length}, cosine with gRPC ${dot}`);
+      }
+      console.log(`/v1/embeddings (openai SDK): ${r.data.length} x ${httpFirst.length}, cosine with gRPC ${dot.toFixed(6)}`);
+      summary.openai_embedding_dimensions = httpFirst.length;
+    }
+    console.log(JSON.stringify(summary));
   } finally {
     c.close();
   }
