@@ -74,7 +74,7 @@ USER 10001
 ENV PATH=/opt/ember/bin:$PATH EMBER_MODELS_DIR=/models EMBER_PORT=50051 EMBER_PROVIDERS=tensorrt,cuda,cpu \
     EMBER_CACHE_DIR=/home/ember/.cache/ember HF_HUB_OFFLINE=1
 VOLUME ["/models"]
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["grpc_health_probe", "-addr=127.0.0.1:50051"]
 ENTRYPOINT ["ember", "serve"]
@@ -89,7 +89,7 @@ USER 10001
 ENV PATH=/opt/ember/bin:$PATH EMBER_MODELS_DIR=/models EMBER_PORT=50051 EMBER_PROVIDERS=cpu \
     EMBER_CACHE_DIR=/home/ember/.cache/ember HF_HUB_OFFLINE=1
 VOLUME ["/models"]
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["grpc_health_probe", "-addr=127.0.0.1:50051"]
 ENTRYPOINT ["ember", "serve"]
