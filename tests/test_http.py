@@ -87,8 +87,12 @@ def test_huggingface_inference_client_on_the_tei_routes(tiny_server, monkeypatch
     import huggingface_hub.constants
     from huggingface_hub import InferenceClient
 
+    from huggingface_hub.utils import reset_sessions
+
     # The tests run with HF_HUB_OFFLINE (no model hub); the client only talks to this server here.
+    # Its HTTP sessions are cached per thread with the offline setting they were made with.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    reset_sessions()
 
     client = InferenceClient(model=f"http://127.0.0.1:{tiny_server.server.http_port}")
     got = np.asarray(client.feature_extraction("hello world"), dtype=np.float32).reshape(1, -1)
@@ -107,6 +111,8 @@ def test_huggingface_inference_client_on_the_tei_routes(tiny_server, monkeypatch
     status, body, _ = http(tiny_server, "GET", "/openapi.json")
     assert status == 200 and {"/v1/embeddings", "/v2/rerank", "/embed", "/health"} <= set(body["paths"])
     assert http(tiny_server, "GET", "/health")[:2] == (200, {"status": "SERVING"})
+    monkeypatch.undo()
+    reset_sessions()  # offline again for whatever runs next
 
 
 @pytest.mark.parametrize("path,body,status,field", [
