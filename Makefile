@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 BUILD_INPUTS := pyproject.toml setup.py clients/python/pyproject.toml clients/python/setup.py \
                 $(wildcard ext/*.pyx ext/*.pxd proto/ember/v1/*.proto)
 
-.PHONY: serve test lint install install-test clean soak reliability bench stubs check-stubs clients clients-toolchain go-toolchain health-probe
+.PHONY: serve test lint install install-test clean soak reliability bench gpu-check stubs check-stubs clients clients-toolchain go-toolchain health-probe
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,12 @@ soak: install-test
 # The reliability suite with the long profile: many more fuzz cases, plus the slow tests.
 reliability: install-test
 	EMBER_FUZZ_EXAMPLES=$${EMBER_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest -m '' tests/test_fuzz.py tests/test_reliability.py $(PYTEST_ARGS)
+
+# Everything ember checks on an NVIDIA GPU: the gpu extra, tests/test_gpu.py and a quick
+# benchmarks/gpu_bench.py; one JSON and a text summary in benchmarks/out/gpu-check.*.
+# GPU_CHECK_ARGS="--providers cpu" is its dry run on any machine (tests/test_gpu_check.py runs it).
+gpu-check: install-test
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: install-test
 	$(BIN)/python benchmarks/bench.py $(ARGS)
