@@ -282,6 +282,19 @@ class Settings:
         for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise bad(name, f"{getattr(self, name)} is not a readable file")
+        if self.tls_cert:  # checked here: gRPC would only log that it could not use them, and not listen
+            import ssl
+
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
+            except (ssl.SSLError, OSError) as e:
+                raise bad("tls_cert", f"{self.tls_cert} and {self.tls_key} are not a PEM certificate chain and its "
+                                      f"private key ({getattr(e, 'reason', None) or e})") from None
+            if self.tls_client_ca:
+                try:
+                    ssl.create_default_context(cafile=self.tls_client_ca)
+                except (ssl.SSLError, OSError) as e:
+                    raise bad("tls_client_ca", f"{self.tls_client_ca} holds no PEM CA certificate ({e})") from None
         for name in ("api_keys", "admin_api_keys"):
             if any(not k or any(c.isspace() for c in k) for k in getattr(self, name)):
                 raise bad(name, "keys must be non-empty and contain no spaces")

@@ -194,6 +194,13 @@ def test_a_bad_environment_value_is_one_line_naming_the_variable(env, needle):
     assert needle in _one_line(_serve_fails([], env))
 
 
+def test_a_certificate_that_is_not_one_is_one_line_naming_the_setting(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    line = _one_line(_serve_fails(["--port", "0", "--tls-cert", str(bad), "--tls-key", str(bad)]))
+    assert "invalid setting tls_cert (--tls-cert / EMBER_TLS_CERT)" in line and "PEM certificate chain" in line
+
+
 def test_the_default_providers_do_not_warn_on_a_cpu_only_machine_and_named_ones_do(tiny_models_dir, caplog):
     import onnxruntime as ort
 
