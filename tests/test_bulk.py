@@ -34,13 +34,27 @@ def corpus(n: int) -> list[str]:
             for i in range(n)]
 
 
+def write_jsonl(path: Path, n: int) -> Path:
+    """n texts of corpus() as JSONL rows {"id": "doc-i", "text": ...}."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, t in enumerate(corpus(n)):
+            f.write(json.dumps({"id": f"doc-{i}", "text": t}) + "\n")
+    return path
+
+
+def server_scores(server, model: str, query: str, docs: list[str]) -> np.ndarray:
+    """The server's own Rerank scores of docs for query, in document order (64 documents a call)."""
+    want = np.empty(len(docs), dtype=np.float32)
+    for s in range(0, len(docs), 64):
+        resp = server.reranker.Rerank(pb.RerankRequest(model=model, query=query, documents=docs[s:s + 64]))
+        for h in resp.results:
+            want[s + h.index] = h.score
+    return want
+
+
 @pytest.fixture(scope="module")
 def jsonl(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("bulk") / "corpus.jsonl"
-    with open(p, "w", encoding="utf-8") as f:
-        for i, t in enumerate(corpus(N)):
-            f.write(json.dumps({"id": f"doc-{i}", "text": t}) + "\n")
-    return p
+    return write_jsonl(tmp_path_factory.mktemp("bulk") / "corpus.jsonl", N)
 
 
 def reference(server, texts: list[str]) -> np.ndarray:
@@ -169,13 +183,7 @@ def test_rerank_queries_against_documents_resumes(tiny_server, tmp_path):
     assert scores.shape == (120, 300)
     assert json.loads((tmp_path / "scores.ids.json").read_text())["documents"][:2] == ["d0", "d1"]
     for q in (0, 77):  # a row = the server's own scores for that query, in document order
-        want = np.empty(300, dtype=np.float32)
-        for s in range(0, 300, 64):
-            resp = tiny_server.reranker.Rerank(pb.RerankRequest(model="tiny-rerank", query=queries[q],
-                                                                documents=docs[s:s + 64]))
-            for h in resp.results:
-                want[s + h.index] = h.score
-        np.testing.assert_allclose(scores[q], want, atol=1e-6)
+        np.testing.assert_allclose(scores[q], server_scores(tiny_server, "tiny-rerank", queries[q], docs), atol=1e-6)
 
     # top-3 rows as JSONL: a clean run, and a run killed after a few chunks and resumed
     clean = tmp_path / "clean.jsonl"
@@ -281,10 +289,4 @@ def test_rerank_with_an_embedding_model_embeds_each_text_once_with_the_servers_s
     scores = np.load(tmp_path / "s.npy")
     assert scores.shape == (6, 200)
     for q in range(6):  # today's scores: the server's own Rerank of the same query and documents
-        want = np.empty(200, dtype=np.float32)
-        for s in range(0, 200, 64):
-            resp = tiny_server.reranker.Rerank(pb.RerankRequest(model="tiny-embed", query=queries[q],
-                                                                documents=docs[s:s + 64]))
-            for h in resp.results:
-                want[s + h.index] = h.score
-        np.testing.assert_allclose(scores[q], want, atol=1e-5)
+        np.testing.assert_allclose(scores[q], server_scores(tiny_server, "tiny-embed", queries[q], docs), atol=1e-5)

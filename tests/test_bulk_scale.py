@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from test_bulk import corpus, ember, kill_after
+from test_bulk import ember, kill_after, write_jsonl
 from test_reliability import _wait_serving
 
 N = 20_000
@@ -62,11 +62,7 @@ def replicas(tiny_models_dir):
 
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("scale") / "corpus.jsonl"
-    with open(p, "w", encoding="utf-8") as f:
-        for i, t in enumerate(corpus(N)):
-            f.write(json.dumps({"id": f"doc-{i}", "text": t}) + "\n")
-    return p
+    return write_jsonl(tmp_path_factory.mktemp("scale") / "corpus.jsonl", N)
 
 
 def test_embed_keeps_both_replicas_busy_with_the_one_replica_output(replicas, big_input, tmp_path):

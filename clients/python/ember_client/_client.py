@@ -123,6 +123,15 @@ async def _acall_with_retries(client, fn, req):
 STREAM_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
+def _resume_delay(client, err: grpc.RpcError, failures: int) -> float:
+    """How long to wait before a stream that ended with `err` is resumed on a new one (`failures`
+    ends in a row so far); raises `err` when it may not be (not retryable, or out of retries)."""
+    if err.code() not in STREAM_RETRYABLE or failures >= client.retries:
+        raise err
+    client.stream_resumes += 1
+    return retry_delay(err, failures, client.backoff)
+
+
 class _Resend:
     """The chunks of one embed_stream: those sent and not yet answered, to send again on a new
     stream after a retryable end, and the iterator of those not sent yet, shared by every stream
@@ -554,11 +563,8 @@ class Client:
                     return
                 raise RuntimeError("EmbedStream ended with messages unanswered")
             except grpc.RpcError as e:
-                if e.code() not in STREAM_RETRYABLE or failures >= self.retries:
-                    raise
-                delay, last = retry_delay(e, failures, self.backoff), e
+                delay, last = _resume_delay(self, e, failures), e
                 failures += 1
-                self.stream_resumes += 1
             finally:
                 with pending.lock:
                     done.set()
@@ -675,11 +681,8 @@ class AsyncClient:
                     return
                 raise RuntimeError("EmbedStream ended with messages unanswered")
             except grpc.RpcError as e:
-                if e.code() not in STREAM_RETRYABLE or failures >= self.retries:
-                    raise
-                delay, last = retry_delay(e, failures, self.backoff), e
+                delay, last = _resume_delay(self, e, failures), e
                 failures += 1
-                self.stream_resumes += 1
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
