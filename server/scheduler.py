@@ -548,19 +548,25 @@ class ModelScheduler:
             m.of(m.inference_seconds, self.name).observe(elapsed)
             m.of(m.batch_size, self.name).observe(len(batch))
             m.of(m.batch_tokens, self.name).observe(ids.size)
-        seen: set[int] = set()
+        rows_of: dict[int, tuple[Job, list[int]]] = {}
         for row, it in enumerate(batch):
-            job = it.job
+            rows_of.setdefault(id(it.job), (it.job, []))[1].append(row)
+        for job, rows in rows_of.values():
             if job.failed:
                 continue
+            # Batches of one job can end at once on two lanes: its results array is made once, and
+            # its count of rows still to come is kept under the lock (a lost update would deliver
+            # the job with rows never written, or never deliver it).
             if job.results is None:
-                job.results = np.empty((len(job.items),) + out.shape[1:], dtype=np.float32)
-            job.results[it.index] = out[row]
-            if id(job) not in seen:
-                seen.add(id(job))
+                with self._cond:
+                    if job.results is None:
+                        job.results = np.empty((len(job.items),) + out.shape[1:], dtype=np.float32)
+            job.results[[batch[r].index for r in rows]] = out[rows]
+            with self._cond:
                 job.inference_s += elapsed
-            job.remaining -= 1
-            if job.remaining == 0:
+                job.remaining -= len(rows)
+                finished = job.remaining == 0
+            if finished:
                 deliver(job)
 
     def _fail(self, job: Job, err: Exception) -> None:

@@ -904,3 +904,45 @@ def test_a_queued_request_that_can_no_longer_finish_in_time_is_dropped_before_it
     err, early, batches = asyncio.run(run())
     assert "cannot finish by its deadline" in err.message and early > 0.5
     assert all(13 not in ns for _, _, ns in batches)  # none of its work was run
+
+
+def test_batches_of_one_job_ending_together_on_two_lanes_deliver_every_row(parts, monkeypatch):
+    """Both lanes run a batch of the same job and finish at the same moment (a barrier in the
+    engine), and making a job's results array is slowed (a pause in np.empty on the workers), so
+    the two lanes meet exactly where they used to race: the second to find no array made one
+    too and replaced the first's, and the job was delivered with rows never written (seen once in
+    a rolling restart: 55 rows of uninitialized memory). Every row must be the row computed."""
+    engine, _ = parts
+    barrier = threading.Barrier(2, timeout=5)
+    real_empty = np.empty
+
+    def slow_empty(*a, **kw):
+        if threading.current_thread().name.startswith("ember-infer"):
+            time.sleep(0.01)  # lets the other lane's thread run here
+        return real_empty(*a, **kw)
+
+    monkeypatch.setattr(np, "empty", slow_empty)
+
+    class Together(RecordingEngine):
+        def infer(self, ids, mask, type_ids):
+            out = self.real.infer(ids, mask, type_ids)
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:  # a batch without a partner
+                barrier.reset()
+            return out
+
+    async def run():
+        sched, _, tok = make(parts, workers=2, lanes_planned=True, max_batch_tokens=200, max_batch_size=4)
+        sched.add_lanes([Together(engine), Together(engine)])
+        toks = texts_of_lengths(tok, [5, 6, 7, 8, 9, 10, 11, 12])
+        singles = np.concatenate([engine.infer(t.ids.reshape(1, -1), np.ones((1, t.tokens), np.int64),
+                                               np.zeros((1, t.tokens), np.int64)) for t in toks])
+        jobs = [sched.submit(toks, priority=REALTIME, deadline=None) for _ in range(6)]
+        outs = [await asyncio.wait_for(j.future, 60) for j in jobs]
+        sched.stop()
+        return outs, singles
+
+    outs, singles = asyncio.run(run())
+    for out in outs:
+        np.testing.assert_allclose(out, singles, rtol=1e-4, atol=1e-5)
