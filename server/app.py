@@ -71,6 +71,10 @@ class DrainingHealth(health.aio.HealthServicer):
             if ending:
                 return
 
+    def status(self, service: str = ""):
+        """The status registered for `service`, NOT_SERVING where none is (the HTTP /health)."""
+        return self._server_status.get(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def List(self, request, context):
         """Every registered status: the server (""), each service, each model (`model/<name>`)."""
         return health_pb2.HealthListResponse(statuses={
@@ -179,30 +183,26 @@ class EmberServer:
         except (RuntimeError, OSError):
             self.port = 0
         if self.port == 0:
-            await self.server.stop(None)
-            raise StartupError(f"cannot listen for gRPC on {address}: the port is in use (another server?) or the "
-                               "address is not one of this machine's; choose another with --port / EMBER_PORT "
-                               "(0 = any free port) or --host / EMBER_HOST")
+            await self._abandon_start(f"cannot listen for gRPC on {address}: the port is in use (another server?) or "
+                                      "the address is not one of this machine's; choose another with --port / "
+                                      "EMBER_PORT (0 = any free port) or --host / EMBER_HOST")
         if self.metrics is not None:
             try:
                 self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
             except OSError as e:
-                await self.server.stop(None)
-                raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: "
-                                   f"{getattr(e.__cause__, 'strerror', None) or e}; a second server on this host needs "
-                                   "a port of its own: --metrics-port / EMBER_METRICS_PORT (0 = any free port), or "
-                                   "--no-metrics") from None
+                reason = getattr(e.__cause__, "strerror", None) or e  # metrics.serve wraps the OSError
+                await self._abandon_start(
+                    f"cannot serve metrics on {s.host}:{s.metrics_port}: {reason}; a second server on this host "
+                    "needs a port of its own: --metrics-port / EMBER_METRICS_PORT (0 = any free port), or "
+                    "--no-metrics")
         if self.http is not None:
             try:
                 _check_bindable(s.host, s.http_port)
                 self.http_port = await self.http.start(s.host, s.http_port)
             except OSError as e:
-                await self.server.stop(None)
-                if self.metrics is not None:
-                    self.metrics.stop()
-                raise StartupError(f"cannot serve HTTP on {s.host}:{s.http_port}: {e.strerror or e}; give it "
-                                   "another port with --http-port / EMBER_HTTP_PORT (0 = any free port), or "
-                                   "--no-http") from None
+                await self._abandon_start(f"cannot serve HTTP on {s.host}:{s.http_port}: {e.strerror or e}; give it "
+                                          "another port with --http-port / EMBER_HTTP_PORT (0 = any free port), or "
+                                          "--no-http")
         for name in ("", *SERVICES.values(), *self._admin_health()):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
@@ -285,6 +285,13 @@ class EmberServer:
         for name in self._admin_health():  # Admin answers once the first load is done
             await self.health.set(name, SERVING if self._loading_done else NOT_SERVING)
         await self.health.set("", SERVING if self._loading_done and reg.ready() else NOT_SERVING)
+
+    async def _abandon_start(self, message: str) -> None:
+        """A port could not be had: let go of what start() already holds, then StartupError."""
+        await self.server.stop(None)
+        if self.metrics is not None:
+            self.metrics.stop()  # nothing to stop when it had not started
+        raise StartupError(message)
 
     def _admin_health(self) -> tuple[str, ...]:
         """Admin has a health entry only where it is on (admin keys set); where it is off, Check

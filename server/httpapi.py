@@ -418,7 +418,7 @@ class HttpFrontend:
     async def health(self, request: web.Request) -> web.Response:
         from grpc_health.v1 import health_pb2
 
-        status = self.server.health._server_status.get("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = self.server.health.status("")
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
         return json_response({"status": name}, 200 if status == health_pb2.HealthCheckResponse.SERVING else 503)
 

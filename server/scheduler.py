@@ -210,9 +210,7 @@ class ModelScheduler:
         earlier) would keep it from finishing by `due`, at the measured rate (lock held)."""
         now = time.monotonic()
         if job.deadline is not None and now >= job.deadline:
-            if self.metrics is not None:  # as _drop_dead counts the queued items it drops
-                self.metrics.of(self.metrics.deadline_dropped, self.name).inc(len(job.items))
-            raise DeadlineExceeded("the deadline passed before inference")
+            raise self._late(len(job.items), "the deadline passed before inference")
         spt = self.rate.seconds_per_token
         if spt is None or due == math.inf:
             return  # not measured yet, or no bound to keep
@@ -238,10 +236,8 @@ class ModelScheduler:
         if job.deadline is None:  # the bound is on the wait: a big request may take longer to run
             own = 0.0
         elif now + own > due:  # too short a deadline for the work itself: waiting would not help
-            if self.metrics is not None:
-                self.metrics.of(self.metrics.deadline_dropped, self.name).inc(len(job.items))
-            raise DeadlineExceeded(f"the request's {tokens} tokens take ~{own:.3f}s at the model's rate, longer "
-                                   f"than its deadline (in {max(0.0, due - now):.3f}s)")
+            raise self._late(len(job.items), f"the request's {tokens} tokens take ~{own:.3f}s at the model's "
+                                             f"rate, longer than its deadline (in {max(0.0, due - now):.3f}s)")
         finish = now + wait + own
         if finish <= due:
             return
@@ -255,8 +251,16 @@ class ModelScheduler:
             retry_after_s=min(30.0, max(0.05, finish - due)),
         )
 
+    def _late(self, items: int, message: str) -> DeadlineExceeded:
+        """The error for a request refused for its deadline before it was queued, counted as
+        _drop_dead counts the queued items it drops."""
+        if self.metrics is not None:
+            self.metrics.of(self.metrics.deadline_dropped, self.name).inc(items)
+        return DeadlineExceeded(message)
+
     def _unqueue(self, job: Job, p: int, n: int) -> None:
-        """n of a job's tokens leave the queue's backlog (lock held)."""
+        """n of a job's tokens leave the queue's backlog, and the job's own count (lock held)."""
+        job.backlog_tokens -= n
         self._backlog[p] -= n
         if job.deadline is None:
             self._open[p] -= n
@@ -267,7 +271,6 @@ class ModelScheduler:
         if job.backlog_tokens:
             with self._cond:
                 self._unqueue(job, job.priority, job.backlog_tokens)
-                job.backlog_tokens = 0
 
     def run_inline(self, items: list[Tokenized], *, priority: int, deadline: float | None = None,
                    min_idle_s: float = 0.0) -> Job | None:
@@ -283,9 +286,7 @@ class ModelScheduler:
                 max(t.tokens for t in items) * len(items) > self.inline_max_tokens:
             return None
         if deadline is not None and time.monotonic() >= deadline:
-            if self.metrics is not None:  # counted as _drop_dead counts the queued items it drops
-                self.metrics.of(self.metrics.deadline_dropped, self.name).inc(len(items))
-            raise DeadlineExceeded("the deadline passed before inference")
+            raise self._late(len(items), "the deadline passed before inference")
         job = _new_job(items, priority, deadline)
         with self._cond:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
@@ -450,21 +451,21 @@ class ModelScheduler:
                 i += 1
                 continue
             del jobs[i]
+            queued = job.backlog_tokens
             self._items[p] -= len(job.pending)
-            self._unqueue(job, p, job.backlog_tokens)
+            self._unqueue(job, p, queued)
+            by_deadline = expired or (doomed and not job.cancelled)
             if doomed and not job.cancelled:
                 self._fail(job, DeadlineExceeded(
-                    f"the request cannot finish by its deadline (in {job.deadline - now:.2f}s): its "
-                    f"{job.backlog_tokens} tokens still queued take ~{spt * job.backlog_tokens:.2f}s at the model's "
-                    f"rate, after ~{work:.2f}s of work due before it"))
-                expired = True  # counted as dropped for its deadline
-            job.backlog_tokens = 0
-            if expired and not job.cancelled and not job.failed:
+                    f"the request cannot finish by its deadline (in {job.deadline - now:.2f}s): its {queued} "
+                    f"tokens still queued take ~{spt * queued:.2f}s at the model's rate, after ~{work:.2f}s of "
+                    "work due before it"))
+            elif expired and not job.cancelled:
                 self._fail(job, DeadlineExceeded("the deadline passed while the request was queued"))
             m = self.metrics
-            if m is not None and (expired or job.cancelled):
+            if m is not None and (by_deadline or job.cancelled):
                 # gRPC cancels a call whose deadline passed: count those as expired, not cancelled
-                m.of(m.deadline_dropped if expired else m.cancelled_dropped, self.name).inc(len(job.pending))
+                m.of(m.deadline_dropped if by_deadline else m.cancelled_dropped, self.name).inc(len(job.pending))
             job.pending.clear()
 
     def _take(self, p: int, halve: bool = False) -> list[_Item]:
@@ -494,9 +495,7 @@ class ModelScheduler:
         taken: dict[int, set[int]] = {}
         for it in batch:
             taken.setdefault(id(it.job), set()).add(it.index)
-            n = it.length
-            it.job.backlog_tokens -= n
-            self._unqueue(it.job, p, n)
+            self._unqueue(it.job, p, it.length)
         self._items[p] -= len(batch)
         for job in {id(it.job): it.job for it in batch}.values():
             chosen = taken[id(job)]
