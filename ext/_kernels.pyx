@@ -10,7 +10,9 @@ Conventions: `hidden` is float32 [batch, seq, dim] C-contiguous, `mask` is int64
 """
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport sqrtf, expf, INFINITY
+from libc.math cimport sqrtf, expf, floorf, INFINITY
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memcpy
 
 from _types cimport f32, i64, ScoredIndex
 
@@ -334,3 +336,124 @@ def plan_batches(const i64[::1] lengths, i64 max_tokens, i64 max_size, i64 overh
         ends.append(k)
         k = cut[k]
     return np.array(ends[::-1], dtype=np.int64)
+
+
+# ---- compact encodings of finished (truncated, normalized) vectors ------------------------------
+# Names as in Encoding (ember.proto) and sentence-transformers' quantize_embeddings precisions.
+ENCODINGS = ("float16", "bfloat16", "int8", "uint8", "binary", "ubinary")
+
+
+def encoded_width(str encoding, Py_ssize_t dims):
+    """Bytes one vector of `dims` components takes in `encoding` (float32 included)."""
+    if encoding == "float32":
+        return dims * 4
+    if encoding in ("float16", "bfloat16"):
+        return dims * 2
+    if encoding in ("int8", "uint8"):
+        return dims
+    if encoding in ("binary", "ubinary"):
+        return (dims + 7) // 8
+    raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+cdef inline uint32_t _bits(f32 v) noexcept nogil:
+    cdef uint32_t u
+    memcpy(&u, &v, 4)
+    return u
+
+
+cdef inline uint16_t _half(uint32_t f) noexcept nogil:
+    # IEEE binary16 from binary32, round to nearest even (as NumPy's npy_floatbits_to_halfbits).
+    cdef uint32_t f_exp = f & 0x7f800000u, f_sig
+    cdef uint16_t h_sgn = <uint16_t>((f & 0x80000000u) >> 16), h_exp, h_sig
+    if f_exp >= 0x47800000u:  # too large for a half, or inf / nan
+        if f_exp == 0x7f800000u:
+            f_sig = f & 0x007fffffu
+            if f_sig != 0:
+                h_sig = <uint16_t>(0x7c00u + (f_sig >> 13))
+                if h_sig == 0x7c00u:  # keep a nan a nan
+                    h_sig += 1
+                return h_sgn + h_sig
+        return h_sgn + 0x7c00u
+    if f_exp <= 0x38000000u:  # a subnormal half, or zero
+        if f_exp < 0x33000000u:
+            return h_sgn
+        f_exp >>= 23
+        f_sig = 0x00800000u + (f & 0x007fffffu)
+        f_sig >>= (113 - f_exp)
+        if (f_sig & 0x00003fffu) != 0x00001000u or (f & 0x000007ffu):
+            f_sig += 0x00001000u
+        return h_sgn + <uint16_t>(f_sig >> 13)
+    h_exp = <uint16_t>((f_exp - 0x38000000u) >> 13)
+    f_sig = f & 0x007fffffu
+    if (f_sig & 0x00003fffu) != 0x00001000u:
+        f_sig += 0x00001000u
+    return h_sgn + <uint16_t>(h_exp + (f_sig >> 13))
+
+
+cdef inline uint16_t _bfloat(uint32_t u) noexcept nogil:
+    # The upper half of binary32, rounded to nearest even; a nan stays a (quiet) nan.
+    if (u & 0x7f800000u) == 0x7f800000u and (u & 0x007fffffu):
+        return <uint16_t>((u >> 16) | 0x40u)
+    u += 0x7fffu + ((u >> 16) & 1u)
+    return <uint16_t>(u >> 16)
+
+
+def encode(const f32[:, ::1] x, str encoding, starts=None, steps=None):
+    """Vectors in a compact encoding, as sentence-transformers' quantize_embeddings writes them.
+
+    IN  x [B, D] float32 (finished vectors); for int8/uint8, starts and steps [D] float32 (a
+        range's low end and (high - low) / 255, a zero step counted as 1)
+    OUT [B, encoded_width(encoding, D)] uint8: each row one vector's bytes, little-endian
+        float16 / bfloat16: IEEE half / bfloat16 of each component, rounded to nearest even
+        uint8: clip(floor((x - start) / step), 0, 255); int8: that - 128
+        ubinary: the sign bits (x > 0), 8 per byte, the first component in the high bit, the last
+        byte padded with 0 bits; binary: each such byte - 128 (as int8)
+    """
+    cdef Py_ssize_t B = x.shape[0], D = x.shape[1], W = encoded_width(encoding, D)
+    cdef Py_ssize_t b, d
+    out_arr = np.zeros((B, W), dtype=np.uint8)
+    cdef uint8_t[:, ::1] out = out_arr
+    cdef const f32[::1] st
+    cdef const f32[::1] sp
+    cdef f32 q
+    cdef uint16_t h
+    cdef uint8_t byte, flip
+    cdef bint half = encoding == "float16"
+    if encoding in ("float16", "bfloat16"):
+        with nogil:
+            for b in range(B):
+                for d in range(D):
+                    h = _half(_bits(x[b, d])) if half else _bfloat(_bits(x[b, d]))
+                    out[b, 2 * d] = <uint8_t>(h & 0xff)
+                    out[b, 2 * d + 1] = <uint8_t>(h >> 8)
+    elif encoding in ("int8", "uint8"):
+        if starts is None or steps is None:
+            raise ValueError(f"{encoding} needs starts and steps")
+        st = np.ascontiguousarray(starts, dtype=np.float32)
+        sp = np.ascontiguousarray(steps, dtype=np.float32)
+        if st.shape[0] != D or sp.shape[0] != D:
+            raise ValueError(f"starts and steps must have {D} values")
+        flip = 0x80 if encoding == "int8" else 0
+        with nogil:
+            for b in range(B):
+                for d in range(D):
+                    q = floorf((x[b, d] - st[d]) / sp[d])
+                    if not q > 0:  # (nan too)
+                        q = 0
+                    elif q > 255:
+                        q = 255
+                    out[b, d] = (<uint8_t>q) ^ flip
+    else:
+        flip = 0x80 if encoding == "binary" else 0
+        with nogil:
+            for b in range(B):
+                byte = 0
+                for d in range(D):
+                    byte = (byte << 1) | (1 if x[b, d] > 0 else 0)
+                    if d % 8 == 7:
+                        out[b, d // 8] = byte ^ flip
+                        byte = 0
+                if D % 8:
+                    out[b, D // 8] = (<uint8_t>(byte << (8 - D % 8))) ^ flip
+    return out_arr

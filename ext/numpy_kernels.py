@@ -126,3 +126,42 @@ def plan_batches(lengths: np.ndarray, max_tokens: int, max_size: int, overhead: 
         ends.append(k)
         k = cut[k]
     return np.array(ends[::-1], dtype=np.int64)
+
+
+ENCODINGS = ("float16", "bfloat16", "int8", "uint8", "binary", "ubinary")
+
+
+def encoded_width(encoding: str, dims: int) -> int:
+    """Bytes one vector of `dims` components takes in `encoding` (float32 included)."""
+    per = {"float32": dims * 4, "float16": dims * 2, "bfloat16": dims * 2, "int8": dims, "uint8": dims,
+           "binary": (dims + 7) // 8, "ubinary": (dims + 7) // 8}
+    if encoding not in per:
+        raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    return per[encoding]
+
+
+def encode(x: np.ndarray, encoding: str, starts=None, steps=None) -> np.ndarray:
+    """IN x [B, D] float32; starts/steps [D] for int8/uint8. OUT [B, encoded_width] uint8."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    B, D = x.shape
+    encoded_width(encoding, D)
+    if encoding == "float16":
+        return x.astype("<f2").view(np.uint8).reshape(B, 2 * D)
+    if encoding == "bfloat16":
+        u = x.view(np.uint32).astype(np.uint64)
+        nan = np.isnan(x)
+        r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+        r[nan] = ((u[nan] >> 16) | 0x40).astype("<u2")
+        return r.view(np.uint8).reshape(B, 2 * D)
+    if encoding in ("int8", "uint8"):
+        if starts is None or steps is None:
+            raise ValueError(f"{encoding} needs starts and steps")
+        starts = np.asarray(starts, dtype=np.float32)
+        steps = np.asarray(steps, dtype=np.float32)
+        if starts.shape != (D,) or steps.shape != (D,):
+            raise ValueError(f"starts and steps must have {D} values")
+        q = np.nan_to_num(np.floor((x - starts) / steps), nan=0.0)
+        q = np.clip(q, 0, 255).astype(np.uint8)
+        return q ^ np.uint8(0x80) if encoding == "int8" else q
+    bits = np.packbits(x > 0, axis=-1).reshape(B, -1)
+    return bits ^ np.uint8(0x80) if encoding == "binary" else bits

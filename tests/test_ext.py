@@ -180,3 +180,72 @@ def test_plan_batches_splits_mixed_lengths_to_avoid_padding():
     lengths = np.array([200, 190, 30, 28, 27, 25, 5, 5, 4, 4], dtype=np.int64)
     ends = kernels.plan_batches(lengths, 4096, 64, 16)
     assert list(ends) == [2, 6, 10]  # long, medium and short texts run apart
+
+
+# ---- compact encodings --------------------------------------------------------------------------
+def _unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _st_ranges(calibration):
+    """starts/steps as quantize_embeddings computes them from calibration embeddings."""
+    ranges = np.vstack((calibration.min(axis=0), calibration.max(axis=0)))
+    steps = (ranges[1] - ranges[0]) / 255
+    return ranges, ranges[0], np.where(steps == 0, 1, steps)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("dims", [384, 13, 1])
+@pytest.mark.parametrize("precision", ["binary", "ubinary", "int8", "uint8"])
+def test_encode_matches_sentence_transformers_quantize_embeddings(k, dims, precision):
+    from sentence_transformers import quantize_embeddings
+
+    rng = np.random.default_rng(dims)
+    calibration, x = _unit_rows(rng, 500, dims), _unit_rows(rng, 64, dims)
+    x[0, :] = 0.0  # a zero row: no bit set, every component at its range's start or above
+    x[1, 0] = 5.0  # beyond the calibrated range: clipped
+    ranges, starts, steps = _st_ranges(calibration)
+    ref = quantize_embeddings(x, precision, ranges=ranges if precision.endswith("int8") else None)
+    got = k.encode(x, precision, starts, steps)
+    assert got.shape == (64, k.encoded_width(precision, dims))
+    np.testing.assert_array_equal(got.view(ref.dtype), ref)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_encode_float16_is_numpy_half_bit_for_bit(k):
+    rng = np.random.default_rng(1)
+    edges = np.array([0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 1e6, -1e6, 6e-5, 6.1e-5, 5.96e-8, 2.98e-8, 1e-9,
+                      np.inf, -np.inf, np.nan, 1.0009765625, 1.00048828125, 1.00146484375, 3.0517578e-05],
+                     dtype=np.float32)
+    x = np.concatenate([edges, rng.standard_normal(2000).astype(np.float32) * 10.0 ** rng.integers(-9, 5, 2000)])
+    x = x.astype(np.float32).reshape(-1, 4)
+    got = k.encode(x, "float16").view("<f2").reshape(x.shape)
+    with np.errstate(over="ignore"):
+        ref = x.astype("<f2")
+    np.testing.assert_array_equal(got.view(np.uint16)[~np.isnan(ref)], ref.view(np.uint16)[~np.isnan(ref)])
+    assert np.isnan(got[np.isnan(ref)]).all()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_encode_bfloat16_rounds_as_torch(k):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((50, 64)) * 10.0 ** rng.integers(-30, 30, (50, 64))).astype(np.float32)
+    x[0, :4] = [np.inf, -np.inf, 0.0, -0.0]
+    got = k.encode(x, "bfloat16").view("<u2").reshape(x.shape)
+    ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(got, ref)
+    x[1, 0] = np.nan
+    assert (k.encode(x, "bfloat16").view("<u2")[1, 0] & 0x7FC0) == 0x7FC0  # still a nan
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_encode_refuses_what_it_cannot_do(k):
+    x = np.ones((2, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="encoding"):
+        k.encode(x, "int4")
+    with pytest.raises(ValueError, match="starts and steps"):
+        k.encode(x, "int8")
+    with pytest.raises(ValueError, match="8 values"):
+        k.encode(x, "uint8", np.zeros(7, np.float32), np.ones(7, np.float32))
