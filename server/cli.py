@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from . import settings as settings_mod
 
@@ -73,6 +74,20 @@ def _export_parser(sub) -> None:
                    help="where the weights go: beside the graph in <graph>_data (default; ONNX Runtime maps "
                         "that file, so a model's sessions share it) or in the graph file (each session copies "
                         "them; under protobuf's 2 GB only)")
+
+
+def _calibrate_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="measure a model's int8/uint8 ranges on sample texts (ember.json)",
+                       description="Embed sample texts with the model (here, on the CPU) and record the range of "
+                                   "each component of its vectors, at every Matryoshka size, in the model's "
+                                   "ember.json: what ENCODING_INT8 and UINT8 quantize into. Use texts like the "
+                                   "ones you will embed; a serving process picks the ranges up on reload.")
+    p.add_argument("model_dir", help="an exported model directory")
+    p.add_argument("--texts", required=True, help="sample texts: JSONL, CSV/TSV, Parquet or plain text (at least 100)")
+    p.add_argument("--text-field", default="text", help="field / column holding the text")
+    p.add_argument("--limit", type=int, default=10000, help="use at most this many texts (default 10000)")
+    p.add_argument("--input-type", default="document", choices=["query", "document"],
+                   help="the model's prompt to use (default: document)")
 
 
 def _bulk_common(p) -> None:
@@ -180,7 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     _embed_parser(sub)
     _rerank_parser(sub)
     _merge_parser(sub)
+    _calibrate_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "calibrate":
+        from . import bulk
+        from .calibrate import CalibrationError, calibrate
+
+        try:
+            texts = bulk.read_records(Path(args.texts), text_field=args.text_field).texts[:args.limit]
+            m = calibrate(Path(args.model_dir), texts, input_type=args.input_type)
+        except (bulk.BulkError, CalibrationError) as e:
+            print(f"ember calibrate: {e}", file=sys.stderr)
+            return 2
+        print(f"calibrated {m.name} on {len(texts)} texts: int8/uint8 ranges for dimensions "
+              f"{', '.join(m.quantization_ranges)} written to {Path(args.model_dir) / 'ember.json'}")
+        return 0
 
     if args.command == "merge":
         from . import bulk

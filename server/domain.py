@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from .errors import InvalidArgument
 
 QUERY, DOCUMENT = 1, 2
+# Encoding / EmbedOutput enum values (ember.proto) → names.
+ENCODINGS = {0: "float", 1: "float", 2: "float32", 3: "float16", 4: "bfloat16", 5: "int8", 6: "uint8", 7: "binary",
+             8: "ubinary"}
+OUTPUTS = {1: "dense", 2: "sparse", 3: "multi_vector"}
 RIGHT, LEFT = "right", "left"
 
 
@@ -23,7 +27,16 @@ class EmbedParams:
     truncate: bool
     direction: str
     bulk: bool
-    packed: bool
+    encoding: str = "float"  # float (FloatVector), or the packed bytes' encoding: ENCODINGS
+    outputs: tuple[str, ...] = ()  # manifest output names; () = the model's first
+    sparse_top_k: int = 0
+    sparse_min_weight: float = 0.0
+    return_tokens: bool = False
+    int8_ranges: tuple | None = None  # (mins, maxes) float32 arrays from the request
+
+    @property
+    def packed(self) -> bool:
+        return self.encoding != "float"
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,11 +265,15 @@ class Engine:
         for b in blocks:
             self.pool.give(b)
 
-    def infer(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None) -> np.ndarray:
-        """IN padded ids/mask/type ids [B, T] int64. OUT pooled [B, D] float32 (embed) or logits [B] (rerank)."""
+    def infer(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None,
+              outputs: tuple[str, ...] | None = None) -> np.ndarray:
+        """IN padded ids/mask/type ids [B, T] int64. OUT pooled [B, D] float32 (embed) or logits [B]
+        (rerank); with `outputs` (manifest output names), a [B] object array of `Outputs`."""
         feed = {"input_ids": ids, "attention_mask": mask}
         if self.needs_type_ids:
             feed["token_type_ids"] = type_ids if type_ids is not None else np.zeros_like(ids)
+        if outputs is not None:
+            return self._outputs(feed, outputs)
         if self.pool is None or self._out_tail is None or not self.bind_io:
             return self._post(self._run(feed), mask, copy=False)
         blocks: list = []
@@ -277,6 +281,28 @@ class Engine:
             return self._post(self._run_bound(feed, blocks), mask, copy=True)
         finally:
             self.release(blocks)
+
+    def _outputs(self, feed: dict, wanted: tuple[str, ...]) -> np.ndarray:
+        """Every output in `wanted` of each input, from one run of the graph."""
+        m = self.manifest
+        graph_name = {"dense": m.output, "sparse": m.sparse_output, "multi_vector": m.multi_vector_output}
+        names = list(dict.fromkeys(graph_name[w] for w in wanted))
+        got = dict(zip(names, self._timed(lambda ro: self.session.run(names, feed, ro)), strict=True))
+        ids, mask = feed["input_ids"], feed["attention_mask"]
+        B = ids.shape[0]
+        dense = self._post(got[m.output], mask, copy=False) if "dense" in wanted else None
+        sparse = multi = None
+        if "sparse" in wanted:
+            w = np.asarray(got[m.sparse_output], dtype=np.float32)
+            sparse = vocab_weights(w) if m.sparse_kind == "vocab" else \
+                token_weights(ids, mask, w.reshape(B, -1), m.sparse_skip_ids)
+        if "multi_vector" in wanted:
+            multi = token_vectors(np.asarray(got[m.multi_vector_output], dtype=np.float32), mask)
+        rows = np.empty(B, dtype=object)
+        for b in range(B):
+            rows[b] = Outputs(None if dense is None else dense[b], None if sparse is None else sparse[b],
+                              None if multi is None else multi[b])
+        return rows
 
     def _post(self, out: np.ndarray, mask: np.ndarray, copy: bool) -> np.ndarray:
         """The model's answer from its raw output; with copy, never a view of `out` (a pooled buffer)."""
@@ -287,3 +313,47 @@ class Engine:
         if self.manifest.pooling == "none":  # pooled (and projected) in the graph: [B, D]
             return hidden.copy() if copy else hidden
         return kernels.pool(hidden, mask, self.manifest.pooling)
+
+
+class Outputs:
+    """One input's outputs when more than its dense vector is asked for (Engine.infer(outputs=…)):
+    the pooled dense vector (before truncation and normalization), the sparse weights as (ids
+    ascending uint32, weights float32), and the token vectors [n, D] (normalized)."""
+
+    __slots__ = ("dense", "sparse", "multi_vector")
+
+    def __init__(self, dense, sparse, multi_vector):
+        self.dense, self.sparse, self.multi_vector = dense, sparse, multi_vector
+
+
+def token_weights(ids: np.ndarray, mask: np.ndarray, weights: np.ndarray, skip: tuple[int, ...]) -> list:
+    """BGE-M3's lexical weights: each token id's largest weight over the input's real tokens,
+    weights <= 0 and the ids in `skip` (its special tokens) dropped. IN [B, T] each."""
+    out = []
+    skipped = np.isin(ids, np.asarray(skip, dtype=ids.dtype)) if skip else np.zeros(ids.shape, dtype=bool)
+    keep = (mask != 0) & (weights > 0) & ~skipped
+    for b in range(ids.shape[0]):
+        i, w = ids[b, keep[b]], weights[b, keep[b]]
+        uniq, inv = np.unique(i, return_inverse=True)
+        best = np.zeros(len(uniq), dtype=np.float32)
+        np.maximum.at(best, inv, w)
+        out.append((uniq.astype(np.uint32), best))
+    return out
+
+
+def vocab_weights(weights: np.ndarray) -> list:
+    """A SPLADE graph's pooled [B, V] weights as (ids, weights) of the non-zero entries."""
+    out = []
+    for row in weights:
+        nz = np.flatnonzero(row > 0)
+        out.append((nz.astype(np.uint32), row[nz].astype(np.float32)))
+    return out
+
+
+def token_vectors(vectors: np.ndarray, mask: np.ndarray) -> list:
+    """ColBERT vectors: one normalized row per real token but the first. IN [B, T, D], [B, T]."""
+    out = []
+    for b in range(vectors.shape[0]):
+        real = np.flatnonzero(mask[b])[1:]
+        out.append(kernels.l2_normalize(np.ascontiguousarray(vectors[b, real], dtype=np.float32)))
+    return out

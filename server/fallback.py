@@ -103,24 +103,26 @@ class FallbackEngine:
     def degraded(self) -> bool:
         return self.breaker.state != CLOSED
 
-    def infer(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None) -> np.ndarray:
+    def infer(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None,
+              outputs: tuple[str, ...] | None = None) -> np.ndarray:
+        extra = {} if outputs is None else {"outputs": outputs}
         if self.breaker.allow_primary():
             try:
-                out = self.primary.infer(ids, mask, type_ids)
+                out = self.primary.infer(ids, mask, type_ids, **extra)
             except Exception as e:  # any accelerator failure (OOM, driver, a run over --gpu-timeout-ms): retry on CPU
                 failed_at = time.monotonic()
                 self.primary_errors += 1
                 self.breaker.record_failure()
                 log.warning("model %s: accelerator batch failed (%s: %s); retrying on CPU", self.manifest.name,
                             type(e).__name__, e)
-                out = self._on_cpu(ids, mask, type_ids)
+                out = self._on_cpu(ids, mask, type_ids, extra)
                 self.last_switch_s = time.monotonic() - failed_at
                 return out
             self.breaker.record_success()
             self.primary_batches += 1
             return out
-        return self._on_cpu(ids, mask, type_ids)
+        return self._on_cpu(ids, mask, type_ids, extra)
 
-    def _on_cpu(self, ids, mask, type_ids) -> np.ndarray:
+    def _on_cpu(self, ids, mask, type_ids, extra: dict) -> np.ndarray:
         self.fallback_batches += 1
-        return self.fallback.infer(ids, mask, type_ids)
+        return self.fallback.infer(ids, mask, type_ids, **extra)

@@ -392,10 +392,10 @@ class HttpFrontend:
         resp = await self.core.tokenize_rpc(pb.TokenizeRequest(inputs=texts, prompt_name=body.get("prompt_name") or "",
                                                                return_ids=True), ctx, rid)
         model = self.server.registry.models.get(resp.model)
-        hf = getattr(model.tokenizer, "_full", None) if model else None
-        special = {i for i, t in (hf.get_added_tokens_decoder().items() if hf else []) if t.special}
-        return json_response([[{"id": i, "text": hf.id_to_token(i) if hf else "", "special": i in special,
-                                "start": None, "stop": None} for i in t.ids] for t in resp.inputs])
+        special = model.tokenizer.special_ids() if model else set()
+        return json_response([[{"id": i, "text": text, "special": i in special, "start": None, "stop": None}
+                               for i, text in zip(t.ids, model.tokenizer.token_texts(t.ids) if model else
+                                                  [""] * len(t.ids), strict=True)] for t in resp.inputs])
 
     async def tei_info(self, request: web.Request) -> web.Response:
         self._authorize(request)

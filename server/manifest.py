@@ -17,6 +17,8 @@ FORMAT_VERSION = 1
 TASKS = ("embed", "rerank")
 DTYPES = ("fp32", "fp16", "int8", "bf16")
 POOLINGS = ("mean", "cls", "last", "max", "none")
+OUTPUTS = ("dense", "sparse", "multi_vector")
+SPARSE_KINDS = ("token", "vocab")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,12 +47,26 @@ class Manifest:
     # A reranker scored on one templated sequence (Qwen3-Reranker): prefix + body + suffix, the body
     # formatted with {instruction}, {query}, {document}; only the body is truncated.
     rerank_template: dict[str, str] = field(default_factory=dict)
+    # What Embed can return (the default first): "dense" is `output` pooled; "sparse" is read from
+    # `sparse_output`, either per token ("token": [B, T] weights, BGE-M3's lexical weights, kept per
+    # token id at their max, the ids in `sparse_skip_ids` dropped) or per vocabulary id ("vocab":
+    # [B, V], SPLADE, pooled in the graph); "multi_vector" is `multi_vector_output` [B, T, D], one
+    # row per real token but the first, each normalized (BGE-M3's ColBERT vectors).
+    outputs: tuple[str, ...] = ("dense",)
+    sparse_output: str = ""
+    sparse_kind: str = ""
+    sparse_skip_ids: tuple[int, ...] = ()
+    multi_vector_output: str = ""
+    # Calibrated int8 ranges of the dense vectors, per served dimension (str(dims) ->
+    # [mins, maxes], of truncated, normalized vectors): `ember calibrate`.
+    quantization_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
         d = asdict(self)
         d["matryoshka_dimensions"] = list(self.matryoshka_dimensions)
+        d["outputs"], d["sparse_skip_ids"] = list(self.outputs), list(self.sparse_skip_ids)
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -58,6 +74,8 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["matryoshka_dimensions"] = tuple(int(x) for x in d.get("matryoshka_dimensions", ()))
+        kwargs["outputs"] = tuple(d.get("outputs") or ("dense",))
+        kwargs["sparse_skip_ids"] = tuple(int(x) for x in d.get("sparse_skip_ids", ()))
         m = cls(**kwargs)
         m.validate()
         return m
@@ -80,6 +98,17 @@ class Manifest:
         bad = [d for d in self.matryoshka_dimensions if not 0 < d <= self.dimensions]
         if bad:
             raise ModelLoadError(f"{MANIFEST}: matryoshka_dimensions {bad} exceed dimensions {self.dimensions}")
+        outputs = self.outputs
+        if not outputs or any(o not in OUTPUTS for o in outputs) or len(set(outputs)) != len(outputs):
+            raise ModelLoadError(f"{MANIFEST}: outputs {list(self.outputs)} must be distinct names of {OUTPUTS}")
+        if "sparse" in self.outputs and (not self.sparse_output or self.sparse_kind not in SPARSE_KINDS):
+            raise ModelLoadError(f"{MANIFEST}: a sparse output needs sparse_output and sparse_kind ({SPARSE_KINDS})")
+        if "multi_vector" in self.outputs and not self.multi_vector_output:
+            raise ModelLoadError(f"{MANIFEST}: a multi_vector output needs multi_vector_output")
+        for dims, pair in self.quantization_ranges.items():
+            if not (str(dims).isdigit() and len(pair) == 2 and len(pair[0]) == len(pair[1]) == int(dims)):
+                raise ModelLoadError(f"{MANIFEST}: quantization_ranges[{dims!r}] must be [mins, maxes] of {dims} "
+                                     "values")
         for name in (self.query_prompt_name, self.document_prompt_name, self.default_prompt_name):
             if name and name not in self.prompts:
                 raise ModelLoadError(f"{MANIFEST}: prompt {name!r} is named but not among prompts")

@@ -74,6 +74,8 @@ class Job:
     pending: deque = field(default_factory=deque)
     backlog_tokens: int = 0
     order: tuple = ()
+    # Engine.infer's `outputs` (None: the dense vectors alone, as a float32 array of rows).
+    outputs: tuple[str, ...] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -168,14 +170,15 @@ class ModelScheduler:
         """Nothing queued and no batch running."""
         return not self._busy and not self.queued()
 
-    def submit(self, items: list[Tokenized], *, priority: int, deadline: float | None) -> Job:
+    def submit(self, items: list[Tokenized], *, priority: int, deadline: float | None,
+               outputs: tuple[str, ...] | None = None) -> Job:
         """Queue a job; `job.future` resolves to its results array (rows in input order).
 
         Refused at once (ResourceExhausted, with a retry hint) when the queue is full, or when the
         backlog that runs before it, at the rate the model has been measured to drain it, would
         not let it finish by its deadline (a job without one: within default_deadline_s).
         """
-        job = _new_job(items, priority, deadline)
+        job = _new_job(items, priority, deadline, outputs)
         tokens = sum(t.tokens for t in items)
         with self._cond:
             if self._stopping:
@@ -273,7 +276,7 @@ class ModelScheduler:
                 self._unqueue(job, job.priority, job.backlog_tokens)
 
     def run_inline(self, items: list[Tokenized], *, priority: int, deadline: float | None = None,
-                   min_idle_s: float = 0.0) -> Job | None:
+                   min_idle_s: float = 0.0, outputs: tuple[str, ...] | None = None) -> Job | None:
         """Run a small REALTIME job on the calling (event loop) thread when the model is idle.
 
         With nothing queued and nothing running there is nothing to batch with, and the two thread
@@ -287,7 +290,7 @@ class ModelScheduler:
             return None
         if deadline is not None and time.monotonic() >= deadline:
             raise self._late(len(items), "the deadline passed before inference")
-        job = _new_job(items, priority, deadline)
+        job = _new_job(items, priority, deadline, outputs)
         with self._cond:
             if self._stopping or self._busy or self.queued() or time.monotonic() - self.idle_since < min_idle_s:
                 return None
@@ -540,7 +543,12 @@ class ModelScheduler:
         for it in batch:
             if it.job.started is None:
                 it.job.started = t0
-        out = engine.infer(ids, mask, type_ids)
+        # Jobs that want more than the dense vectors share the batch's one run with those that do not.
+        wanted = {o for it in batch if it.job.outputs for o in it.job.outputs}
+        if wanted and any(it.job.outputs is None for it in batch):
+            wanted.add("dense")
+        out = engine.infer(ids, mask, type_ids, outputs=tuple(sorted(wanted))) if wanted else \
+            engine.infer(ids, mask, type_ids)
         elapsed = time.monotonic() - t0
         if self.metrics is not None:
             m = self.metrics
@@ -556,11 +564,14 @@ class ModelScheduler:
             # Batches of one job can end at once on two lanes: its results array is made once, and
             # its count of rows still to come is kept under the lock (a lost update would deliver
             # the job with rows never written, or never deliver it).
+            mine = out[rows]
+            if job.outputs is None and mine.dtype == object:  # in a batch with jobs that wanted more
+                mine = np.stack([o.dense for o in mine])
             if job.results is None:
                 with self._cond:
                     if job.results is None:
-                        job.results = np.empty((len(job.items),) + out.shape[1:], dtype=np.float32)
-            job.results[[batch[r].index for r in rows]] = out[rows]
+                        job.results = np.empty((len(job.items),) + mine.shape[1:], dtype=mine.dtype)
+            job.results[[batch[r].index for r in rows]] = mine
             with self._cond:
                 job.inference_s += elapsed
                 job.remaining -= len(rows)
@@ -652,10 +663,11 @@ def _unpin_here(mask: set[int]) -> None:
         log.debug("could not give the calling thread its cores back: %s", e)
 
 
-def _new_job(items: list[Tokenized], priority: int, deadline: float | None) -> Job:
+def _new_job(items: list[Tokenized], priority: int, deadline: float | None,
+             outputs: tuple[str, ...] | None = None) -> Job:
     loop = asyncio.get_running_loop()
     return Job(items=items, priority=priority, deadline=deadline, loop=loop, future=loop.create_future(),
-               remaining=len(items))
+               remaining=len(items), outputs=outputs)
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:

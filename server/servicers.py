@@ -80,13 +80,34 @@ def embed_params(req: pb.EmbedRequest, settings: Settings) -> EmbedParams:
                        max_total_chars=settings.max_request_chars)
     domain.check_enum("input_type", req.input_type, range(0, 3))
     domain.check_enum("priority", req.priority, range(0, 3))
-    domain.check_enum("encoding", req.encoding, range(0, 3))
+    domain.check_enum("encoding", req.encoding, range(0, len(domain.ENCODINGS)))
+    outputs = []
+    for i, o in enumerate(req.outputs):
+        if o not in domain.OUTPUTS:
+            raise InvalidArgument(f"outputs[{i}]", f"unknown value {o} (allowed: 1 = DENSE, 2 = SPARSE, "
+                                                   "3 = MULTI_VECTOR)")
+        if domain.OUTPUTS[o] not in outputs:
+            outputs.append(domain.OUTPUTS[o])
+    sparse = req.sparse
+    if not (math.isfinite(sparse.min_weight) and sparse.min_weight >= 0):
+        raise InvalidArgument("sparse.min_weight", f"is {sparse.min_weight}; give a weight >= 0")
+    ranges = None
+    if req.HasField("int8_ranges"):
+        lo = np.asarray(req.int8_ranges.min, dtype=np.float32)
+        hi = np.asarray(req.int8_ranges.max, dtype=np.float32)
+        if len(lo) != len(hi) or not len(lo):
+            raise InvalidArgument("int8_ranges", f"has {len(lo)} mins and {len(hi)} maxes; give one of each per "
+                                                 "dimension")
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
+            raise InvalidArgument("int8_ranges", "every min and max must be finite, each min <= its max")
+        ranges = (lo, hi)
     return EmbedParams(
         model=req.model, inputs=inputs, input_type=req.input_type, prompt_name=req.prompt_name,
         normalize=optional_bool(req, "normalize", True), dimensions=req.dimensions,
         truncate=optional_bool(req, "truncate", True),
         direction=domain.direction_of(req.truncation_direction), bulk=req.priority == pb.PRIORITY_BULK,
-        packed=req.encoding == pb.ENCODING_FLOAT32_BYTES,
+        encoding=domain.ENCODINGS[req.encoding], outputs=tuple(outputs), sparse_top_k=sparse.top_k,
+        sparse_min_weight=sparse.min_weight, return_tokens=sparse.return_tokens, int8_ranges=ranges,
     )
 
 
@@ -134,6 +155,71 @@ def check_dimensions(m: Manifest, dims: int) -> int:
         allowed = ", ".join(str(d) for d in m.matryoshka_dimensions)
         raise InvalidArgument("dimensions", f"is {dims}; model {m.name} allows {allowed} (or 0 = {m.dimensions})")
     return dims
+
+
+def model_outputs(m: Manifest, asked: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs a request gets: those it asked for, else the model's first."""
+    missing = [o for o in asked if o not in m.outputs]
+    if missing:
+        names = ", ".join(o.upper() for o in m.outputs)
+        raise InvalidArgument("outputs", f"model {m.name} has no {missing[0].upper()} output (it has {names})")
+    return asked or m.outputs[:1]
+
+
+def dense_encoding(m: Manifest, p: EmbedParams, dims: int, outputs: tuple[str, ...]):
+    """(starts, steps) of the request's int8/uint8 encoding, else None; refuses what cannot be done."""
+    if p.encoding not in ("int8", "uint8"):
+        return None
+    if "multi_vector" in outputs:
+        raise InvalidArgument("encoding", f"{p.encoding.upper()} is for dense vectors; multi_vector rows come as "
+                                          "FLOAT, FLOAT32_BYTES, FLOAT16, BFLOAT16, BINARY or UBINARY")
+    if "dense" not in outputs:
+        return None
+    if p.int8_ranges is not None:
+        lo, hi = p.int8_ranges
+        if len(lo) != dims:
+            raise InvalidArgument("int8_ranges", f"has {len(lo)} values per end; the vectors have {dims} dimensions")
+    else:
+        pair = m.quantization_ranges.get(str(dims)) if p.normalize else None
+        if pair is None:
+            why = "for vectors with normalize=false" if not p.normalize else f"for {dims} dimensions"
+            raise InvalidArgument("encoding", f"{p.encoding.upper()} needs ranges: model {m.name} has none calibrated "
+                                              f"{why}; pass int8_ranges, or calibrate the model (ember calibrate "
+                                              "MODEL_DIR --texts FILE)")
+        lo, hi = (np.asarray(v, dtype=np.float32) for v in pair)
+    steps = (hi - lo) / np.float32(255)
+    return lo, np.where(steps == 0, np.float32(1), steps).astype(np.float32)
+
+
+def encodings_of(m: Manifest) -> list[int]:
+    """The Encoding values Embed can answer for `m` without int8_ranges (ModelInfo.encodings)."""
+    names = [n for n in ("float", "float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary")
+             if n not in ("int8", "uint8") or str(m.dimensions) in m.quantization_ranges]
+    return [next(v for v, k in domain.ENCODINGS.items() if k == n and v) for n in names]
+
+
+def sparse_bytes(model: LoadedModel, sparse, p: EmbedParams) -> bytes:
+    """A SparseVector's bytes: the weights over min_weight, the top_k largest, by id ascending."""
+    ids, weights = sparse
+    if p.sparse_min_weight:
+        keep = weights >= p.sparse_min_weight
+        ids, weights = ids[keep], weights[keep]
+    if p.sparse_top_k and len(ids) > p.sparse_top_k:
+        top = np.sort(np.argsort(-weights, kind="stable")[:p.sparse_top_k])
+        ids, weights = ids[top], weights[top]
+    msg = pb.SparseVector(indices=ids.tolist(), values=weights.tolist())
+    if p.return_tokens:
+        msg.tokens.extend(model.tokenizer.token_texts(ids))
+    return msg.SerializeToString()
+
+
+def multi_vector_bytes(vectors: np.ndarray, encoding: str) -> bytes:
+    rows, dims = vectors.shape
+    if encoding in ("float", "float32"):
+        data = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+    else:
+        data = kernels.encode(np.ascontiguousarray(vectors, dtype=np.float32), encoding).tobytes()
+    return pb.MultiVector(rows=rows, dimensions=dims, packed=data).SerializeToString()
 
 
 def finish_embeddings(vectors: np.ndarray, dims: int, normalize: bool) -> np.ndarray:
@@ -224,7 +310,8 @@ class Core:
             reader.cancel()
         return len(readers)
 
-    async def infer(self, model: LoadedModel, toks: list, priority: int, context) -> Job:
+    async def infer(self, model: LoadedModel, toks: list, priority: int, context,
+                    outputs: tuple[str, ...] | None = None) -> Job:
         """Hand tokenized items to the model: on the loop when nothing else is in flight, else queued.
 
         The inline path is only taken by a call that is alone: the yield lets every call that
@@ -241,10 +328,12 @@ class Core:
             if self.in_flight == 1:
                 alone = s.inline_alone_ms and time.monotonic() - self.overlap_at >= s.inline_alone_ms / 1e3
                 job = model.scheduler.run_inline(toks, priority=priority, deadline=deadline,
-                                                 min_idle_s=0.0 if alone else s.inline_idle_us / 1e6)
+                                                 min_idle_s=0.0 if alone else s.inline_idle_us / 1e6,
+                                                 **({"outputs": outputs} if outputs else {}))
                 if job is not None:
                     return job
-        return model.scheduler.submit(toks, priority=priority, deadline=deadline)
+        return model.scheduler.submit(toks, priority=priority, deadline=deadline,
+                                      **({"outputs": outputs} if outputs else {}))
 
     def accepting(self) -> None:
         if self.state.draining:
@@ -274,12 +363,29 @@ class Core:
         use(model)
         m = model.manifest
         prompt = resolve_prompt(m, p.input_type, p.prompt_name)
-        dims = check_dimensions(m, p.dimensions)
+        outputs = model_outputs(m, p.outputs)
+        dense = "dense" in outputs
+        dims = check_dimensions(m, p.dimensions) if dense else 0
+        int8 = dense_encoding(m, p, dims, outputs)
         texts = [prompt + t for t in p.inputs] if prompt else p.inputs
-        raw, counts, cut, tok_s, job = await self._pooled(model, p, prompt, texts, context)
-        vectors = finish_embeddings(raw, dims, p.normalize)
-        resp = wire.embed_response(vectors, counts, cut, p.packed)
+        extras = None
+        if outputs == ("dense",):
+            raw, counts, cut, tok_s, job = await self._pooled(model, p, prompt, texts, context)
+        else:
+            toks, tok_s = await self.tokenize(model.tokenizer.encode, texts, truncate=p.truncate,
+                                              direction=p.direction, chars=sum(map(len, texts)))
+            job = await self.infer(model, toks, BULK if p.bulk else REALTIME, context, outputs=outputs)
+            rows = await job.future
+            counts, cut = [t.tokens for t in toks], [t.truncated for t in toks]
+            raw = np.stack([r.dense for r in rows]) if dense else None
+            extras = [self._extras(model, r, p) for r in rows]
+        vectors = finish_embeddings(raw, dims, p.normalize) if dense else None
+        if dense and p.encoding not in ("float", "float32"):
+            vectors = kernels.encode(vectors, p.encoding, *(int8 or ()))
+        resp = wire.embed_response(vectors, counts, cut, p.packed, extras)
         resp.model, resp.dimensions, resp.request_id = model.name, dims, request_id
+        if "sparse" in outputs:
+            resp.sparse_dimensions = model.tokenizer.vocab_size()
         resp.usage.prompt_tokens = resp.usage.total_tokens = sum(counts)
         resp.timing.CopyFrom(_timing(t0, tok_s, job.queue_s() if job else 0.0, job.inference_s if job else 0.0))
         self._observe(model.name, tok_s, job, resp.usage.total_tokens)
@@ -315,6 +421,16 @@ class Core:
             self.cache.put(keys[i], entries[i])
         raw = np.stack([e.vector for e in entries])
         return raw, [e.tokens for e in entries], [e.truncated for e in entries], tok_s, job
+
+    @staticmethod
+    def _extras(model: LoadedModel, row, p: EmbedParams) -> bytes:
+        """One input's sparse and multi-vector outputs as Embedding field bytes."""
+        out = b""
+        if row.sparse is not None:
+            out += wire.field_bytes(pb.Embedding, "sparse", sparse_bytes(model, row.sparse, p))
+        if row.multi_vector is not None:
+            out += wire.field_bytes(pb.Embedding, "multi_vector", multi_vector_bytes(row.multi_vector, p.encoding))
+        return out
 
     def _observe(self, model: str, tok_s: float, job, tokens: int) -> None:
         m = self.metrics
@@ -419,6 +535,9 @@ class Core:
                 fallback_batches=getattr(model.engine, "fallback_batches", 0),
                 accelerator_errors=getattr(model.engine, "primary_errors", 0),
                 max_batch_tokens=model.scheduler.max_batch_tokens, lanes=len(model.scheduler.lanes),
+                outputs=[k for o in m.outputs for k, v in domain.OUTPUTS.items() if v == o]
+                if m.task == "embed" else [],
+                encodings=encodings_of(m) if m.task == "embed" and "dense" in m.outputs else [],
             ))
         return pb.ListModelsResponse(models=out)
 

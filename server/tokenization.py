@@ -207,6 +207,17 @@ class Tokenized:
 
 
 class ModelTokenizer:
+    def token_texts(self, ids) -> list[str]:
+        """The vocabulary's text of each token id ("" for an id it does not have)."""
+        return [self._full.id_to_token(int(i)) or "" for i in ids]
+
+    def vocab_size(self) -> int:
+        return self._full.get_vocab_size(with_added_tokens=True)
+
+    def special_ids(self) -> set[int]:
+        """Ids of the special tokens ([CLS], </s>, <pad>, …)."""
+        return {i for i, t in self._full.get_added_tokens_decoder().items() if t.special}
+
     def __init__(self, model_dir: Path, manifest: Manifest, with_type_ids: bool, fast: bool = True):
         path = model_dir / "tokenizer.json"
         base = Tokenizer.from_file(str(path))

@@ -41,21 +41,34 @@ _TOKENS = _tag(pb.Embedding, "tokens", _VARINT)
 _TRUNCATED = _tag(pb.Embedding, "truncated", _VARINT) + b"\x01"
 
 
-def embed_response(vectors: np.ndarray, tokens: Sequence[int], truncated: Sequence[bool],
-                   packed: bool) -> pb.EmbedResponse:
-    """An EmbedResponse holding one Embedding per row (values or packed), with tokens/truncated."""
-    rows = np.ascontiguousarray(vectors, dtype="<f4")
-    n = rows.shape[1] * 4
-    if packed:
-        head = _PACKED + _varint(n)
-    else:  # Embedding.values is a FloatVector message whose only field is the packed floats
-        floats = _FLOATS + _varint(n)
-        head = _VALUES + _varint(len(floats) + n) + floats
-    body = memoryview(rows.tobytes())
+def field_bytes(message, field: str, payload: bytes) -> bytes:
+    """A length-delimited field of `message` holding `payload` (a sub-message's or bytes' wire bytes)."""
+    return _tag(message, field, _LEN) + _varint(len(payload)) + payload
+
+
+def embed_response(vectors: np.ndarray | None, tokens: Sequence[int], truncated: Sequence[bool],
+                   packed: bool, extras: Sequence[bytes] | None = None) -> pb.EmbedResponse:
+    """An EmbedResponse holding one Embedding per input, with tokens/truncated: each row of
+    `vectors` as values (float32), or as packed bytes (float32 rows, or uint8 rows already
+    encoded); no vector where `vectors` is None. `extras`: each Embedding's further field bytes."""
+    count = len(tokens)
+    if vectors is None:
+        n, head, body = 0, b"", memoryview(b"")
+    else:
+        rows = vectors if vectors.dtype == np.uint8 else np.ascontiguousarray(vectors, dtype="<f4")
+        n = rows.shape[1] * rows.itemsize
+        if packed:
+            head = _PACKED + _varint(n)
+        else:  # Embedding.values is a FloatVector message whose only field is the packed floats
+            floats = _FLOATS + _varint(n)
+            head = _VALUES + _varint(len(floats) + n) + floats
+        body = memoryview(np.ascontiguousarray(rows).tobytes())
     parts: list = []
-    for i in range(rows.shape[0]):
+    for i in range(count):
         tail = _TOKENS + _varint(tokens[i]) if tokens[i] else b""
         if truncated[i]:
             tail += _TRUNCATED
+        if extras is not None:
+            tail += extras[i]
         parts += (_EMBEDDINGS, _varint(len(head) + n + len(tail)), head, body[i * n:(i + 1) * n], tail)
     return pb.EmbedResponse.FromString(b"".join(parts))

@@ -21,6 +21,15 @@ from .v1 import ember_pb2_grpc as pb_grpc
 _INPUT_TYPE = {None: pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
 _PRIORITY = {"realtime": pb.PRIORITY_REALTIME, "bulk": pb.PRIORITY_BULK}
 _DIRECTION = {"right": pb.TRUNCATION_DIRECTION_RIGHT, "left": pb.TRUNCATION_DIRECTION_LEFT}
+# encoding= of embed / embed_stream / encode: the wire encoding and the dtype of the rows returned.
+# bfloat16 rows come as their uint16 bits (view them as ml_dtypes.bfloat16, or torch.bfloat16);
+# binary / ubinary rows hold ceil(dimensions / 8) bytes of sign bits (as sentence-transformers').
+ENCODINGS = {"float32": (pb.ENCODING_FLOAT32_BYTES, "<f4"), "float16": (pb.ENCODING_FLOAT16, "<f2"),
+             "bfloat16": (pb.ENCODING_BFLOAT16, "<u2"), "int8": (pb.ENCODING_INT8, "i1"),
+             "uint8": (pb.ENCODING_UINT8, "u1"), "binary": (pb.ENCODING_BINARY, "i1"),
+             "ubinary": (pb.ENCODING_UBINARY, "u1")}
+_OUTPUTS = {"dense": pb.EMBED_OUTPUT_DENSE, "sparse": pb.EMBED_OUTPUT_SPARSE,
+            "multi_vector": pb.EMBED_OUTPUT_MULTI_VECTOR}
 _OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
             ("grpc.lb_policy_name", "round_robin")]  # every address a target resolves to gets calls in turn
 # Worth another try: refused or overloaded (the server's RetryInfo says when), or cut off while a
@@ -275,7 +284,7 @@ class StreamPool:
                         failures = 0
                         with self.cond:
                             if i >= self.next_out and i not in self.results:
-                                self.results[i] = embeddings_array(resp)
+                                self.results[i] = embeddings_array(resp, options.get("encoding", "float32"))
                                 self.answers_by_replica[address] = self.answers_by_replica.get(address, 0) + 1
                             self.cond.notify_all()
                     continue  # half-closed with everything answered: look for more
@@ -380,15 +389,25 @@ class ModelFacts:
 
 def _embed_request(texts: Sequence[str], model: str, input_type: str | None, prompt_name: str,
                    normalize: bool | None, dimensions: int, truncate: bool | None, truncation_direction: str,
-                   priority: str, request_id: str) -> pb.EmbedRequest:
+                   priority: str, request_id: str, encoding: str = "float32", int8_ranges=None,
+                   outputs: Sequence[str] = (), sparse: dict | None = None) -> pb.EmbedRequest:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     req = pb.EmbedRequest(model=model, inputs=list(texts), input_type=_INPUT_TYPE[input_type],
                           prompt_name=prompt_name, dimensions=dimensions,
                           truncation_direction=_DIRECTION[truncation_direction], priority=_PRIORITY[priority],
-                          encoding=pb.ENCODING_FLOAT32_BYTES, request_id=request_id)
+                          encoding=ENCODINGS[encoding][0], request_id=request_id,
+                          outputs=[_OUTPUTS[o] for o in outputs])
     if normalize is not None:
         req.normalize = normalize
     if truncate is not None:
         req.truncate = truncate
+    if int8_ranges is not None:
+        lo, hi = int8_ranges
+        req.int8_ranges.min.extend(np.asarray(lo, dtype=np.float32).tolist())
+        req.int8_ranges.max.extend(np.asarray(hi, dtype=np.float32).tolist())
+    if sparse:
+        req.sparse.CopyFrom(pb.SparseOptions(**sparse))
     return req
 
 
@@ -408,17 +427,74 @@ def _stream_request(chunk: list[str], i: int, options: dict) -> pb.EmbedRequest:
     return _embed_request(chunk, options.get("model", ""), options.get("input_type"),
                           options.get("prompt_name", ""), options.get("normalize"), options.get("dimensions", 0),
                           options.get("truncate"), options.get("truncation_direction", "right"),
-                          options.get("priority", "bulk"), str(i))
+                          options.get("priority", "bulk"), str(i), options.get("encoding", "float32"),
+                          options.get("int8_ranges"))
 
 
-def embeddings_array(resp: pb.EmbedResponse) -> np.ndarray:
-    """An EmbedResponse's vectors as a float32 [n, dimensions] array (either encoding)."""
+def embeddings_array(resp: pb.EmbedResponse, encoding: str = "float32") -> np.ndarray:
+    """An EmbedResponse's dense vectors as an [n, …] array: float32 [n, dimensions] for FLOAT and
+    FLOAT32_BYTES, else the rows of `encoding` (the one asked for) as ENCODINGS types them."""
+    dtype = np.dtype(ENCODINGS[encoding][1])
     if not resp.embeddings:
-        return np.zeros((0, resp.dimensions), dtype=np.float32)
-    if resp.embeddings[0].WhichOneof("data") == "packed":
-        buf = b"".join(e.packed for e in resp.embeddings)
-        return np.frombuffer(buf, dtype="<f4").reshape(len(resp.embeddings), resp.dimensions).astype(np.float32)
-    return np.array([e.values.values for e in resp.embeddings], dtype=np.float32)
+        return np.zeros((0, resp.dimensions), dtype=dtype)
+    if resp.embeddings[0].WhichOneof("data") == "values":
+        return np.array([e.values.values for e in resp.embeddings], dtype=np.float32)
+    buf = b"".join(e.packed for e in resp.embeddings)
+    return np.frombuffer(buf, dtype=dtype).reshape(len(resp.embeddings), -1).copy()
+
+
+class SparseEmbeddings:
+    """Sparse vectors of a batch: for row i, `indices[i]` (vocabulary ids, ascending, uint32),
+    `values[i]` (float32 weights) and, where asked for, `tokens[i]` (their texts). `dimensions`
+    is the vocabulary size. `to_scipy()` gives a scipy.sparse CSR array (where scipy is installed)."""
+
+    def __init__(self, indices: list, values: list, tokens: list | None, dimensions: int):
+        self.indices, self.values, self.tokens, self.dimensions = indices, values, tokens, dimensions
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        """Row i as {token id (or token text, where returned): weight}."""
+        keys = self.tokens[i] if self.tokens else self.indices[i].tolist()
+        return dict(zip(keys, self.values[i].tolist(), strict=True))
+
+    def to_scipy(self):
+        from scipy.sparse import csr_array
+
+        lengths = [len(i) for i in self.indices]
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        def cat(parts, dtype):
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        return csr_array((cat(self.values, np.float32), cat(self.indices, np.int64), indptr),
+                         shape=(len(self.indices), self.dimensions))
+
+
+@dataclass
+class Encoded:
+    """What `Client.encode` returns: each output asked for, else None. dense: an array as
+    `embed` returns it; sparse: SparseEmbeddings; multi_vector: one [tokens - 1, D] array per text."""
+
+    dense: np.ndarray | None
+    sparse: SparseEmbeddings | None
+    multi_vector: list[np.ndarray] | None
+
+
+def encoded(resp: pb.EmbedResponse, outputs: Sequence[str], encoding: str) -> Encoded:
+    dense = embeddings_array(resp, encoding) if "dense" in outputs else None
+    sparse = multi = None
+    if "sparse" in outputs:
+        vs = [e.sparse for e in resp.embeddings]
+        sparse = SparseEmbeddings([np.array(v.indices, dtype=np.uint32) for v in vs],
+                                  [np.array(v.values, dtype=np.float32) for v in vs],
+                                  [list(v.tokens) for v in vs] if any(v.tokens for v in vs) else None,
+                                  resp.sparse_dimensions)
+    if "multi_vector" in outputs:
+        dtype = np.dtype("<f4" if encoding == "float32" else ENCODINGS[encoding][1])
+        multi = [np.frombuffer(e.multi_vector.packed, dtype=dtype).reshape(e.multi_vector.rows, -1).copy()
+                 for e in resp.embeddings]
+    return Encoded(dense, sparse, multi)
 
 
 def _tokenize_request(texts: Sequence[str], model: str, input_type: str | None, prompt_name: str,
@@ -496,17 +572,33 @@ class Client:
 
     def embed(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None, prompt_name: str = "",
               normalize: bool | None = None, dimensions: int = 0, truncate: bool | None = None,
-              truncation_direction: str = "right", priority: str = "realtime", request_id: str = "") -> np.ndarray:
-        """Embed texts; returns float32 [len(texts), dimensions] (many texts: chunked over a stream)."""
+              truncation_direction: str = "right", priority: str = "realtime", request_id: str = "",
+              encoding: str = "float32", int8_ranges=None) -> np.ndarray:
+        """Embed texts; returns [len(texts), dimensions] float32, or the rows of `encoding` (ENCODINGS:
+        float16, bfloat16, int8, uint8, binary, ubinary; int8/uint8 in the model's calibrated ranges or
+        `int8_ranges` = (mins, maxes)). Many texts are chunked over a stream."""
         if len(texts) > self.chunk_size:
             parts = list(self.embed_stream(texts, batch_size=self.chunk_size, model=model, input_type=input_type,
                                            prompt_name=prompt_name, normalize=normalize, dimensions=dimensions,
                                            truncate=truncate, truncation_direction=truncation_direction,
-                                           priority=priority))
+                                           priority=priority, encoding=encoding, int8_ranges=int8_ranges))
             return np.concatenate(parts)
         req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
-                             truncation_direction, priority, request_id)
-        return embeddings_array(_call_with_retries(self, self._embedder.Embed, req))
+                             truncation_direction, priority, request_id, encoding, int8_ranges)
+        return embeddings_array(_call_with_retries(self, self._embedder.Embed, req), encoding)
+
+    def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False, multi_vector: bool = False,
+               model: str = "", input_type: str | None = None, prompt_name: str = "", dimensions: int = 0,
+               truncate: bool | None = None, priority: str = "realtime", encoding: str = "float32",
+               sparse_top_k: int = 0, sparse_min_weight: float = 0.0, return_tokens: bool = False,
+               request_id: str = "") -> Encoded:
+        """Any of a model's outputs for texts, from one run: the dense vectors, the sparse weights
+        (SPLADE, BGE-M3's lexical weights) and the multi-vectors (BGE-M3's ColBERT vectors)."""
+        outputs = [o for o, on in (("dense", dense), ("sparse", sparse), ("multi_vector", multi_vector)) if on]
+        options = {"top_k": sparse_top_k, "min_weight": sparse_min_weight, "return_tokens": return_tokens}
+        req = _embed_request(texts, model, input_type, prompt_name, None, dimensions, truncate, "right", priority,
+                             request_id, encoding, None, outputs, options if sparse else None)
+        return encoded(_call_with_retries(self, self._embedder.Embed, req), outputs, encoding)
 
     def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, window: int = 32, streams: int = 1,
                      **options) -> Iterator[np.ndarray]:
@@ -558,7 +650,7 @@ class Client:
                     slots.release()
                     pending.answered(resp.request_id)
                     failures = 0
-                    yield embeddings_array(resp)
+                    yield embeddings_array(resp, options.get("encoding", "float32"))
                 if pending.finished():
                     return
                 raise RuntimeError("EmbedStream ended with messages unanswered")
@@ -633,10 +725,10 @@ class AsyncClient:
     async def embed(self, texts: Sequence[str], *, model: str = "", input_type: str | None = None,
                     prompt_name: str = "", normalize: bool | None = None, dimensions: int = 0,
                     truncate: bool | None = None, truncation_direction: str = "right", priority: str = "realtime",
-                    request_id: str = "") -> np.ndarray:
+                    request_id: str = "", encoding: str = "float32", int8_ranges=None) -> np.ndarray:
         req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
-                             truncation_direction, priority, request_id)
-        return embeddings_array(await _acall_with_retries(self, self._embedder.Embed, req))
+                             truncation_direction, priority, request_id, encoding, int8_ranges)
+        return embeddings_array(await _acall_with_retries(self, self._embedder.Embed, req), encoding)
 
     async def embed_stream(self, texts: Iterable[str] | AsyncIterable[str], *, batch_size: int = 64,
                            **options) -> AsyncIterator[np.ndarray]:
@@ -676,7 +768,7 @@ class AsyncClient:
                     if resp.request_id != str(i):
                         raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
                     failures = 0
-                    yield embeddings_array(resp)
+                    yield embeddings_array(resp, options.get("encoding", "float32"))
                 if state["exhausted"] and not sent:
                     return
                 raise RuntimeError("EmbedStream ended with messages unanswered")

@@ -14,6 +14,7 @@ export interface ProtoGrpcType {
   ember: {
     v1: {
       Admin: SubtypeConstructor<typeof grpc.Client, _ember_v1_AdminClient> & { service: _ember_v1_AdminDefinition }
+      EmbedOutput: EnumTypeDefinition
       EmbedRequest: MessageTypeDefinition
       EmbedResponse: MessageTypeDefinition
       Embedder: SubtypeConstructor<typeof grpc.Client, _ember_v1_EmbedderClient> & { service: _ember_v1_EmbedderDefinition }
@@ -28,13 +29,17 @@ export interface ProtoGrpcType {
       ModelResponse: MessageTypeDefinition
       ModelTask: EnumTypeDefinition
       Models: SubtypeConstructor<typeof grpc.Client, _ember_v1_ModelsClient> & { service: _ember_v1_ModelsDefinition }
+      MultiVector: MessageTypeDefinition
       Priority: EnumTypeDefinition
+      QuantizationRanges: MessageTypeDefinition
       RerankRequest: MessageTypeDefinition
       RerankResponse: MessageTypeDefinition
       RerankResult: MessageTypeDefinition
       Reranker: SubtypeConstructor<typeof grpc.Client, _ember_v1_RerankerClient> & { service: _ember_v1_RerankerDefinition }
       RescanRequest: MessageTypeDefinition
       RescanResponse: MessageTypeDefinition
+      SparseOptions: MessageTypeDefinition
+      SparseVector: MessageTypeDefinition
       Timing: MessageTypeDefinition
       TokenizeRequest: MessageTypeDefinition
       TokenizeResponse: MessageTypeDefinition

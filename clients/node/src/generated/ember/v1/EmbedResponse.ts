@@ -11,6 +11,7 @@ export interface EmbedResponse {
   'request_id'?: (string);
   'usage'?: (_ember_v1_Usage | null);
   'timing'?: (_ember_v1_Timing | null);
+  'sparse_dimensions'?: (number);
 }
 
 export interface EmbedResponse__Output {
@@ -20,4 +21,5 @@ export interface EmbedResponse__Output {
   'request_id': (string);
   'usage': (_ember_v1_Usage__Output | null);
   'timing': (_ember_v1_Timing__Output | null);
+  'sparse_dimensions': (number);
 }

@@ -1,6 +1,8 @@
 // Original file: proto/ember/v1/ember.proto
 
 import type { ModelTask as _ember_v1_ModelTask, ModelTask__Output as _ember_v1_ModelTask__Output } from '../../ember/v1/ModelTask';
+import type { EmbedOutput as _ember_v1_EmbedOutput, EmbedOutput__Output as _ember_v1_EmbedOutput__Output } from '../../ember/v1/EmbedOutput';
+import type { Encoding as _ember_v1_Encoding, Encoding__Output as _ember_v1_Encoding__Output } from '../../ember/v1/Encoding';
 import type { Long } from '@grpc/proto-loader';
 
 export interface ModelInfo {
@@ -24,6 +26,8 @@ export interface ModelInfo {
   'accelerator_errors'?: (number | string | Long);
   'max_batch_tokens'?: (number);
   'lanes'?: (number);
+  'outputs'?: (_ember_v1_EmbedOutput)[];
+  'encodings'?: (_ember_v1_Encoding)[];
 }
 
 export interface ModelInfo__Output {
@@ -47,4 +51,6 @@ export interface ModelInfo__Output {
   'accelerator_errors': (string);
   'max_batch_tokens': (number);
   'lanes': (number);
+  'outputs': (_ember_v1_EmbedOutput__Output)[];
+  'encodings': (_ember_v1_Encoding__Output)[];
 }
