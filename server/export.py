@@ -69,6 +69,8 @@ def sentence_transformers_config(src: Path) -> dict:
                 out["dimensions"] = int(dims)
             if cfg.get("include_prompt") is False:
                 raise ExportError(f"{path}/config.json: include_prompt=false is not supported yet")
+        elif kind == "SpladePooling":
+            out["splade"] = _read_json(path / "config.json")
         elif kind == "Normalize":
             out["normalize"] = True
         elif kind == "Dense":
@@ -147,6 +149,10 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty")
     st = sentence_transformers_config(src_path) if src_path.is_dir() else {}
+    try:
+        family = families.detect_files(src_path, family, task, st)
+    except families.FamilyError as e:
+        raise ExportError(f"{src}: {e}") from e
     with tempfile.TemporaryDirectory(prefix="ember-export-") as tmp:
         tmp_path = Path(tmp)
         fields: dict = {}
@@ -157,7 +163,7 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
                 if (src_path / f).is_file():
                     shutil.copy2(src_path / f, tmp_path / f)
             try:
-                fields = families.export(src_path, tmp_path, family, st.get("dense", []))
+                fields = families.export(src_path, tmp_path, family, st.get("dense", []), st.get("splade"))
             except families.FamilyError as e:
                 raise ExportError(f"{src}: {e}") from e
         else:
@@ -220,6 +226,11 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         source=str(src),
         family=family or config.get("model_type", ""),
         rerank_template=fields.get("rerank_template", {}),
+        outputs=tuple(fields.get("outputs", ("dense",))),
+        sparse_output=fields.get("sparse_output", ""),
+        sparse_kind=fields.get("sparse_kind", ""),
+        sparse_skip_ids=tuple(fields.get("sparse_skip_ids", ())),
+        multi_vector_output=fields.get("multi_vector_output", ""),
         files=checksum_files(out),
     )
     if family == "embeddinggemma" and not matryoshka_dimensions and manifest.dimensions == 768:

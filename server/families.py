@@ -29,7 +29,9 @@ QWEN3_RERANK_TEMPLATE = {
     "body": "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
     "instruction": "Given a web search query, retrieve relevant passages that answer the query",
 }
-CUSTOM = ("qwen3-embedding", "qwen3-reranker", "embeddinggemma")
+CUSTOM = ("qwen3-embedding", "qwen3-reranker", "embeddinggemma", "bge-m3", "splade")
+# BGE-M3's heads beside its weights, as FlagEmbedding saves and loads them.
+M3_HEADS = ("sparse_linear.pt", "colbert_linear.pt")
 
 
 class FamilyError(Exception):
@@ -54,6 +56,19 @@ def detect(config: dict, task: str) -> str:
                               "language model, not EmbeddingGemma")
         return "embeddinggemma"
     return ""
+
+
+def detect_files(src: Path, family: str, task: str, st: dict) -> str:
+    """Families told apart by their files rather than their config: BGE-M3 (an XLM-R with its
+    sparse and ColBERT heads beside it) and SPLADE (sentence-transformers' MLMTransformer +
+    SpladePooling)."""
+    if st.get("splade"):
+        if task != "embed":
+            raise FamilyError("a SPLADE model is an embedding model: export it with --task embed")
+        return "splade"
+    if not family and task == "embed" and all((src / f).is_file() for f in M3_HEADS):
+        return "bge-m3"
+    return family
 
 
 def check_dtype(family: str, dtype: str) -> None:
@@ -156,16 +171,70 @@ def _wrappers():
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
             return self.dense(pooled)
 
-    return Qwen3Hidden, Qwen3YesNo, GemmaEmbedding
+    class M3(torch.nn.Module):
+        """BGE-M3's three outputs from one pass: the hidden states (pooled at [CLS] by the server),
+        the per-token lexical weights relu(sparse_linear(h)), and colbert_linear(h) per token."""
+
+        def __init__(self, backbone, sparse, colbert):
+            super().__init__()
+            self.backbone, self.sparse, self.colbert = backbone, sparse, colbert
+
+        def forward(self, input_ids, attention_mask):
+            h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return h, torch.relu(self.sparse(h)).squeeze(-1), self.colbert(h)
+
+    class Splade(torch.nn.Module):
+        """SPLADE: log(1 + relu(MLM logits)) over the real tokens, pooled per vocabulary id (max or
+        sum, as SpladePooling): [B, V], never returned as [B, T, V]."""
+
+        def __init__(self, mlm, strategy: str, activation: str, type_ids: bool):
+            super().__init__()
+            self.mlm, self.strategy, self.twice, self.type_ids = mlm, strategy, activation == "log1p_relu", type_ids
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kw = {"token_type_ids": token_type_ids} if self.type_ids else {}
+            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
+            w = torch.log1p(torch.relu(logits * attention_mask.unsqueeze(-1).to(logits.dtype)))
+            if self.twice:
+                w = torch.log1p(w)
+            return w.max(dim=1).values if self.strategy == "max" else w.sum(dim=1)
+
+    return Qwen3Hidden, Qwen3YesNo, GemmaEmbedding, M3, Splade
 
 
-def export(src: Path, out_dir: Path, family: str, dense_paths: list[str]) -> dict:
+def _special_ids(src: Path, names: tuple[str, ...]) -> tuple[int, ...]:
+    """Ids of the tokenizer's special tokens of those names (cls_token, …), as tokenizer_config says."""
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").is_file() else {}
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    ids = set()
+    for name in names:
+        t = cfg.get(name)
+        t = t.get("content") if isinstance(t, dict) else t
+        if t and tok.token_to_id(t) is not None:
+            ids.add(tok.token_to_id(t))
+    return tuple(sorted(ids))
+
+
+def _linear(path: Path, in_features: int):
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    layer = torch.nn.Linear(in_features, state["weight"].shape[0], bias="bias" in state)
+    layer.load_state_dict(state)
+    return layer
+
+
+def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade: dict | None = None) -> dict:
     """Write `out_dir/model.onnx` for a custom family; return the manifest fields it implies."""
     import torch
     from tokenizers import Tokenizer
 
-    Qwen3Hidden, Qwen3YesNo, GemmaEmbedding = _wrappers()
+    Qwen3Hidden, Qwen3YesNo, GemmaEmbedding, M3, Splade = _wrappers()
     fields: dict = {"family": family}
+    inputs = ["input_ids", "attention_mask"]
+    extra: dict = {}  # further graph outputs and their dynamic axes
     if family == "qwen3-embedding":
         from transformers import AutoModel
 
@@ -191,15 +260,44 @@ def export(src: Path, out_dir: Path, family: str, dense_paths: list[str]) -> dic
         output, shape = "sentence_embedding", {0: "batch"}
         probe = model(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
         fields.update(pooling="none", dimensions=int(probe.shape[-1]))
+    elif family == "bge-m3":
+        from transformers import AutoModel
+
+        backbone = AutoModel.from_pretrained(src, attn_implementation="eager", dtype=torch.float32,
+                                             add_pooling_layer=False)
+        hidden = backbone.config.hidden_size
+        model = M3(backbone, _linear(src / M3_HEADS[0], hidden), _linear(src / M3_HEADS[1], hidden))
+        output, shape = "last_hidden_state", {0: "batch", 1: "sequence"}
+        extra = {"token_weights": {0: "batch", 1: "sequence"}, "colbert_vectors": {0: "batch", 1: "sequence"}}
+        # FlagEmbedding drops these from the lexical weights
+        fields.update(outputs=("dense", "sparse", "multi_vector"), sparse_output="token_weights", sparse_kind="token",
+                      multi_vector_output="colbert_vectors",
+                      sparse_skip_ids=_special_ids(src, ("cls_token", "eos_token", "pad_token", "unk_token")))
+    elif family == "splade":
+        import inspect
+
+        from transformers import AutoModelForMaskedLM
+
+        mlm = AutoModelForMaskedLM.from_pretrained(src, attn_implementation="eager", dtype=torch.float32)
+        type_ids = "token_type_ids" in inspect.signature(mlm.forward).parameters and \
+            getattr(mlm.config, "type_vocab_size", 0) > 0
+        cfg = splade or {}
+        model = Splade(mlm, cfg.get("pooling_strategy", "max"), cfg.get("activation_function", "relu"), type_ids)
+        if type_ids:
+            inputs.append("token_type_ids")
+        output, shape = "vocab_weights", {0: "batch"}
+        fields.update(outputs=("sparse",), sparse_output=output, sparse_kind="vocab", pooling="none",
+                      dimensions=int(mlm.config.vocab_size), normalize=False)
     else:
         raise FamilyError(f"no custom export for family {family!r}")
     model.eval()
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    args = (ids, mask, torch.zeros_like(ids)) if len(inputs) == 3 else (ids, mask)
+    names = [output, *extra]
+    axes = {name: {0: "batch", 1: "sequence"} for name in inputs} | {output: shape} | extra
     with torch.no_grad():
-        torch.onnx.export(model, (ids, mask), str(out_dir / "model.onnx"), input_names=["input_ids", "attention_mask"],
-                          output_names=[output], opset_version=17, dynamo=False,
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                        "attention_mask": {0: "batch", 1: "sequence"}, output: shape})
+        torch.onnx.export(model, args, str(out_dir / "model.onnx"), input_names=inputs, output_names=names,
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
     fields["output"] = output
     return fields

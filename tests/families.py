@@ -144,8 +144,10 @@ def _xlmr_config(tok, **kw):
                             pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **kw)
 
 
-def build_bge_m3(dst: Path) -> Path:
-    """BGE-M3 layout (dense part): XLM-RoBERTa, CLS pooling, normalize, 8192 tokens."""
+def build_bge_m3(dst: Path, *, heads: bool = True) -> Path:
+    """BGE-M3 layout: XLM-RoBERTa, CLS pooling, normalize, 8192 tokens (sentence-transformers
+    files), and beside the weights its two heads as FlagEmbedding saves them: sparse_linear.pt
+    (hidden → 1, the lexical weights) and colbert_linear.pt (hidden → hidden, the ColBERT vectors)."""
     import torch
     from sentence_transformers import models as st_models
     from transformers import XLMRobertaModel
@@ -156,6 +158,27 @@ def build_bge_m3(dst: Path) -> Path:
     XLMRobertaModel(_xlmr_config(tok), add_pooling_layer=False).eval().save_pretrained(raw)
     tr = st_models.Transformer(str(raw), max_seq_length=8192)
     _save_sentence_transformer(dst, [tr, st_models.Pooling(32, pooling_mode="cls"), st_models.Normalize()], {}, 8192)
+    if heads:
+        torch.save(torch.nn.Linear(32, 1).state_dict(), dst / "sparse_linear.pt")
+        torch.save(torch.nn.Linear(32, 32).state_dict(), dst / "colbert_linear.pt")
+    return dst
+
+
+def build_splade(dst: Path, bert_config, copy_tokenizer) -> Path:
+    """A SPLADE model as sentence-transformers' SparseEncoder saves one: a BERT masked LM
+    (MLMTransformer) and SpladePooling (max of log(1 + relu(logits)) over the tokens)."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder import models as sparse_models
+    from transformers import BertForMaskedLM
+
+    raw = dst.parent / (dst.name + "-hf")
+    raw.mkdir(parents=True)
+    torch.manual_seed(8)
+    BertForMaskedLM(bert_config).eval().save_pretrained(raw)
+    copy_tokenizer(raw)
+    mlm = sparse_models.MLMTransformer(str(raw), max_seq_length=128)
+    SparseEncoder(modules=[mlm, sparse_models.SpladePooling("max")], device="cpu").save(str(dst))
     return dst
 
 

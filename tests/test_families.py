@@ -90,7 +90,8 @@ def test_export_reads_each_family_from_its_files(family_models):
     assert r["family"] == "qwen3-reranker" and r["output"] == "logits"
     assert r["rerank_template"]["body"].startswith("<Instruct>: {instruction}")
     b = manifest(family_models, "bge-m3")
-    assert (b["family"], b["pooling"], b["normalize"], b["max_tokens"]) == ("xlm-roberta", "cls", True, 8192)
+    assert (b["family"], b["pooling"], b["normalize"], b["max_tokens"]) == ("bge-m3", "cls", True, 8192)
+    assert b["outputs"] == ["dense", "sparse", "multi_vector"] and b["sparse_skip_ids"] == [0, 1, 2, 3]
     assert b["pad_token_id"] == 1
     g = manifest(family_models, "embeddinggemma")
     assert (g["family"], g["pooling"], g["output"], g["dimensions"]) == \

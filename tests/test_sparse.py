@@ -1,0 +1,170 @@
+"""Sparse and multi-vector outputs against their reference implementations, on tiny random-weight
+models laid out as the real ones: BGE-M3 (XLM-R with its sparse_linear / colbert_linear heads)
+against FlagEmbedding's BGEM3FlagModel, and a SPLADE model (BERT masked LM + SpladePooling)
+against sentence-transformers' SparseEncoder."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+import families
+from conftest import _copy_tokenizer, _tiny_bert_config, run_export, start_server
+from ember.v1 import ember_pb2 as pb
+from ember_client import Client
+from test_families import LONG, SHORT
+
+TEXTS = SHORT + [LONG[:3000], "yes", "no no no no"]
+ALL = [pb.EMBED_OUTPUT_DENSE, pb.EMBED_OUTPUT_SPARSE, pb.EMBED_OUTPUT_MULTI_VECTOR]
+
+
+@pytest.fixture(scope="module")
+def sparse_models(tmp_path_factory):
+    src = tmp_path_factory.mktemp("sparse-src")
+    out = tmp_path_factory.mktemp("sparse-models")
+    sources = {"bge-m3": families.build_bge_m3(src / "bge-m3"),
+               "splade": families.build_splade(src / "splade", _tiny_bert_config(), _copy_tokenizer)}
+    run_export(sources["bge-m3"], out / "bge-m3", "embed")
+    run_export(sources["splade"], out / "splade", "embed")
+    server = start_server(models_dir=str(out), default_embed_model="bge-m3", max_inputs_per_request=64)
+    yield sources, out, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def flag_reference(sparse_models):
+    pytest.importorskip("FlagEmbedding")
+    from FlagEmbedding import BGEM3FlagModel
+
+    model = BGEM3FlagModel(str(sparse_models[0]["bge-m3"]), use_fp16=False, devices="cpu")
+    return model.encode(TEXTS, batch_size=4, max_length=8192, return_dense=True, return_sparse=True,
+                        return_colbert_vecs=True)
+
+
+def _cos(a, b):
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+def test_bge_m3_exports_its_three_outputs_from_its_own_files(sparse_models):
+    _, _, server = sparse_models
+    info = {m.name: m for m in server.models.ListModels(pb.ListModelsRequest(), timeout=30).models}
+    assert list(info["bge-m3"].outputs) == ALL
+    assert list(info["splade"].outputs) == [pb.EMBED_OUTPUT_SPARSE]
+
+
+def test_bge_m3_matches_flagembedding_in_one_pass(sparse_models, flag_reference):
+    _, _, server = sparse_models
+    with Client(server.address) as c:
+        got = c.encode(TEXTS, model="bge-m3", sparse=True, multi_vector=True)
+    ref = flag_reference
+    cos = _cos(got.dense, ref["dense_vecs"])
+    print(f"bge-m3 dense min cosine {cos.min():.7f}")
+    assert cos.min() >= 0.9999
+    worst = 0.0
+    for i, lw in enumerate(ref["lexical_weights"]):
+        ref_w = {int(k): float(v) for k, v in lw.items()}
+        mine = got.sparse[i]
+        assert set(mine) == set(ref_w), f"text {i}: token ids differ"
+        worst = max([worst] + [abs(mine[k] - ref_w[k]) for k in ref_w])
+    print(f"bge-m3 lexical weights max |Δ| {worst:.2e}")
+    assert worst <= 1e-4
+    assert got.sparse.dimensions == server.server.registry.models["bge-m3"].tokenizer.vocab_size()
+    low = 1.0
+    for i, ref_vecs in enumerate(ref["colbert_vecs"]):
+        assert got.multi_vector[i].shape == ref_vecs.shape
+        low = min(low, float(_cos(got.multi_vector[i], ref_vecs).min()))
+    print(f"bge-m3 colbert min cosine {low:.7f}")
+    assert low >= 0.9999
+
+
+def test_bge_m3_outputs_alone_equal_them_together_and_in_a_mixed_batch(sparse_models):
+    """Each output asked alone equals the same output asked with the others, and requests for
+    different outputs that meet in one batch each get what they asked for."""
+    import concurrent.futures as cf
+
+    _, _, server = sparse_models
+    with Client(server.address) as c:
+        together = c.encode(TEXTS, model="bge-m3", sparse=True, multi_vector=True)
+        dense = c.embed(TEXTS, model="bge-m3")
+        sparse = c.encode(TEXTS, model="bge-m3", dense=False, sparse=True)
+        with cf.ThreadPoolExecutor(8) as pool:
+            calls = [pool.submit(c.encode, [t], model="bge-m3", dense=i % 2 == 0, sparse=i % 3 == 0,
+                                 multi_vector=i % 2 == 1) for i, t in enumerate(TEXTS * 3)]
+            mixed = [f.result() for f in calls]
+    np.testing.assert_allclose(dense, together.dense, atol=1e-5)
+    assert sparse.dense is None and sparse.multi_vector is None
+    for i in range(len(TEXTS)):
+        assert sparse.sparse[i].keys() == together.sparse[i].keys()
+    for i, got in enumerate(mixed):
+        j = i % len(TEXTS)
+        assert (got.dense is not None) == (i % 2 == 0) and (got.multi_vector is not None) == (i % 2 == 1)
+        if got.dense is not None:
+            np.testing.assert_allclose(got.dense[0], together.dense[j], atol=1e-5)
+        if got.multi_vector is not None:
+            np.testing.assert_allclose(got.multi_vector[0], together.multi_vector[j], atol=1e-5)
+        if i % 3 == 0:
+            assert got.sparse[0].keys() == together.sparse[j].keys()
+
+
+def test_sparse_top_k_min_weight_and_tokens(sparse_models):
+    _, _, server = sparse_models
+    with Client(server.address) as c:
+        full = c.encode(TEXTS, model="bge-m3", dense=False, sparse=True).sparse
+        top = c.encode(TEXTS, model="bge-m3", dense=False, sparse=True, sparse_top_k=3, return_tokens=True).sparse
+        cut = c.encode(TEXTS, model="bge-m3", dense=False, sparse=True, sparse_min_weight=0.1).sparse
+    tokenizer = server.server.registry.models["bge-m3"].tokenizer
+    for i in range(len(TEXTS)):
+        weights = full.values[i]
+        best = set(full.indices[i][np.argsort(-weights, kind="stable")[:3]].tolist())
+        assert set(top.indices[i].tolist()) == best and list(top.indices[i]) == sorted(top.indices[i])
+        assert top.tokens[i] == tokenizer.token_texts(top.indices[i])
+        assert set(cut.indices[i].tolist()) == set(full.indices[i][weights >= 0.1].tolist())
+    matrix = full.to_scipy()
+    assert matrix.shape == (len(TEXTS), full.dimensions) and matrix.nnz == sum(len(i) for i in full.indices)
+
+
+def test_multi_vectors_in_compact_encodings(sparse_models):
+    _, _, server = sparse_models
+    with Client(server.address) as c:
+        floats = c.encode(TEXTS, model="bge-m3", dense=False, multi_vector=True).multi_vector
+        half = c.encode(TEXTS, model="bge-m3", dense=False, multi_vector=True, encoding="float16").multi_vector
+        bits = c.encode(TEXTS, model="bge-m3", dense=False, multi_vector=True, encoding="ubinary").multi_vector
+    for f, h, b in zip(floats, half, bits, strict=True):
+        np.testing.assert_array_equal(h, f.astype(np.float16))
+        np.testing.assert_array_equal(b, np.packbits(f > 0, axis=-1))
+
+
+def _refused(server, **kw) -> str:
+    with pytest.raises(grpc.RpcError) as e:
+        server.embedder.Embed(pb.EmbedRequest(inputs=["a text"], **kw), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return e.value.details()
+
+
+def test_outputs_a_model_lacks_are_refused_naming_the_field(sparse_models):
+    _, _, server = sparse_models
+    assert "no MULTI_VECTOR output (it has SPARSE)" in _refused(server, model="splade",
+                                                                 outputs=[pb.EMBED_OUTPUT_MULTI_VECTOR])
+    assert _refused(server, model="splade", outputs=[pb.EMBED_OUTPUT_DENSE]).startswith("outputs:")
+    detail = _refused(server, model="bge-m3", outputs=[pb.EMBED_OUTPUT_MULTI_VECTOR], encoding=pb.ENCODING_INT8)
+    assert detail.startswith("encoding:") and "multi_vector" in detail
+
+
+def test_splade_matches_sentence_transformers_sparse_encoder(sparse_models):
+    from sentence_transformers import SparseEncoder
+
+    sources, _, server = sparse_models
+    ref = SparseEncoder(str(sources["splade"]), device="cpu").encode(TEXTS, convert_to_tensor=True).to_dense().numpy()
+    with Client(server.address) as c:
+        got = c.encode(TEXTS, model="splade", dense=False, sparse=True).sparse
+        default = server.embedder.Embed(pb.EmbedRequest(model="splade", inputs=TEXTS[:2]), timeout=60)
+    dense_got = got.to_scipy().toarray()
+    assert dense_got.shape == ref.shape
+    print(f"splade max |Δ| {np.abs(dense_got - ref).max():.2e}, {int((ref > 0).sum(1).mean())} non-zero per text")
+    np.testing.assert_array_equal(dense_got > 0, ref > 0)
+    np.testing.assert_allclose(dense_got, ref, atol=1e-4)
+    # A SPLADE model's default output is its sparse vector
+    assert default.embeddings[0].WhichOneof("data") is None and len(default.embeddings[0].sparse.indices) > 0
+    assert default.dimensions == 0 and default.sparse_dimensions == 30522
