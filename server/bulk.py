@@ -174,7 +174,8 @@ def _write_embeddings(out: Path, kind: str, ids: list[str], vectors: np.ndarray)
         return
     pa = _pyarrow()
     dim = vectors.shape[1]
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+    values = pa.array(vectors.reshape(-1), type=pa.from_numpy_dtype(vectors.dtype.newbyteorder("=")))
+    emb = pa.FixedSizeListArray.from_arrays(values, dim)
     table = pa.table({"id": pa.array(ids, type=pa.string()), "embedding": emb})
     _atomic(out, lambda p: _pyarrow_parquet().write_table(table, p))
 
@@ -415,9 +416,11 @@ def merge(args) -> str:
     else:
         pq = _pyarrow_parquet()
         table = _pyarrow().concat_tables([pq.read_table(p) for p in parts])
-        ids, vectors = table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), np.float32)
+        column = table.column("embedding")
+        dtype = column.type.value_type.to_pandas_dtype()
+        ids, vectors = table.column("id").to_pylist(), np.asarray(column.to_pylist(), dtype)
     _write_embeddings(out, kind, ids, vectors)
-    return f"merged {count} shards -> {out}: {vectors.shape[0]} x {vectors.shape[1]} float32"
+    return f"merged {count} shards -> {out}: {vectors.shape[0]} x {vectors.shape[1]} {_dtype_name(vectors)}"
 
 
 # ---- ember embed ----------------------------------------------------------------------------
@@ -439,7 +442,7 @@ def embed(args) -> str:
             raise BulkError(f"shard {shard[0]}/{shard[1]} of {src} holds no texts")
     options = {"model": args.model, "input_type": args.input_type, "prompt_name": args.prompt_name,
                "dimensions": args.dimensions, "chunk_size": args.chunk_size, "text_field": args.text_field,
-               "shard": list(shard) if shard else None}
+               "shard": list(shard) if shard else None, "encoding": getattr(args, "encoding", "float32")}
     chunks, progress = _resume(out, len(recs.texts), {**_file_identity(src, "input"), **options}, args, "embed",
                                "text")
     sent = [0]
@@ -458,7 +461,7 @@ def embed(args) -> str:
             for arr in client.embed_stream(texts, batch_size=args.batch_size, model=args.model,
                                            input_type=args.input_type, prompt_name=args.prompt_name,
                                            dimensions=args.dimensions, priority="bulk",
-                                           streams=_streams(args, target)):
+                                           streams=_streams(args, target), encoding=options["encoding"]):
                 parts.append(arr)
                 have += len(arr)
                 sent[0] += len(arr)
@@ -481,7 +484,11 @@ def embed(args) -> str:
     chunks.clear()
     extra = f" (+ ids in {ids_path(out).name})" if kind == "npy" else ""
     return (f"embedded {len(recs.texts)} texts ({sent[0]} in this run) -> {out}{extra}: "
-            f"{vectors.shape[0]} x {vectors.shape[1]} float32{recs.skipped_note()}")
+            f"{vectors.shape[0]} x {vectors.shape[1]} {_dtype_name(vectors)}{recs.skipped_note()}")
+
+
+def _dtype_name(vectors: np.ndarray) -> str:
+    return vectors.dtype.name
 
 
 # ---- ember rerank ---------------------------------------------------------------------------

@@ -125,6 +125,10 @@ def _embed_parser(sub) -> None:
     p.add_argument("--input-type", default=None, choices=["query", "document"], help="the model's prompt to use")
     p.add_argument("--prompt-name", default="", help="a named prompt of the model")
     p.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation")
+    p.add_argument("--encoding", default="float32",
+                   choices=["float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary"],
+                   help="how vectors are sent and stored: float16; bfloat16 (stored as its uint16 bits); int8/uint8 "
+                        "in the model's calibrated ranges (ember calibrate); binary/ubinary: sign bits, 8 per byte")
     p.add_argument("--batch-size", type=int, default=64, help="texts per stream message")
     p.add_argument("--chunk-size", type=int, default=1024, help="texts per saved chunk (multiple of --batch-size)")
 

@@ -290,3 +290,32 @@ def test_rerank_with_an_embedding_model_embeds_each_text_once_with_the_servers_s
     assert scores.shape == (6, 200)
     for q in range(6):  # today's scores: the server's own Rerank of the same query and documents
         np.testing.assert_allclose(scores[q], server_scores(tiny_server, "tiny-embed", queries[q], docs), atol=1e-5)
+
+
+def test_embed_with_compact_encodings_to_npy_parquet_and_merged_shards(tiny_server, tmp_path):
+    """--encoding ubinary / float16: the stored rows are the server's float32 vectors encoded, in
+    .npy and in Parquet (its list type follows), and shards merge keeping the type."""
+    from sentence_transformers import quantize_embeddings
+
+    texts = corpus(300)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts) + "\n")
+    ref = reference(tiny_server, texts)
+    common = ("--server", tiny_server.address, "--no-progress", "--chunk-size", "64", "--batch-size", "16")
+    r = ember("embed", str(src), "-o", str(tmp_path / "bits.npy"), "--encoding", "ubinary", *common)
+    assert r.returncode == 0, r.stderr
+    assert "300 x 4 uint8" in r.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "bits.npy"), quantize_embeddings(ref, "ubinary"))
+    for shard in ("0/2", "1/2"):
+        r = ember("embed", str(src), "-o", str(tmp_path / "half.parquet"), "--encoding", "float16", "--shard", shard,
+                  *common)
+        assert r.returncode == 0, r.stderr
+    r = ember("merge", str(tmp_path / "half.parquet"))
+    assert r.returncode == 0 and "300 x 32 float16" in r.stdout, r.stdout + r.stderr
+    table = pq.read_table(tmp_path / "half.parquet")
+    assert table.schema.field("embedding").type.value_type == pa.float16()
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.float16)
+    np.testing.assert_array_equal(got, ref.astype(np.float16))
+    # int8 on a model that has no calibrated ranges: one line naming the option's field, no retries
+    r = ember("embed", str(src), "-o", str(tmp_path / "q.npy"), "--encoding", "int8", *common)
+    assert r.returncode == 2 and "ember calibrate" in r.stderr and "Traceback" not in r.stderr, r.stderr
