@@ -553,7 +553,9 @@ def rerank(args) -> str:
                 chunks.save(i, (q @ d.T).astype(np.float32))
                 progress.update(end - start)
 
-        if _task_of(client, args.model) == "embed":
+        # (a model with multi-vectors scores by MaxSim on the server: each query's documents go to Rerank)
+        facts = _facts_of(client, args.model)
+        if facts.task == "embed" and "multi_vector" not in facts.outputs:
             if args.instruction:
                 raise BulkError("--instruction: the model is an embedding model, which takes no instruction (only "
                                 "rerankers with a prompt template do); leave it out")
@@ -596,15 +598,16 @@ def _streams(args, target) -> int:
     return getattr(args, "streams", 0) or len(replicas(target))
 
 
-def _task_of(client, model: str) -> str:
-    """embed or rerank: the task of the model that Rerank calls with `model` would use."""
+def _facts_of(client, model: str):
+    """The ModelFacts of the model that Rerank calls with `model` would use."""
     facts = client.list_models()
     chosen = [m for m in facts if m.name == model] if model else [m for m in facts if m.is_default_rerank]
     if not chosen:
         known = ", ".join(m.name for m in facts) or "none"
         raise BulkError(f"--model: the server has no model {model!r} (models: {known})" if model else
                         "the server has no model for Rerank")
-    return chosen[0].task
+    return chosen[0]
+
 
 
 class StreamPlace:

@@ -3,7 +3,7 @@
 - OpenAI: `POST /v1/embeddings`, `GET /v1/models` (the `openai` SDK, LangChain's and LlamaIndex's
   OpenAI embeddings).
 - Cohere / Jina rerank: `POST /v1/rerank`, `POST /v2/rerank`.
-- text-embeddings-inference: `POST /embed`, `POST /rerank`, `POST /tokenize`, `GET /info`, and
+- text-embeddings-inference: `POST /embed`, `POST /embed_sparse`, `POST /rerank`, `POST /tokenize`, `GET /info`, and
   `POST /` (what `huggingface_hub.InferenceClient` posts to an endpoint URL).
 - `GET /health` and `GET /ready`: 200 while gRPC health says SERVING, 503 otherwise (loading,
   draining); `GET /openapi.json` and `GET /docs`, both made from `ROUTES`.
@@ -120,6 +120,12 @@ ROUTES: list[Route] = [
         "prompt_name": ("string", "a named prompt of the model"), "dimensions": ("integer", "Matryoshka"),
     }),
     Route("POST", "/", TEI, "text-embeddings-inference: embed (what huggingface_hub's InferenceClient posts)"),
+    Route("POST", "/embed_sparse", TEI, "text-embeddings-inference sparse embed (SPLADE, BGE-M3's lexical weights)", {
+        "inputs": ("string | array of strings", "the texts"), "truncate": ("boolean", "default true"),
+        "truncation_direction": ("'Right' | 'Left'", "which end is cut"),
+        "prompt_name": ("string", "a named prompt of the model"),
+        "model": ("string", "ember: a model with a sparse output (default: the default embedding model)"),
+    }),
     Route("POST", "/rerank", TEI, "text-embeddings-inference rerank", {
         "query": ("string", "the query"), "texts": ("array of strings", "the documents"),
         "raw_scores": ("boolean", "logits instead of sigmoid"), "return_text": ("boolean", "echo each text"),
@@ -194,7 +200,8 @@ class HttpFrontend:
         handlers: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
             "/v1/embeddings": self.openai_embeddings, "/v1/models": self.openai_models,
             "/v1/rerank": self.cohere_rerank, "/v2/rerank": self.cohere_rerank,
-            "/embed": self.tei_embed, "/": self.tei_embed, "/rerank": self.tei_rerank, "/tokenize": self.tei_tokenize,
+            "/embed": self.tei_embed, "/": self.tei_embed, "/embed_sparse": self.tei_embed_sparse,
+            "/rerank": self.tei_rerank, "/tokenize": self.tei_tokenize,
             "/info": self.tei_info, "/health": self.health, "/ready": self.health,
             "/openapi.json": self.openapi, "/docs": self.docs,
         }
@@ -271,9 +278,9 @@ class HttpFrontend:
 
     async def _embed(self, request: web.Request, texts: list[str], model: str, *, dimensions: int = 0,
                      normalize: bool | None = None, truncate: bool | None = None, direction: str = "",
-                     prompt_name: str = "") -> pb.EmbedResponse:
+                     prompt_name: str = "", outputs: tuple[int, ...] = ()) -> pb.EmbedResponse:
         req = pb.EmbedRequest(model=model, inputs=texts, dimensions=dimensions, prompt_name=prompt_name,
-                              encoding=pb.ENCODING_FLOAT32_BYTES)
+                              encoding=pb.ENCODING_FLOAT32_BYTES, outputs=outputs)
         if normalize is not None:
             req.normalize = normalize
         if truncate is not None:
@@ -368,6 +375,22 @@ class HttpFrontend:
                                  truncate=_bool(body, "truncate"), direction=direction,
                                  prompt_name=body.get("prompt_name") or "")
         return json_response(self._vectors(resp))
+
+    async def tei_embed_sparse(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if "inputs" not in body:
+            raise HttpError(400, "inputs: required (a string or an array of strings)", "inputs")
+        direction = str(body.get("truncation_direction") or "right").lower()
+        if direction not in ("right", "left"):
+            raise HttpError(400, f"truncation_direction: {direction!r}; choose Right or Left", "truncation_direction")
+        model = body.get("model") or ""
+        if not isinstance(model, str):
+            raise HttpError(400, "model: expected a string", "model")
+        resp = await self._embed(request, _texts(body["inputs"], "inputs"), model, truncate=_bool(body, "truncate"),
+                                 direction=direction, prompt_name=body.get("prompt_name") or "",
+                                 outputs=(pb.EMBED_OUTPUT_SPARSE,))
+        return json_response([[{"index": i, "value": v} for i, v in zip(e.sparse.indices, e.sparse.values, strict=True)]
+                              for e in resp.embeddings])
 
     async def tei_rerank(self, request: web.Request) -> web.Response:
         body = await self._body(request)

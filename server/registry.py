@@ -121,7 +121,10 @@ def token_bytes(path: Path, manifest: Manifest, length: int = 0) -> int:
     cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
     hidden = int(cfg.get("hidden_size") or manifest.dimensions)
     heads = int(cfg.get("num_attention_heads") or max(1, hidden // 64))
-    return int(4 * (ACT_HIDDEN * hidden + ACT_ATTENTION * heads * (length or manifest.max_tokens)))
+    # A SPLADE graph holds [tokens, vocabulary] masked-LM logits before it pools them: counted as the
+    # logits and two element-wise copies (masked, then relu/log1p), an estimate, not fitted.
+    vocab = 3 * int(cfg.get("vocab_size") or manifest.dimensions) if manifest.sparse_kind == "vocab" else 0
+    return int(4 * (ACT_HIDDEN * hidden + ACT_ATTENTION * heads * (length or manifest.max_tokens) + vocab))
 
 
 def batch_bytes(path: Path, manifest: Manifest, budget: int) -> int:

@@ -460,7 +460,7 @@ class Core:
             scores = logits if p.raw_scores else kernels.sigmoid(logits)
             doc_toks = toks
         else:
-            scores, toks, tok_s, job = await self._cosine_scores(model, p, priority, context)
+            scores, toks, tok_s, job = await self._vector_scores(model, p, priority, context)
             doc_toks = toks[1:]
         order = kernels.top_n(np.ascontiguousarray(scores, dtype=np.float32), p.top_n)
         results = []
@@ -478,8 +478,10 @@ class Core:
             timing=_timing(t0, tok_s, job.queue_s(), job.inference_s),
         )
 
-    async def _cosine_scores(self, model: LoadedModel, p: RerankParams, priority: int, context):
-        """An embedding model reranks by cosine similarity of query and document embeddings."""
+    async def _vector_scores(self, model: LoadedModel, p: RerankParams, priority: int, context):
+        """An embedding model reranks by cosine similarity of query and document embeddings; one
+        with multi-vectors (BGE-M3) by ColBERT's MaxSim: each query token's best dot product over
+        the document's tokens, averaged over the query's tokens (FlagEmbedding's colbert_score)."""
         m = model.manifest
         q_prompt = resolve_prompt(m, domain.QUERY, "")
         d_prompt = resolve_prompt(m, domain.DOCUMENT, "")
@@ -492,6 +494,13 @@ class Core:
                                   field="documents")
 
         toks, tok_s = await self.tokenize(encode, chars=len(p.query) + sum(map(len, p.documents)))
+        if "multi_vector" in m.outputs:
+            job = await self.infer(model, toks, priority, context, outputs=("multi_vector",))
+            rows = [r.multi_vector for r in await job.future]
+            q = rows[0]
+            scores = np.array([(q @ d.T).max(axis=1).sum() / len(q) if len(q) and len(d) else 0.0 for d in rows[1:]],
+                              dtype=np.float32)
+            return scores, toks, tok_s, job
         job = await self.infer(model, toks, priority, context)
         vectors = kernels.l2_normalize(await job.future)
         scores = vectors[1:] @ vectors[0]

@@ -77,11 +77,13 @@ def qwen3_tokenizer(dst: Path, *, eos_suffix: bool):
 
 
 def _qwen3_config(tok, **kw):
+    """A tiny Qwen3 config; keyword arguments override it (a real size: benchmarks/real_size.py)."""
     from transformers import Qwen3Config
 
-    return Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=32768,
-                       pad_token_id=tok.token_to_id("<|endoftext|>"), tie_word_embeddings=True, **kw)
+    return Qwen3Config(**{**dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                 max_position_embeddings=32768, pad_token_id=tok.token_to_id("<|endoftext|>"),
+                                 tie_word_embeddings=True), **kw})
 
 
 def _save_sentence_transformer(dst: Path, modules: list, prompts: dict, max_seq_length: int) -> None:
@@ -92,7 +94,7 @@ def _save_sentence_transformer(dst: Path, modules: list, prompts: dict, max_seq_
     st.save(str(dst))
 
 
-def build_qwen3_embedding(dst: Path) -> Path:
+def build_qwen3_embedding(dst: Path, **config) -> Path:
     """Qwen3-Embedding layout: Qwen3Model, left padding, last-token pooling, normalize, query instruction."""
     import torch
     from sentence_transformers import models as st_models
@@ -101,14 +103,16 @@ def build_qwen3_embedding(dst: Path) -> Path:
     raw = dst.parent / (dst.name + "-hf")
     tok = qwen3_tokenizer(raw, eos_suffix=True)
     torch.manual_seed(3)
-    Qwen3Model(_qwen3_config(tok)).eval().save_pretrained(raw)
+    cfg = _qwen3_config(tok, **config)
+    Qwen3Model(cfg).eval().save_pretrained(raw)
     tr = st_models.Transformer(str(raw), max_seq_length=8192, tokenizer_args={"padding_side": "left"})
-    _save_sentence_transformer(dst, [tr, st_models.Pooling(32, pooling_mode="lasttoken"), st_models.Normalize()],
+    pooling = st_models.Pooling(cfg.hidden_size, pooling_mode="lasttoken")
+    _save_sentence_transformer(dst, [tr, pooling, st_models.Normalize()],
                                {"query": QWEN3_QUERY_PROMPT, "document": ""}, 8192)
     return dst
 
 
-def build_qwen3_reranker(dst: Path) -> Path:
+def build_qwen3_reranker(dst: Path, **config) -> Path:
     """Qwen3-Reranker layout: a Qwen3ForCausalLM whose 'yes'/'no' next-token logits are the score."""
     import torch
     from transformers import Qwen3ForCausalLM
@@ -116,7 +120,7 @@ def build_qwen3_reranker(dst: Path) -> Path:
     tok = qwen3_tokenizer(dst, eos_suffix=False)
     assert tok.token_to_id("yes") is not None and tok.token_to_id("no") is not None
     torch.manual_seed(4)
-    Qwen3ForCausalLM(_qwen3_config(tok)).eval().save_pretrained(dst)
+    Qwen3ForCausalLM(_qwen3_config(tok, **config)).eval().save_pretrained(dst)
     return dst
 
 
@@ -137,14 +141,15 @@ def xlmr_tokenizer(dst: Path):
 
 
 def _xlmr_config(tok, **kw):
+    """A tiny XLM-R config; keyword arguments override it."""
     from transformers import XLMRobertaConfig
 
-    return XLMRobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=8194,
-                            pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **kw)
+    return XLMRobertaConfig(**{**dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=8194,
+                                      pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1), **kw})
 
 
-def build_bge_m3(dst: Path, *, heads: bool = True) -> Path:
+def build_bge_m3(dst: Path, *, heads: bool = True, **config) -> Path:
     """BGE-M3 layout: XLM-RoBERTa, CLS pooling, normalize, 8192 tokens (sentence-transformers
     files), and beside the weights its two heads as FlagEmbedding saves them: sparse_linear.pt
     (hidden → 1, the lexical weights) and colbert_linear.pt (hidden → hidden, the ColBERT vectors)."""
@@ -155,12 +160,14 @@ def build_bge_m3(dst: Path, *, heads: bool = True) -> Path:
     raw = dst.parent / (dst.name + "-hf")
     tok = xlmr_tokenizer(raw)
     torch.manual_seed(5)
-    XLMRobertaModel(_xlmr_config(tok), add_pooling_layer=False).eval().save_pretrained(raw)
+    cfg = _xlmr_config(tok, **config)
+    XLMRobertaModel(cfg, add_pooling_layer=False).eval().save_pretrained(raw)
     tr = st_models.Transformer(str(raw), max_seq_length=8192)
-    _save_sentence_transformer(dst, [tr, st_models.Pooling(32, pooling_mode="cls"), st_models.Normalize()], {}, 8192)
+    h = cfg.hidden_size
+    _save_sentence_transformer(dst, [tr, st_models.Pooling(h, pooling_mode="cls"), st_models.Normalize()], {}, 8192)
     if heads:
-        torch.save(torch.nn.Linear(32, 1).state_dict(), dst / "sparse_linear.pt")
-        torch.save(torch.nn.Linear(32, 32).state_dict(), dst / "colbert_linear.pt")
+        torch.save(torch.nn.Linear(h, 1).state_dict(), dst / "sparse_linear.pt")
+        torch.save(torch.nn.Linear(h, h).state_dict(), dst / "colbert_linear.pt")
     return dst
 
 
@@ -182,18 +189,18 @@ def build_splade(dst: Path, bert_config, copy_tokenizer) -> Path:
     return dst
 
 
-def build_bge_reranker(dst: Path) -> Path:
+def build_bge_reranker(dst: Path, **config) -> Path:
     """bge-reranker-v2-m3 layout: XLMRobertaForSequenceClassification with one label."""
     import torch
     from transformers import XLMRobertaForSequenceClassification
 
     tok = xlmr_tokenizer(dst)
     torch.manual_seed(6)
-    XLMRobertaForSequenceClassification(_xlmr_config(tok, num_labels=1)).eval().save_pretrained(dst)
+    XLMRobertaForSequenceClassification(_xlmr_config(tok, num_labels=1, **config)).eval().save_pretrained(dst)
     return dst
 
 
-def build_embeddinggemma(dst: Path, *, sliding_window: int = 16) -> Path:
+def build_embeddinggemma(dst: Path, *, sliding_window: int = 16, dense: int = 96, **config) -> Path:
     """EmbeddingGemma layout: Gemma3 text with bidirectional attention (sliding-window layers too),
     mean pooling, two Dense projections, normalize, the task prompts, Matryoshka-trained sizes."""
     import torch
@@ -210,19 +217,20 @@ def build_embeddinggemma(dst: Path, *, sliding_window: int = 16) -> Path:
     _write_tokenizer(raw, tok, {"tokenizer_class": "GemmaTokenizer", "pad_token": "<pad>", "bos_token": "<bos>",
                                 "eos_token": "<eos>", "unk_token": "<unk>", "padding_side": "right",
                                 "model_max_length": 2048})
-    config = Gemma3TextConfig(
+    cfg = Gemma3TextConfig(**{**dict(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=2048,
         sliding_window=sliding_window, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
         use_bidirectional_attention=True, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-        query_pre_attn_scalar=8, rope_scaling=None)
-    config.architectures = ["Gemma3TextModel"]
+        query_pre_attn_scalar=8, rope_scaling=None), **config})
+    cfg.architectures = ["Gemma3TextModel"]
     torch.manual_seed(7)
-    Gemma3TextModel(config).eval().save_pretrained(raw)
+    Gemma3TextModel(cfg).eval().save_pretrained(raw)
     tr = st_models.Transformer(str(raw), max_seq_length=2048)
-    modules = [tr, st_models.Pooling(32, pooling_mode="mean"),
-               st_models.Dense(32, 96, bias=False, activation_function=torch.nn.Identity()),
-               st_models.Dense(96, 32, bias=False, activation_function=torch.nn.Identity()),
+    h = cfg.hidden_size
+    modules = [tr, st_models.Pooling(h, pooling_mode="mean"),
+               st_models.Dense(h, dense, bias=False, activation_function=torch.nn.Identity()),
+               st_models.Dense(dense, h, bias=False, activation_function=torch.nn.Identity()),
                st_models.Normalize()]
     _save_sentence_transformer(dst, modules, GEMMA_PROMPTS, 2048)
     return dst

@@ -37,8 +37,10 @@ def flag_reference(sparse_models):
     from FlagEmbedding import BGEM3FlagModel
 
     model = BGEM3FlagModel(str(sparse_models[0]["bge-m3"]), use_fp16=False, devices="cpu")
-    return model.encode(TEXTS, batch_size=4, max_length=8192, return_dense=True, return_sparse=True,
-                        return_colbert_vecs=True)
+    out = model.encode(TEXTS, batch_size=4, max_length=8192, return_dense=True, return_sparse=True,
+                       return_colbert_vecs=True)
+    out["model"] = model
+    return out
 
 
 def _cos(a, b):
@@ -168,3 +170,50 @@ def test_splade_matches_sentence_transformers_sparse_encoder(sparse_models):
     # A SPLADE model's default output is its sparse vector
     assert default.embeddings[0].WhichOneof("data") is None and len(default.embeddings[0].sparse.indices) > 0
     assert default.dimensions == 0 and default.sparse_dimensions == 30522
+
+
+def test_rerank_with_bge_m3_is_colbert_maxsim(sparse_models, flag_reference, tmp_path):
+    """Rerank on a model with multi-vectors scores by MaxSim, as FlagEmbedding's colbert_score; the
+    bulk `ember rerank` gives the server's scores."""
+    import json
+    import subprocess
+    import sys
+
+    _, _, server = sparse_models
+    query, docs = TEXTS[0], TEXTS[1:]
+    resp = server.reranker.Rerank(pb.RerankRequest(model="bge-m3", query=query, documents=docs), timeout=60)
+    got = np.empty(len(docs))
+    for r in resp.results:
+        got[r.index] = r.score
+    vecs = flag_reference["colbert_vecs"]
+    ref = np.array([float(flag_reference["model"].colbert_score(vecs[0], vecs[i + 1])) for i in range(len(docs))])
+    print(f"bge-m3 MaxSim max |Δ| {np.abs(got - ref).max():.2e}")
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert [r.index for r in resp.results] == list(np.argsort(-got, kind="stable"))
+    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q0", "text": query}) + "\n")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": d}) + "\n"
+                                              for i, d in enumerate(docs)))
+    r = subprocess.run([sys.executable, "-m", "ember", "rerank", str(tmp_path / "q.jsonl"), str(tmp_path / "d.jsonl"),
+                        "-o", str(tmp_path / "s.npy"), "--server", server.address, "--model", "bge-m3",
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy")[0], got, atol=1e-6)
+
+
+def test_tei_embed_sparse_over_http(sparse_models):
+    """POST /embed_sparse answers text-embeddings-inference's shape ([[{index, value}]]) with the
+    gRPC sparse vectors; a model without a sparse output is a 400 naming `outputs`."""
+    from test_http import http
+
+    _, _, server = sparse_models
+    status, body, _ = http(server, "POST", "/embed_sparse", {"inputs": TEXTS[:3], "model": "splade"})
+    assert status == 200 and len(body) == 3
+    with Client(server.address) as c:
+        ref = c.encode(TEXTS[:3], model="splade", dense=False, sparse=True).sparse
+    for i, row in enumerate(body):
+        assert [x["index"] for x in row] == ref.indices[i].tolist()
+        np.testing.assert_allclose([x["value"] for x in row], ref.values[i], rtol=1e-6)
+    status, body, _ = http(server, "POST", "/embed_sparse", {"inputs": "hello"})  # the default model, bge-m3
+    assert status == 200 and len(body) == 1 and body[0]
+    status, _, _ = http(server, "POST", "/embed_sparse", {"inputs": ["x"], "model": "nope"})
+    assert status == 404

@@ -385,6 +385,8 @@ class ModelFacts:
     ready: bool
     max_batch_tokens: int = 0  # padded tokens one batch holds, as the server's memory plan left it
     lanes: int = 0  # inference workers on lanes, side by side (0: the main session only)
+    outputs: tuple[str, ...] = ()  # what encode() can ask of an embedding model: dense, sparse, multi_vector
+    encodings: tuple[str, ...] = ()  # the dense encodings it answers without int8_ranges (ENCODINGS' names)
 
 
 def _embed_request(texts: Sequence[str], model: str, input_type: str | None, prompt_name: str,
@@ -518,8 +520,13 @@ def _hits(resp: pb.RerankResponse) -> list[RerankHit]:
 def _facts(resp: pb.ListModelsResponse) -> list[ModelFacts]:
     return [ModelFacts(m.name, pb.ModelTask.Name(m.task).removeprefix("MODEL_TASK_").lower(), m.dimensions,
                        m.max_tokens, tuple(m.providers), dict(m.prompts), tuple(m.matryoshka_dimensions),
-                       m.is_default_embed, m.is_default_rerank, m.ready, m.max_batch_tokens, m.lanes)
+                       m.is_default_embed, m.is_default_rerank, m.ready, m.max_batch_tokens, m.lanes,
+                       tuple(pb.EmbedOutput.Name(o).removeprefix("EMBED_OUTPUT_").lower() for o in m.outputs),
+                       tuple(dict.fromkeys(_ENCODING_NAMES.get(e, "") for e in m.encodings if e in _ENCODING_NAMES)))
             for m in resp.models]
+
+
+_ENCODING_NAMES = {pb.ENCODING_FLOAT: "float32", **{v[0]: k for k, v in ENCODINGS.items()}}
 
 
 def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
