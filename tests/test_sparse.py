@@ -217,3 +217,19 @@ def test_tei_embed_sparse_over_http(sparse_models):
     assert status == 200 and len(body) == 1 and body[0]
     status, _, _ = http(server, "POST", "/embed_sparse", {"inputs": ["x"], "model": "nope"})
     assert status == 404
+
+
+def test_the_readmes_sparse_grpcurl_example(sparse_models):
+    """The README's grpcurl line for sparse output, run as grpcurl runs it (reflection + JSON)."""
+    import shlex
+
+    from test_readme import grpcurl, readme_block
+
+    _, _, server = sparse_models
+    block = readme_block("### Compact vectors, sparse and multi-vector outputs", "bash")
+    line = shlex.split(block)  # one command (its JSON spans two lines inside the quotes)
+    assert line[0] == "grpcurl" and line[-1] == "ember.v1.Embedder/Embed"
+    got = grpcurl(server.address, line)
+    sparse = got["embeddings"][0]["sparse"]
+    assert 0 < len(sparse["indices"]) == len(sparse["values"]) == len(sparse["tokens"]) <= 8
+    assert got["sparseDimensions"] > 0 and "values" not in got["embeddings"][0]
