@@ -101,11 +101,14 @@ def main() -> None:
     ap.add_argument("--lengths", default="32,512,2048,8192")
     ap.add_argument("--port", type=int, default=50081)
     ap.add_argument("--work", default="", help="a directory to keep the sources and exports in (default: a temp one)")
+    ap.add_argument("--export-args", default="", help="more `ember export` options, e.g. '--optimize O2' (attention "
+                                                      "fusion for the Optimum-exported encoders)")
+    ap.add_argument("--out", default="real_size.json", help="the file written under benchmarks/out")
     args = ap.parse_args()
     names = list(FAMILIES) if args.families == "all" else args.families.split(",")
     lengths = [int(x) for x in args.lengths.split(",")]
     OUT.mkdir(exist_ok=True)
-    report = {"machine": cpu_description(), "results": {}}
+    report = {"machine": cpu_description(), "export_args": args.export_args, "results": {}}
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="ember-real-size-")
     root = Path(args.work or tmp.name)
     try:
@@ -123,7 +126,8 @@ def main() -> None:
                 if not (out / "ember.json").is_file():
                     t0 = time.perf_counter()
                     r = subprocess.run([sys.executable, "-m", "ember", "export", str(src), str(out), "--task", task,
-                                        "--dtype", dtype, *export_opts], capture_output=True, text=True)
+                                        "--dtype", dtype, *export_opts, *args.export_args.split()],
+                                       capture_output=True, text=True)
                     if r.returncode:
                         arm["error"] = "export: " + r.stderr.strip().splitlines()[-1][:500]
                         print(f"{name} {dtype}: {arm['error']}", flush=True)
@@ -158,14 +162,14 @@ def main() -> None:
                         arm[f"len_{length}"] = row
                         print(f"  {length:>5} tokens: {row}", flush=True)
                         arm["rss_peak_mb"] = round(rss_mb(server.proc.pid, "VmHWM"))
-                        (OUT / "real_size.json").write_text(json.dumps(report, indent=1))
+                        (OUT / args.out).write_text(json.dumps(report, indent=1))
                     ch.close()
                 except Exception as e:  # noqa: BLE001 - keep the other arms; say what broke
                     arm["error"] = f"{type(e).__name__}: {e}"[:500]
                     print(f"  failed: {arm['error']}", flush=True)
                 finally:
                     server.stop()
-                (OUT / "real_size.json").write_text(json.dumps(report, indent=1))
+                (OUT / args.out).write_text(json.dumps(report, indent=1))
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -359,7 +359,7 @@ class EmberServer:
                 if name not in self.registry.models:
                     await self.load_model(name)
                     out["loaded"].append(name)
-                elif read_manifest(path, verify=False).files != self.registry.models[name].manifest.files:
+                elif _changed(read_manifest(path, verify=False), self.registry.models[name].manifest):
                     await self.reload_model(name)
                     out["reloaded"].append(name)
             except Exception as e:  # one bad model does not stop the rest
@@ -425,3 +425,9 @@ async def create_server(settings: Settings) -> tuple[EmberServer, int]:
     server = EmberServer(settings)
     port = await server.start()
     return server, port
+
+
+def _changed(on_disk, serving) -> bool:
+    """Whether a model directory holds another model than the one serving: other files, or int8
+    ranges measured since (`ember calibrate` rewrites only ember.json)."""
+    return on_disk.files != serving.files or on_disk.quantization_ranges != serving.quantization_ranges

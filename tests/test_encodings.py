@@ -116,3 +116,17 @@ def test_calibrate_refuses_too_few_texts_and_a_reranker(calibrated, tmp_path, ca
     assert err.startswith("ember calibrate:") and "at least 100" in err and "Traceback" not in err
     assert cli.main(["calibrate", str(tmp_path / "nowhere"), "--texts", str(few)]) == 2
     assert "no ember.json" in capsys.readouterr().err
+
+
+def test_a_model_calibrated_while_served_takes_its_ranges_on_rescan(calibrated, tmp_path):
+    """`ember calibrate` on a served model's directory, then SIGHUP / Admin Rescan: the model is
+    reloaded with its ranges and answers INT8 (runs last: it calibrates the module's `raw` model)."""
+    models, server = calibrated
+    sample = tmp_path / "sample.txt"
+    sample.write_text("\n".join(real_texts(150, 0)) + "\n")
+    assert cli.main(["calibrate", str(models / "raw"), "--texts", str(sample)]) == 0
+    out = server.call(server.server.rescan())
+    assert out["reloaded"] == ["raw"] and not out["refused"]
+    with Client(server.address) as c:
+        got = c.embed(TEXTS[:4], model="raw", encoding="int8")
+    assert got.dtype == np.int8 and got.shape == (4, 384)

@@ -25,6 +25,7 @@ def sparse_models(tmp_path_factory):
     sources = {"bge-m3": families.build_bge_m3(src / "bge-m3"),
                "splade": families.build_splade(src / "splade", _tiny_bert_config(), _copy_tokenizer)}
     run_export(sources["bge-m3"], out / "bge-m3", "embed")
+    run_export(sources["bge-m3"], out / "bge-m3-fused", "embed", "--optimize", "O2")
     run_export(sources["splade"], out / "splade", "embed")
     server = start_server(models_dir=str(out), default_embed_model="bge-m3", max_inputs_per_request=64)
     yield sources, out, server
@@ -56,13 +57,20 @@ def test_bge_m3_exports_its_three_outputs_from_its_own_files(sparse_models):
     assert list(info["splade"].outputs) == [pb.EMBED_OUTPUT_SPARSE]
 
 
-def test_bge_m3_matches_flagembedding_in_one_pass(sparse_models, flag_reference):
-    _, _, server = sparse_models
+@pytest.mark.parametrize("model", ["bge-m3", "bge-m3-fused"])
+def test_bge_m3_matches_flagembedding_in_one_pass(sparse_models, flag_reference, model):
+    """Plain, and with --optimize O2 (ONNX Runtime's fused Attention, SkipLayerNormalization, …)."""
+    _, out, server = sparse_models
+    if model == "bge-m3-fused":
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(out / model / "model.onnx"), load_external_data=False).graph.node}
+        assert {"Attention", "SkipLayerNormalization"} <= ops
     with Client(server.address) as c:
-        got = c.encode(TEXTS, model="bge-m3", sparse=True, multi_vector=True)
+        got = c.encode(TEXTS, model=model, sparse=True, multi_vector=True)
     ref = flag_reference
     cos = _cos(got.dense, ref["dense_vecs"])
-    print(f"bge-m3 dense min cosine {cos.min():.7f}")
+    print(f"{model} dense min cosine {cos.min():.7f}")
     assert cos.min() >= 0.9999
     worst = 0.0
     for i, lw in enumerate(ref["lexical_weights"]):
@@ -70,14 +78,14 @@ def test_bge_m3_matches_flagembedding_in_one_pass(sparse_models, flag_reference)
         mine = got.sparse[i]
         assert set(mine) == set(ref_w), f"text {i}: token ids differ"
         worst = max([worst] + [abs(mine[k] - ref_w[k]) for k in ref_w])
-    print(f"bge-m3 lexical weights max |Δ| {worst:.2e}")
+    print(f"{model} lexical weights max |Δ| {worst:.2e}")
     assert worst <= 1e-4
-    assert got.sparse.dimensions == server.server.registry.models["bge-m3"].tokenizer.vocab_size()
+    assert got.sparse.dimensions == server.server.registry.models[model].tokenizer.vocab_size()
     low = 1.0
     for i, ref_vecs in enumerate(ref["colbert_vecs"]):
         assert got.multi_vector[i].shape == ref_vecs.shape
         low = min(low, float(_cos(got.multi_vector[i], ref_vecs).min()))
-    print(f"bge-m3 colbert min cosine {low:.7f}")
+    print(f"{model} colbert min cosine {low:.7f}")
     assert low >= 0.9999
 
 
