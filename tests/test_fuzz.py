@@ -13,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ember import domain
+from ember.ext import numpy_kernels
 from ember.v1 import ember_pb2 as pb
 
 EXAMPLES = int(os.environ.get("EMBER_FUZZ_EXAMPLES", "500"))  # × 5 generated tests = 2,500 cases in CI
@@ -57,9 +59,16 @@ def test_fuzz_embed(tiny_server, inputs, input_type, prompt, normalize, dims, tr
     resp, _ = answered(lambda: tiny_server.embedder.Embed(req, timeout=60))
     if resp is not None:
         assert len(resp.embeddings) == len(inputs)
+        name = domain.ENCODINGS[encoding]
         for e in resp.embeddings:
-            v = np.frombuffer(e.packed, "<f4") if e.WhichOneof("data") == "packed" else np.array(e.values.values)
-            assert v.shape == (resp.dimensions,) and np.isfinite(v).all()
+            if e.WhichOneof("data") == "values":
+                assert name == "float" and len(e.values.values) == resp.dimensions
+                assert np.isfinite(np.array(e.values.values)).all()
+            else:  # packed: the encoding's width; float32 / float16 finite
+                assert len(e.packed) == numpy_kernels.encoded_width("float32" if name == "float" else name,
+                                                                   resp.dimensions)
+                if name in ("float32", "float16"):
+                    assert np.isfinite(np.frombuffer(e.packed, "<f4" if name == "float32" else "<f2")).all()
     healthy(tiny_server)
 
 
