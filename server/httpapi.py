@@ -363,32 +363,32 @@ class HttpFrontend:
                               "meta": {"billed_units": {"search_units": 1}}})
 
     # ---- text-embeddings-inference ----------------------------------------------------------
-    async def tei_embed(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+    @staticmethod
+    def _tei_inputs(body: dict) -> tuple[list[str], str]:
+        """A text-embeddings-inference embed body's texts and truncation direction."""
         if "inputs" not in body:
             raise HttpError(400, "inputs: required (a string or an array of strings)", "inputs")
         direction = str(body.get("truncation_direction") or "right").lower()
         if direction not in ("right", "left"):
             raise HttpError(400, f"truncation_direction: {direction!r}; choose Right or Left", "truncation_direction")
-        resp = await self._embed(request, _texts(body["inputs"], "inputs"), "",
-                                 dimensions=_int(body, "dimensions"), normalize=_bool(body, "normalize"),
-                                 truncate=_bool(body, "truncate"), direction=direction,
-                                 prompt_name=body.get("prompt_name") or "")
+        return _texts(body["inputs"], "inputs"), direction
+
+    async def tei_embed(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        texts, direction = self._tei_inputs(body)
+        resp = await self._embed(request, texts, "", dimensions=_int(body, "dimensions"),
+                                 normalize=_bool(body, "normalize"), truncate=_bool(body, "truncate"),
+                                 direction=direction, prompt_name=body.get("prompt_name") or "")
         return json_response(self._vectors(resp))
 
     async def tei_embed_sparse(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        if "inputs" not in body:
-            raise HttpError(400, "inputs: required (a string or an array of strings)", "inputs")
-        direction = str(body.get("truncation_direction") or "right").lower()
-        if direction not in ("right", "left"):
-            raise HttpError(400, f"truncation_direction: {direction!r}; choose Right or Left", "truncation_direction")
+        texts, direction = self._tei_inputs(body)
         model = body.get("model") or ""
         if not isinstance(model, str):
             raise HttpError(400, "model: expected a string", "model")
-        resp = await self._embed(request, _texts(body["inputs"], "inputs"), model, truncate=_bool(body, "truncate"),
-                                 direction=direction, prompt_name=body.get("prompt_name") or "",
-                                 outputs=(pb.EMBED_OUTPUT_SPARSE,))
+        resp = await self._embed(request, texts, model, truncate=_bool(body, "truncate"), direction=direction,
+                                 prompt_name=body.get("prompt_name") or "", outputs=(pb.EMBED_OUTPUT_SPARSE,))
         return json_response([[{"index": i, "value": v} for i, v in zip(e.sparse.indices, e.sparse.values, strict=True)]
                               for e in resp.embeddings])
 

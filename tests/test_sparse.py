@@ -4,7 +4,6 @@ against FlagEmbedding's BGEM3FlagModel, and a SPLADE model (BERT masked LM + Spl
 against sentence-transformers' SparseEncoder."""
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ import families
 from conftest import _copy_tokenizer, _tiny_bert_config, run_export, start_server
 from ember.v1 import ember_pb2 as pb
 from ember_client import Client
+from test_encodings import _refused
 from test_families import LONG, SHORT
 
 TEXTS = SHORT + [LONG[:3000], "yes", "no no no no"]
@@ -144,13 +144,6 @@ def test_multi_vectors_in_compact_encodings(sparse_models):
     for f, h, b in zip(floats, half, bits, strict=True):
         np.testing.assert_array_equal(h, f.astype(np.float16))
         np.testing.assert_array_equal(b, np.packbits(f > 0, axis=-1))
-
-
-def _refused(server, **kw) -> str:
-    with pytest.raises(grpc.RpcError) as e:
-        server.embedder.Embed(pb.EmbedRequest(inputs=["a text"], **kw), timeout=30)
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    return e.value.details()
 
 
 def test_outputs_a_model_lacks_are_refused_naming_the_field(sparse_models):
