@@ -234,3 +234,23 @@ def test_the_readmes_sparse_grpcurl_example(sparse_models):
     sparse = got["embeddings"][0]["sparse"]
     assert 0 < len(sparse["indices"]) == len(sparse["values"]) == len(sparse["tokens"]) <= 8
     assert got["sparseDimensions"] > 0 and "values" not in got["embeddings"][0]
+
+
+def test_the_async_client_encodes_the_same(sparse_models):
+    import asyncio
+
+    from ember_client import AsyncClient
+
+    _, _, server = sparse_models
+
+    async def run():
+        async with AsyncClient(server.address) as c:
+            return await c.encode(TEXTS[:3], model="bge-m3", sparse=True, multi_vector=True, encoding="float16")
+
+    got = asyncio.run(run())
+    with Client(server.address) as c:
+        ref = c.encode(TEXTS[:3], model="bge-m3", sparse=True, multi_vector=True, encoding="float16")
+    np.testing.assert_array_equal(got.dense, ref.dense)
+    assert got.dense.dtype == np.float16 and got.sparse[0] == ref.sparse[0]
+    for a, b in zip(got.multi_vector, ref.multi_vector, strict=True):
+        np.testing.assert_array_equal(a, b)

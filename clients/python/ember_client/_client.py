@@ -483,6 +483,15 @@ class Encoded:
     multi_vector: list[np.ndarray] | None
 
 
+def _encode_request(texts, dense, sparse, multi_vector, model, input_type, prompt_name, dimensions, truncate,
+                    priority, encoding, top_k, min_weight, return_tokens, request_id):
+    """encode()'s outputs and its EmbedRequest."""
+    outputs = [o for o, on in (("dense", dense), ("sparse", sparse), ("multi_vector", multi_vector)) if on]
+    options = {"top_k": top_k, "min_weight": min_weight, "return_tokens": return_tokens}
+    return outputs, _embed_request(texts, model, input_type, prompt_name, None, dimensions, truncate, "right", priority,
+                                   request_id, encoding, None, outputs, options if sparse else None)
+
+
 def encoded(resp: pb.EmbedResponse, outputs: Sequence[str], encoding: str) -> Encoded:
     dense = embeddings_array(resp, encoding) if "dense" in outputs else None
     sparse = multi = None
@@ -601,10 +610,9 @@ class Client:
                request_id: str = "") -> Encoded:
         """Any of a model's outputs for texts, from one run: the dense vectors, the sparse weights
         (SPLADE, BGE-M3's lexical weights) and the multi-vectors (BGE-M3's ColBERT vectors)."""
-        outputs = [o for o, on in (("dense", dense), ("sparse", sparse), ("multi_vector", multi_vector)) if on]
-        options = {"top_k": sparse_top_k, "min_weight": sparse_min_weight, "return_tokens": return_tokens}
-        req = _embed_request(texts, model, input_type, prompt_name, None, dimensions, truncate, "right", priority,
-                             request_id, encoding, None, outputs, options if sparse else None)
+        outputs, req = _encode_request(texts, dense, sparse, multi_vector, model, input_type, prompt_name, dimensions,
+                                       truncate, priority, encoding, sparse_top_k, sparse_min_weight, return_tokens,
+                                       request_id)
         return encoded(_call_with_retries(self, self._embedder.Embed, req), outputs, encoding)
 
     def embed_stream(self, texts: Iterable[str], *, batch_size: int = 64, window: int = 32, streams: int = 1,
@@ -736,6 +744,17 @@ class AsyncClient:
         req = _embed_request(texts, model, input_type, prompt_name, normalize, dimensions, truncate,
                              truncation_direction, priority, request_id, encoding, int8_ranges)
         return embeddings_array(await _acall_with_retries(self, self._embedder.Embed, req), encoding)
+
+    async def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
+                     multi_vector: bool = False, model: str = "", input_type: str | None = None, prompt_name: str = "",
+                     dimensions: int = 0, truncate: bool | None = None, priority: str = "realtime",
+                     encoding: str = "float32", sparse_top_k: int = 0, sparse_min_weight: float = 0.0,
+                     return_tokens: bool = False, request_id: str = "") -> Encoded:
+        """As `Client.encode`."""
+        outputs, req = _encode_request(texts, dense, sparse, multi_vector, model, input_type, prompt_name, dimensions,
+                                       truncate, priority, encoding, sparse_top_k, sparse_min_weight, return_tokens,
+                                       request_id)
+        return encoded(await _acall_with_retries(self, self._embedder.Embed, req), outputs, encoding)
 
     async def embed_stream(self, texts: Iterable[str] | AsyncIterable[str], *, batch_size: int = 64,
                            **options) -> AsyncIterator[np.ndarray]:
