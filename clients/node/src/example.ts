@@ -89,6 +89,19 @@ async function main(): Promise<void> {
     if (Math.abs(norm - 1) > 1e-3) fail(`Embed: vector norm ${norm}, expected 1`);
     console.log(`Embed: ${v.length} x ${emb.dimensions} from ${emb.model}, tokens ${emb.usage?.total_tokens}`);
 
+    // The same texts as sign bits (ENCODING_UBINARY): ceil(dimensions / 8) bytes, first component in the high bit
+    const bin = await unary<EmbedResponse__Output>((cb) => c.embedder.Embed(
+      { inputs: ["hello world", "ember is fast"], encoding: "ENCODING_UBINARY" }, c.metadata, opts(), cb));
+    const bits = bin.embeddings.map((e) => e.packed as Buffer);
+    for (let k = 0; k < bits.length; k++) {
+      if (bits[k].length !== Math.ceil(emb.dimensions / 8)) fail(`UBINARY: ${bits[k].length} bytes`);
+      for (let i = 0; i < emb.dimensions; i++) {
+        const bit = (bits[k][i >> 3] >> (7 - (i & 7))) & 1;
+        if (bit !== (v[k][i] > 0 ? 1 : 0)) fail(`UBINARY: bit ${i} of vector ${k} disagrees with its float's sign`);
+      }
+    }
+    console.log(`Embed UBINARY: ${bits.length} x ${bits[0].length} bytes, every bit the sign of the float vector's`);
+
     const stream = await embedStream(c);
     console.log(`EmbedStream: ${stream.inputs} inputs in ${stream.ids} messages, every id answered once`);
 
@@ -105,7 +118,7 @@ async function main(): Promise<void> {
 
     const summary: Record<string, unknown> = { client: "node", health, embed_dimensions: emb.dimensions,
                                                stream_inputs: stream.inputs, stream_ids: stream.ids,
-                                               rerank_results: rr.results.length };
+                                               rerank_results: rr.results.length, binary_bytes: bits[0].length };
     if (httpBase) {
       // ember's OpenAI-compatible route, through the OpenAI SDK (the model: the server's default)
       const openai = new OpenAI({ baseURL: `${httpBase}/v1`, apiKey: "unused" });
