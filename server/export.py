@@ -337,12 +337,15 @@ def _fuse_encoder(graph: Path) -> None:
 
 def _quantize_int8(graph: Path, isa: str) -> tuple[str, str]:
     """Dynamic int8 quantization (weights int8 per channel, activations quantized at run time)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target = graph.with_name("model_int8.onnx")
     reduce_range = REDUCE_RANGE[isa]
+    # DefaultTensorType: a fused graph (--optimize) has com.microsoft nodes whose outputs ONNX's shape
+    # inference cannot type; without a default the quantizer stops at the first of them
     quantize_dynamic(str(graph), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                     reduce_range=reduce_range)
+                     reduce_range=reduce_range, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return target.name, f"dynamic int8, per-channel weights, isa={isa}, reduce_range={reduce_range}"
 
 

@@ -26,6 +26,7 @@ def sparse_models(tmp_path_factory):
                "splade": families.build_splade(src / "splade", _tiny_bert_config(), _copy_tokenizer)}
     run_export(sources["bge-m3"], out / "bge-m3", "embed")
     run_export(sources["bge-m3"], out / "bge-m3-fused", "embed", "--optimize", "O2")
+    run_export(sources["bge-m3"], out / "bge-m3-fused-int8", "embed", "--optimize", "O2", "--dtype", "int8")
     run_export(sources["splade"], out / "splade", "embed")
     server = start_server(models_dir=str(out), default_embed_model="bge-m3", max_inputs_per_request=64)
     yield sources, out, server
@@ -254,3 +255,18 @@ def test_the_async_client_encodes_the_same(sparse_models):
     assert got.dense.dtype == np.float16 and got.sparse[0] == ref.sparse[0]
     for a, b in zip(got.multi_vector, ref.multi_vector, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_fused_graph_quantizes_to_int8_and_serves_all_three_outputs(sparse_models):
+    """--optimize O2 --dtype int8: the quantizer takes the fused graph (it stopped at the first fused
+    node before) and the int8 model's outputs stay close to the fp32 one's."""
+    _, _, server = sparse_models
+    with Client(server.address) as c:
+        ref = c.encode(TEXTS, model="bge-m3", sparse=True, multi_vector=True)
+        got = c.encode(TEXTS, model="bge-m3-fused-int8", sparse=True, multi_vector=True)
+    cos = _cos(got.dense, ref.dense)
+    print(f"bge-m3 fused int8 dense min cosine {cos.min():.5f}")
+    assert cos.min() > 0.99
+    for a, b in zip(got.multi_vector, ref.multi_vector, strict=True):
+        assert a.shape == b.shape
+    assert len(got.sparse) == len(TEXTS)
