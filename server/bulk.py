@@ -450,6 +450,11 @@ def embed(args) -> str:
     locate.records = recs
 
     with server_target(args.server, _serve_args(args)) as target, _client(target, args.api_key) as client:
+        facts = _facts_of(client, args.model, "embed")
+        if facts.outputs and "dense" not in facts.outputs:
+            raise BulkError(f"--model: {facts.name} has no dense vectors (its outputs: {', '.join(facts.outputs)}); "
+                            "ember embed writes dense vectors: choose an embedding model that has them")
+
         def run() -> None:
             todo = chunks.todo()
             locate.sending = [r for i in todo for r in range(*chunks.bounds(i))]
@@ -598,16 +603,16 @@ def _streams(args, target) -> int:
     return getattr(args, "streams", 0) or len(replicas(target))
 
 
-def _facts_of(client, model: str):
-    """The ModelFacts of the model that Rerank calls with `model` would use."""
+def _facts_of(client, model: str, task: str = "rerank"):
+    """The ModelFacts of the model that `task` calls (Embed or Rerank) with `model` would use."""
     facts = client.list_models()
-    chosen = [m for m in facts if m.name == model] if model else [m for m in facts if m.is_default_rerank]
+    default = (lambda m: m.is_default_rerank) if task == "rerank" else (lambda m: m.is_default_embed)
+    chosen = [m for m in facts if m.name == model] if model else [m for m in facts if default(m)]
     if not chosen:
         known = ", ".join(m.name for m in facts) or "none"
         raise BulkError(f"--model: the server has no model {model!r} (models: {known})" if model else
-                        "the server has no model for Rerank")
+                        f"the server has no model for {task.capitalize()}")
     return chosen[0]
-
 
 
 class StreamPlace:

@@ -278,7 +278,7 @@ class HttpFrontend:
 
     async def _embed(self, request: web.Request, texts: list[str], model: str, *, dimensions: int = 0,
                      normalize: bool | None = None, truncate: bool | None = None, direction: str = "",
-                     prompt_name: str = "", outputs: tuple[int, ...] = ()) -> pb.EmbedResponse:
+                     prompt_name: str = "", outputs: tuple[int, ...] = (pb.EMBED_OUTPUT_DENSE,)) -> pb.EmbedResponse:
         req = pb.EmbedRequest(model=model, inputs=texts, dimensions=dimensions, prompt_name=prompt_name,
                               encoding=pb.ENCODING_FLOAT32_BYTES, outputs=outputs)
         if normalize is not None:

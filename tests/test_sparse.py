@@ -219,6 +219,9 @@ def test_tei_embed_sparse_over_http(sparse_models):
     assert status == 200 and len(body) == 1 and body[0]
     status, _, _ = http(server, "POST", "/embed_sparse", {"inputs": ["x"], "model": "nope"})
     assert status == 404
+    # the dense routes refuse a sparse-only model, naming the field, rather than answer empty vectors
+    status, body, _ = http(server, "POST", "/v1/embeddings", {"input": ["x"], "model": "splade"})
+    assert status == 400 and "no DENSE output" in body["error"]["message"], body
 
 
 def test_the_readmes_sparse_grpcurl_example(sparse_models):
@@ -270,3 +273,20 @@ def test_a_fused_graph_quantizes_to_int8_and_serves_all_three_outputs(sparse_mod
     for a, b in zip(got.multi_vector, ref.multi_vector, strict=True):
         assert a.shape == b.shape
     assert len(got.sparse) == len(TEXTS)
+
+
+def test_dense_only_calls_on_a_sparse_only_model_say_what_to_do(sparse_models, tmp_path):
+    """Client.embed and `ember embed` on SPLADE: one clear line each, no traceback."""
+    import subprocess
+    import sys
+
+    _, _, server = sparse_models
+    with Client(server.address) as c, pytest.raises(ValueError, match="no dense vectors.*encode"):
+        c.embed(["a text"], model="splade")
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    r = subprocess.run([sys.executable, "-m", "ember", "embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"),
+                        "--server", server.address, "--model", "splade", "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("ember embed: --model: splade has no dense vectors (its outputs: sparse); ember embed "
+                                "writes dense vectors: choose an embedding model that has them")

@@ -439,7 +439,11 @@ def embeddings_array(resp: pb.EmbedResponse, encoding: str = "float32") -> np.nd
     dtype = np.dtype(ENCODINGS[encoding][1])
     if not resp.embeddings:
         return np.zeros((0, resp.dimensions), dtype=dtype)
-    if resp.embeddings[0].WhichOneof("data") == "values":
+    kind = resp.embeddings[0].WhichOneof("data")
+    if kind is None:
+        raise ValueError(f"model {resp.model} returned no dense vectors (a sparse-only model such as SPLADE): "
+                         "ask for its outputs with encode(texts, dense=False, sparse=True)")
+    if kind == "values":
         return np.array([e.values.values for e in resp.embeddings], dtype=np.float32)
     buf = b"".join(e.packed for e in resp.embeddings)
     return np.frombuffer(buf, dtype=dtype).reshape(len(resp.embeddings), -1).copy()
