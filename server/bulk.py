@@ -558,9 +558,10 @@ def rerank(args) -> str:
                 chunks.save(i, (q @ d.T).astype(np.float32))
                 progress.update(end - start)
 
-        # (a model with multi-vectors scores by MaxSim on the server: each query's documents go to Rerank)
+        # (a model with multi-vectors scores by MaxSim on the server, a SPLADE model by its sparse
+        # vectors: each query's documents go to Rerank)
         facts = _facts_of(client, args.model)
-        if facts.task == "embed" and "multi_vector" not in facts.outputs:
+        if facts.task == "embed" and facts.outputs in ((), ("dense",)):
             if args.instruction:
                 raise BulkError("--instruction: the model is an embedding model, which takes no instruction (only "
                                 "rerankers with a prompt template do); leave it out")

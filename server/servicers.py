@@ -481,7 +481,8 @@ class Core:
     async def _vector_scores(self, model: LoadedModel, p: RerankParams, priority: int, context):
         """An embedding model reranks by cosine similarity of query and document embeddings; one
         with multi-vectors (BGE-M3) by ColBERT's MaxSim: each query token's best dot product over
-        the document's tokens, averaged over the query's tokens (FlagEmbedding's colbert_score)."""
+        the document's tokens, averaged over the query's tokens (FlagEmbedding's colbert_score); a
+        SPLADE model by the dot product of the sparse vectors."""
         m = model.manifest
         q_prompt = resolve_prompt(m, domain.QUERY, "")
         d_prompt = resolve_prompt(m, domain.DOCUMENT, "")
@@ -502,6 +503,9 @@ class Core:
                               dtype=np.float32)
             return scores, toks, tok_s, job
         job = await self.infer(model, toks, priority, context)
+        if "dense" not in m.outputs:  # SPLADE: the dot product of the sparse vectors, as SparseEncoder scores
+            weights = await job.future
+            return (weights[1:] @ weights[0]).astype(np.float32), toks, tok_s, job
         vectors = kernels.l2_normalize(await job.future)
         scores = vectors[1:] @ vectors[0]
         return scores.astype(np.float32), toks, tok_s, job

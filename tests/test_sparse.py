@@ -164,6 +164,11 @@ def test_splade_matches_sentence_transformers_sparse_encoder(sparse_models):
     with Client(server.address) as c:
         got = c.encode(TEXTS, model="splade", dense=False, sparse=True).sparse
         default = server.embedder.Embed(pb.EmbedRequest(model="splade", inputs=TEXTS[:2]), timeout=60)
+    # Rerank scores by the dot product of the sparse vectors, as SparseEncoder.similarity does
+    resp = server.reranker.Rerank(pb.RerankRequest(model="splade", query=TEXTS[0], documents=TEXTS[1:]), timeout=60)
+    scores = {r.index: r.score for r in resp.results}
+    want = ref[1:] @ ref[0]
+    np.testing.assert_allclose([scores[i] for i in range(len(want))], want, rtol=1e-4)
     dense_got = got.to_scipy().toarray()
     assert dense_got.shape == ref.shape
     print(f"splade max |Δ| {np.abs(dense_got - ref).max():.2e}, {int((ref > 0).sum(1).mean())} non-zero per text")
@@ -195,11 +200,17 @@ def test_rerank_with_bge_m3_is_colbert_maxsim(sparse_models, flag_reference, tmp
     (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q0", "text": query}) + "\n")
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": d}) + "\n"
                                               for i, d in enumerate(docs)))
-    r = subprocess.run([sys.executable, "-m", "ember", "rerank", str(tmp_path / "q.jsonl"), str(tmp_path / "d.jsonl"),
-                        "-o", str(tmp_path / "s.npy"), "--server", server.address, "--model", "bge-m3",
-                        "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "s.npy")[0], got, atol=1e-6)
+    for model in ("bge-m3", "splade"):  # MaxSim; SPLADE's dot product: both through the server's Rerank
+        r = subprocess.run([sys.executable, "-m", "ember", "rerank", str(tmp_path / "q.jsonl"),
+                            str(tmp_path / "d.jsonl"), "-o", str(tmp_path / f"{model}.npy"), "--server",
+                            server.address, "--model", model, "--no-progress"], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        resp = server.reranker.Rerank(pb.RerankRequest(model=model, query=query, documents=docs), timeout=60)
+        want = np.empty(len(docs))
+        for x in resp.results:
+            want[x.index] = x.score
+        np.testing.assert_allclose(np.load(tmp_path / f"{model}.npy")[0], want, rtol=1e-6)
 
 
 def test_tei_embed_sparse_over_http(sparse_models):
