@@ -229,6 +229,27 @@ func run(address string) error {
 	}
 	fmt.Printf("Embed: %d x %d from %s, tokens %d\n", len(v), emb.Dimensions, emb.Model, emb.Usage.GetTotalTokens())
 
+	// The same texts as sign bits (ENCODING_UBINARY): ceil(dimensions / 8) bytes, first component in the high bit
+	bin, err := embedder.Embed(cctx, &emberv1.EmbedRequest{Inputs: []string{"hello world", "ember is fast"},
+		Encoding: emberv1.Encoding_ENCODING_UBINARY})
+	if err != nil {
+		return fmt.Errorf("Embed UBINARY: %w", err)
+	}
+	binaryBytes := 0
+	for k, e := range bin.Embeddings {
+		bits := e.GetPacked()
+		if len(bits) != (int(emb.Dimensions)+7)/8 {
+			return fmt.Errorf("UBINARY: %d bytes", len(bits))
+		}
+		for i, x := range v[k] {
+			if (bits[i/8]>>(7-uint(i%8)))&1 == 1 != (x > 0) {
+				return fmt.Errorf("UBINARY: bit %d of vector %d disagrees with its float's sign", i, k)
+			}
+		}
+		binaryBytes = len(bits)
+	}
+	fmt.Printf("Embed UBINARY: %d x %d bytes, every bit the sign of the float vector's\n", len(bin.Embeddings), binaryBytes)
+
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer scancel()
 	inputs, ids, err := embedStream(sctx, embedder)
@@ -267,7 +288,7 @@ func run(address string) error {
 
 	summary, _ := json.Marshal(map[string]interface{}{"client": "go", "health": health,
 		"embed_dimensions": emb.Dimensions, "stream_inputs": inputs, "stream_ids": ids,
-		"rerank_results": len(rr.Results), "ping_pong_rounds": rounds})
+		"rerank_results": len(rr.Results), "ping_pong_rounds": rounds, "binary_bytes": binaryBytes})
 	fmt.Println(string(summary))
 	return nil
 }
