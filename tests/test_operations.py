@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -232,6 +233,36 @@ def test_mutual_tls_rejects_a_client_without_a_certificate(tiny_models_dir, pki)
             stub.Embed(pb.EmbedRequest(inputs=["x"]), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         ch.close()
+    finally:
+        s.stop()
+
+
+def test_the_python_client_over_tls_on_one_stream_and_on_several(tiny_models_dir, pki):
+    """Client(credentials=…): its channel and each replica's channel of embed_stream(streams=2) are
+    secure ones (the pool used to open plaintext channels, which a TLS server refuses)."""
+    import asyncio
+
+    from ember_client import AsyncClient, Client
+
+    s = _tls_server(tiny_models_dir, pki, mutual=False)
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"][0].read_bytes())
+        texts = [f"text number {i}" for i in range(300)]
+        with Client(f"localhost:{s.port}", credentials=creds, retries=1, timeout=30) as c:
+            one = np.concatenate(list(c.embed_stream(texts, batch_size=16)))
+            by_name = np.concatenate(list(c.embed_stream(texts, batch_size=16, streams=2)))
+        addr = f"127.0.0.1:{s.port}"
+        with Client([addr, addr], credentials=creds, options=[("grpc.ssl_target_name_override", "localhost")],
+                    retries=1, timeout=30) as c:
+            two = np.concatenate(list(c.embed_stream(texts, batch_size=16, streams=2)))
+        np.testing.assert_array_equal(one, by_name)
+        np.testing.assert_array_equal(one, two)
+
+        async def unary():
+            async with AsyncClient(f"localhost:{s.port}", credentials=creds) as c:
+                return await c.embed(texts[:3])
+
+        np.testing.assert_allclose(asyncio.run(unary()), one[:3], atol=1e-6)
     finally:
         s.stop()
 

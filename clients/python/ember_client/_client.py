@@ -49,6 +49,14 @@ def channel_target(target: str | Sequence[str]) -> str:
     return f"{scheme}:" + ",".join(addresses)
 
 
+def _authority_host(target: str | Sequence[str]) -> str:
+    """The host name a target names (what TLS checks the certificate against), "" for address lists."""
+    if not isinstance(target, str) or target.startswith(("ipv4:", "ipv6:")):
+        return ""
+    hostport = target.split("///", 1)[1] if "///" in target else target.removeprefix("dns:")
+    return hostport.rpartition(":")[0] or hostport
+
+
 def replicas(target: str | Sequence[str]) -> list[str]:
     """The addresses a target names: a list as given, each address of an `ipv4:`/`ipv6:` target,
     every A/AAAA record of a `dns:///name:port` target (a Kubernetes headless Service's ready pods),
@@ -249,7 +257,7 @@ class StreamPool:
     # ---- a worker -------------------------------------------------------------------------
     def _work(self, k: int, source, pulling: threading.Lock, options: dict) -> None:
         address = self.addresses[k % len(self.addresses)]
-        channel = grpc.insecure_channel(address, options=_OPTIONS)
+        channel, own = self.client.replica_channel(address)
         stub = pb_grpc.EmbedderStub(channel)
         failures, client = 0, self.client
         try:
@@ -318,7 +326,8 @@ class StreamPool:
             with self.cond:
                 self.alive -= 1
                 self.cond.notify_all()
-            channel.close()
+            if own:
+                channel.close()
 
     # ---- the caller's side --------------------------------------------------------------
     def run(self, texts: Iterable[str], batch_size: int, options: dict) -> Iterator[np.ndarray]:
@@ -575,11 +584,34 @@ class Client:
 
     def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.Channel | None = None,
                  api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
-                 chunk_size: int = 256):
+                 chunk_size: int = 256, credentials: grpc.ChannelCredentials | None = None,
+                 options: Sequence[tuple[str, object]] = ()):
+        """credentials: TLS (grpc.ssl_channel_credentials(...)) for the channel this client makes and for
+        each replica's channel of `embed_stream(streams=N)`; options: more channel options (e.g.
+        ("grpc.ssl_target_name_override", "ember.example")). A `channel` made by the caller is used as it
+        is, and then the streams of `embed_stream(streams=N)` share it."""
         self.target = target
-        channel = channel or grpc.insecure_channel(channel_target(target), options=_OPTIONS)
+        self.credentials, self.options = credentials, [*_OPTIONS, *options]
+        self.own_channel = channel is None
+        if channel is None:
+            channel = grpc.secure_channel(channel_target(target), credentials, options=self.options) \
+                if credentials is not None else grpc.insecure_channel(channel_target(target), options=self.options)
         _attach(self, channel, api_key, timeout, retries, backoff)
         self.chunk_size = chunk_size
+
+    def replica_channel(self, address: str) -> tuple[grpc.Channel, bool]:
+        """A channel to one replica for StreamPool, and whether the caller is to close it: one of its
+        own with this client's credentials and options (TLS checks the target's host name, not the
+        replica's address), or this client's channel where the caller made that one."""
+        if not self.own_channel:
+            return self.channel, False
+        if self.credentials is None:
+            return grpc.insecure_channel(address, options=self.options), True
+        options = self.options
+        host = _authority_host(self.target)
+        if host and not any(k == "grpc.ssl_target_name_override" for k, _ in options):
+            options = [*options, ("grpc.ssl_target_name_override", host)]
+        return grpc.secure_channel(address, self.credentials, options=options), True
 
     def __enter__(self) -> "Client":
         return self
@@ -728,8 +760,12 @@ class AsyncClient:
     """asyncio client with the same methods as `Client`, awaitable."""
 
     def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
-                 api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05):
-        channel = channel or grpc.aio.insecure_channel(channel_target(target), options=_OPTIONS)
+                 api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
+                 credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, object]] = ()):
+        if channel is None:
+            opts = [*_OPTIONS, *options]
+            channel = grpc.aio.secure_channel(channel_target(target), credentials, options=opts) \
+                if credentials is not None else grpc.aio.insecure_channel(channel_target(target), options=opts)
         _attach(self, channel, api_key, timeout, retries, backoff)
 
     async def __aenter__(self) -> "AsyncClient":
