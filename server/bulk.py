@@ -420,7 +420,7 @@ def merge(args) -> str:
         dtype = column.type.value_type.to_pandas_dtype()
         ids, vectors = table.column("id").to_pylist(), np.asarray(column.to_pylist(), dtype)
     _write_embeddings(out, kind, ids, vectors)
-    return f"merged {count} shards -> {out}: {vectors.shape[0]} x {vectors.shape[1]} {_dtype_name(vectors)}"
+    return f"merged {count} shards -> {out}: {vectors.shape[0]} x {vectors.shape[1]} {vectors.dtype.name}"
 
 
 # ---- ember embed ----------------------------------------------------------------------------
@@ -489,11 +489,7 @@ def embed(args) -> str:
     chunks.clear()
     extra = f" (+ ids in {ids_path(out).name})" if kind == "npy" else ""
     return (f"embedded {len(recs.texts)} texts ({sent[0]} in this run) -> {out}{extra}: "
-            f"{vectors.shape[0]} x {vectors.shape[1]} {_dtype_name(vectors)}{recs.skipped_note()}")
-
-
-def _dtype_name(vectors: np.ndarray) -> str:
-    return vectors.dtype.name
+            f"{vectors.shape[0]} x {vectors.shape[1]} {vectors.dtype.name}{recs.skipped_note()}")
 
 
 # ---- ember rerank ---------------------------------------------------------------------------

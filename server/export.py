@@ -271,15 +271,21 @@ def cpu_isa() -> str:
     return "avx2" if "avx2" in flags else "generic"
 
 
+def _weight_files(model) -> set[str]:
+    """The files beside a graph (loaded without its weights) that its tensors' data is in."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    return {ExternalDataInfo(t).location for t in tensors if uses_external_data(t)}
+
+
 def _load_with_weights(graph: Path):
     """The graph with all its weights read in, and the files beside it its weights were in (now
     deleted: whoever called this writes them again)."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     model = onnx.load(str(graph), load_external_data=False)
-    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
-    old = {ExternalDataInfo(t).location for t in tensors if uses_external_data(t)}
+    old = _weight_files(model)
     onnx.load_external_data_for_model(model, str(graph.parent))
     for location in old:
         (graph.parent / location).unlink()
@@ -320,13 +326,11 @@ def _fuse_encoder(graph: Path) -> None:
     """ONNX Runtime's transformer fusions for a BERT-like encoder graph ember wrote itself (BGE-M3's):
     attention into one com.microsoft Attention node per layer, skip + layer norm, bias + GELU, what
     Optimum's --optimize does for the graphs it writes. On the CPU the fused attention needs about
-    half the memory for one 8,192-token input and runs it ~1.4x faster (benchmarks/RESULTS.md)."""
+    half the memory for one 8,192-token input and runs it 1.25-1.38x faster (benchmarks/RESULTS.md)."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
     from onnxruntime.transformers.optimizer import optimize_model
 
-    plain = onnx.load(str(graph), load_external_data=False)
-    old = {ExternalDataInfo(t).location for t in plain.graph.initializer if uses_external_data(t)}
+    old = _weight_files(onnx.load(str(graph), load_external_data=False))
     fused = optimize_model(str(graph), model_type="bert")
     target = graph.with_name("fused.onnx")  # its weights go to fused.onnx.data (moved beside later)
     fused.save_model_to_file(str(target), use_external_data_format=True, all_tensors_to_one_file=True)

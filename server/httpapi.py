@@ -96,6 +96,13 @@ class Route:
     request: dict | None = None  # the JSON body's fields: name -> (type, description)
 
 
+# The fields TEI's /embed and /embed_sparse have in common.
+_TEI_INPUTS = {
+    "inputs": ("string | array of strings", "the texts"), "truncate": ("boolean", "default true"),
+    "truncation_direction": ("'Right' | 'Left'", "which end is cut"),
+    "prompt_name": ("string", "a named prompt of the model"),
+}
+
 ROUTES: list[Route] = [
     Route("POST", "/v1/embeddings", OPENAI, "OpenAI embeddings", {
         "model": ("string", "a model's name (GET /v1/models)"),
@@ -114,16 +121,11 @@ ROUTES: list[Route] = [
     }),
     Route("POST", "/v2/rerank", COHERE, "Cohere v2 rerank (same as /v1/rerank)"),
     Route("POST", "/embed", TEI, "text-embeddings-inference embed", {
-        "inputs": ("string | array of strings", "the texts"),
-        "normalize": ("boolean", "default true"), "truncate": ("boolean", "default true"),
-        "truncation_direction": ("'Right' | 'Left'", "which end is cut"),
-        "prompt_name": ("string", "a named prompt of the model"), "dimensions": ("integer", "Matryoshka"),
+        **_TEI_INPUTS, "normalize": ("boolean", "default true"), "dimensions": ("integer", "Matryoshka"),
     }),
     Route("POST", "/", TEI, "text-embeddings-inference: embed (what huggingface_hub's InferenceClient posts)"),
     Route("POST", "/embed_sparse", TEI, "text-embeddings-inference sparse embed (SPLADE, BGE-M3's lexical weights)", {
-        "inputs": ("string | array of strings", "the texts"), "truncate": ("boolean", "default true"),
-        "truncation_direction": ("'Right' | 'Left'", "which end is cut"),
-        "prompt_name": ("string", "a named prompt of the model"),
+        **_TEI_INPUTS,
         "model": ("string", "ember: a model with a sparse output (default: the default embedding model)"),
     }),
     Route("POST", "/rerank", TEI, "text-embeddings-inference rerank", {

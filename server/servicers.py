@@ -193,9 +193,8 @@ def dense_encoding(m: Manifest, p: EmbedParams, dims: int, outputs: tuple[str, .
 
 def encodings_of(m: Manifest) -> list[int]:
     """The Encoding values Embed can answer for `m` without int8_ranges (ModelInfo.encodings)."""
-    names = [n for n in ("float", "float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary")
-             if n not in ("int8", "uint8") or str(m.dimensions) in m.quantization_ranges]
-    return [next(v for v, k in domain.ENCODINGS.items() if k == n and v) for n in names]
+    calibrated = str(m.dimensions) in m.quantization_ranges
+    return [v for v, name in domain.ENCODINGS.items() if v and (calibrated or name not in ("int8", "uint8"))]
 
 
 def sparse_bytes(model: LoadedModel, sparse, p: EmbedParams) -> bytes:
@@ -329,11 +328,10 @@ class Core:
                 alone = s.inline_alone_ms and time.monotonic() - self.overlap_at >= s.inline_alone_ms / 1e3
                 job = model.scheduler.run_inline(toks, priority=priority, deadline=deadline,
                                                  min_idle_s=0.0 if alone else s.inline_idle_us / 1e6,
-                                                 **({"outputs": outputs} if outputs else {}))
+                                                 outputs=outputs)
                 if job is not None:
                     return job
-        return model.scheduler.submit(toks, priority=priority, deadline=deadline,
-                                      **({"outputs": outputs} if outputs else {}))
+        return model.scheduler.submit(toks, priority=priority, deadline=deadline, outputs=outputs)
 
     def accepting(self) -> None:
         if self.state.draining:

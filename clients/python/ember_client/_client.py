@@ -49,6 +49,13 @@ def channel_target(target: str | Sequence[str]) -> str:
     return f"{scheme}:" + ",".join(addresses)
 
 
+def _channel(module, target: str, credentials, options):
+    """A channel from `module` (grpc or grpc.aio): secure with `credentials`, else plaintext."""
+    if credentials is not None:
+        return module.secure_channel(target, credentials, options=options)
+    return module.insecure_channel(target, options=options)
+
+
 def _authority_host(target: str | Sequence[str]) -> str:
     """The host name a target names (what TLS checks the certificate against), "" for address lists."""
     if not isinstance(target, str) or target.startswith(("ipv4:", "ipv6:")):
@@ -515,7 +522,7 @@ def encoded(resp: pb.EmbedResponse, outputs: Sequence[str], encoding: str) -> En
                                   [list(v.tokens) for v in vs] if any(v.tokens for v in vs) else None,
                                   resp.sparse_dimensions)
     if "multi_vector" in outputs:
-        dtype = np.dtype("<f4" if encoding == "float32" else ENCODINGS[encoding][1])
+        dtype = np.dtype(ENCODINGS[encoding][1])
         multi = [np.frombuffer(e.multi_vector.packed, dtype=dtype).reshape(e.multi_vector.rows, -1).copy()
                  for e in resp.embeddings]
     return Encoded(dense, sparse, multi)
@@ -544,7 +551,7 @@ def _facts(resp: pb.ListModelsResponse) -> list[ModelFacts]:
                        m.max_tokens, tuple(m.providers), dict(m.prompts), tuple(m.matryoshka_dimensions),
                        m.is_default_embed, m.is_default_rerank, m.ready, m.max_batch_tokens, m.lanes,
                        tuple(pb.EmbedOutput.Name(o).removeprefix("EMBED_OUTPUT_").lower() for o in m.outputs),
-                       tuple(dict.fromkeys(_ENCODING_NAMES.get(e, "") for e in m.encodings if e in _ENCODING_NAMES)))
+                       tuple(dict.fromkeys(_ENCODING_NAMES[e] for e in m.encodings if e in _ENCODING_NAMES)))
             for m in resp.models]
 
 
@@ -594,8 +601,7 @@ class Client:
         self.credentials, self.options = credentials, [*_OPTIONS, *options]
         self.own_channel = channel is None
         if channel is None:
-            channel = grpc.secure_channel(channel_target(target), credentials, options=self.options) \
-                if credentials is not None else grpc.insecure_channel(channel_target(target), options=self.options)
+            channel = _channel(grpc, channel_target(target), credentials, self.options)
         _attach(self, channel, api_key, timeout, retries, backoff)
         self.chunk_size = chunk_size
 
@@ -605,13 +611,12 @@ class Client:
         replica's address), or this client's channel where the caller made that one."""
         if not self.own_channel:
             return self.channel, False
-        if self.credentials is None:
-            return grpc.insecure_channel(address, options=self.options), True
         options = self.options
         host = _authority_host(self.target)
-        if host and not any(k == "grpc.ssl_target_name_override" for k, _ in options):
+        if self.credentials is not None and host and \
+                not any(k == "grpc.ssl_target_name_override" for k, _ in options):
             options = [*options, ("grpc.ssl_target_name_override", host)]
-        return grpc.secure_channel(address, self.credentials, options=options), True
+        return _channel(grpc, address, self.credentials, options), True
 
     def __enter__(self) -> "Client":
         return self
@@ -763,9 +768,7 @@ class AsyncClient:
                  api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
                  credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, object]] = ()):
         if channel is None:
-            opts = [*_OPTIONS, *options]
-            channel = grpc.aio.secure_channel(channel_target(target), credentials, options=opts) \
-                if credentials is not None else grpc.aio.insecure_channel(channel_target(target), options=opts)
+            channel = _channel(grpc.aio, channel_target(target), credentials, [*_OPTIONS, *options])
         _attach(self, channel, api_key, timeout, retries, backoff)
 
     async def __aenter__(self) -> "AsyncClient":
