@@ -200,11 +200,14 @@ def leading_assignments(spec: str) -> tuple[list[str], dict[str, str]]:
 
 class EmberProcess:
     def __init__(self, models_dir: Path, port: int, extra: list[str], env: dict[str, str] | None = None):
-        """env: variables set for it on top of this process's, as for ServerProcess."""
+        """env: variables set for it on top of this process's, as for ServerProcess. Its HTTP APIs take
+        any free port (EMBER_HTTP_PORT=0, which commits from before them ignore), so that servers run
+        side by side (ab.py) do not contend for 8080."""
         t0 = time.perf_counter()
+        env = {"EMBER_HTTP_PORT": "0", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port",
                                       str(port), "--models-dir", str(models_dir), "--log-level", "warning",
-                                      "--metrics-port", "0", *extra], env={**os.environ, **env} if env else None)
+                                      "--metrics-port", "0", *extra], env={**os.environ, **env})
         self.address = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(self.address)
         stub = health_pb2_grpc.HealthStub(channel)
