@@ -4,6 +4,7 @@ against FlagEmbedding's BGEM3FlagModel, and a SPLADE model (BERT masked LM + Spl
 against sentence-transformers' SparseEncoder."""
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
@@ -301,3 +302,34 @@ def test_dense_only_calls_on_a_sparse_only_model_say_what_to_do(sparse_models, t
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == ("ember embed: --model: splade has no dense vectors (its outputs: sparse); ember embed "
                                 "writes dense vectors: choose an embedding model that has them")
+
+
+def test_an_interactive_stream_mixes_outputs_and_encodings_message_by_message(sparse_models):
+    """EmbedStream driven one message at a time, each asking for other outputs / encodings; a bad
+    message (INT8 for multi-vectors) ends the stream naming it, after every earlier answer."""
+    from test_streams import Interactive
+
+    _, _, server = sparse_models
+    with Client(server.address) as c:
+        ref = c.encode(TEXTS[:2], model="bge-m3", sparse=True, multi_vector=True)
+    s = Interactive(server.embedder.EmbedStream)
+    asks = [([pb.EMBED_OUTPUT_SPARSE], pb.ENCODING_FLOAT), ([pb.EMBED_OUTPUT_DENSE], pb.ENCODING_UBINARY),
+            ([pb.EMBED_OUTPUT_MULTI_VECTOR], pb.ENCODING_FLOAT16), (ALL, pb.ENCODING_FLOAT32_BYTES)]
+    for r in range(12):
+        outputs, encoding = asks[r % len(asks)]
+        resp = s.round_trip(pb.EmbedRequest(model="bge-m3", inputs=TEXTS[:2], outputs=outputs, encoding=encoding,
+                                            request_id=f"m{r}"))
+        assert isinstance(resp, pb.EmbedResponse) and resp.request_id == f"m{r}", resp
+        e = resp.embeddings[1]
+        if pb.EMBED_OUTPUT_SPARSE in outputs:
+            assert list(e.sparse.indices) == ref.sparse.indices[1].tolist()
+        if outputs == [pb.EMBED_OUTPUT_DENSE]:
+            assert e.packed == np.packbits(ref.dense[1] > 0).tobytes()
+        if pb.EMBED_OUTPUT_MULTI_VECTOR in outputs:
+            dtype = "<f2" if encoding == pb.ENCODING_FLOAT16 else "<f4"
+            got = np.frombuffer(e.multi_vector.packed, dtype).reshape(e.multi_vector.rows, -1)
+            np.testing.assert_allclose(got.astype(np.float32), ref.multi_vector[1], atol=1e-3)
+    err = s.round_trip(pb.EmbedRequest(model="bge-m3", inputs=["x"], outputs=[pb.EMBED_OUTPUT_MULTI_VECTOR],
+                                       encoding=pb.ENCODING_INT8, request_id="bad"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id=bad" in err.details()
+    assert "encoding:" in err.details()
