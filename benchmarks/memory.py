@@ -1,6 +1,6 @@
 """The memory a CPU model's batches take, and whether ember keeps within a pod's memory limit.
 
-    python benchmarks/memory.py arena [--models minilm,bert-base] [--shapes 32x512,64x256,128x128]
+    python benchmarks/memory.py arena [--models minilm,bert-base,DIR] [--shapes 32x512,64x256,128x128]
     sudo python benchmarks/memory.py burst [--limit-mb 2048] [--rev REV]
     python benchmarks/memory.py sessions [--models minilm,minilm-int8,bert-base] [--sessions 3]
 
@@ -53,6 +53,8 @@ MB = 1 << 20
 
 # ---- arena ----------------------------------------------------------------------------------
 def model_dir(name: str) -> Path:
+    if Path(name, "ember.json").is_file():  # an exported model directory (e.g. real_size.py --work's)
+        return Path(name)
     if name == "minilm":
         return export_models(OUT / "models", ("fp32",))["fp32"]
     from gpu_bench import build_random, export
@@ -333,7 +335,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("arena", help="what one batch adds to a session's memory, against ember's estimate")
-    a.add_argument("--models", default="minilm,bert-base", help="minilm, bert-base, xlmr-large")
+    a.add_argument("--models", default="minilm,bert-base", help="minilm, bert-base, xlmr-large, or exported model "
+                                                               "directories")
     a.add_argument("--shapes", default="32x512,64x256,128x128", help="batches, ROWSxTOKENS, comma-separated")
     a.add_argument("--out", default=str(OUT / "memory-arena.json"), help="where to write the results (JSON)")
     b = sub.add_parser("burst", help="ember serve in a memory-limited cgroup under bursts of long texts")

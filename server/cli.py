@@ -66,7 +66,9 @@ def _export_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=0,
                    help="longest input in tokens (default: sentence-transformers' max_seq_length, else the "
                         "model's positions); e.g. up to 32768 for Qwen3-Embedding")
-    p.add_argument("--optimize", default="", choices=["", "O1", "O2", "O3", "O4"])
+    p.add_argument("--optimize", default="", choices=["", "O1", "O2", "O3", "O4"],
+                   help="fused attention, for long inputs: ONNX Runtime's transformer fusions for the encoders "
+                        "(Optimum's level), GroupQueryAttention for the Qwen3 decoders (any level)")
     p.add_argument("--matryoshka-dims", default="", help="comma-separated allowed Matryoshka dimensions")
     p.add_argument("--isa", default="", help="int8: instruction set of the serving machine "
                                              "(amx, vnni, avx512, avx2, arm64, generic; default: this machine's)")

@@ -157,16 +157,19 @@ def export_model(src: str | Path, out: str | Path, task: str, *, dtype: str = "f
         tmp_path = Path(tmp)
         fields: dict = {}
         if family in families.CUSTOM:
-            if optimize and family != "bge-m3":
-                raise ExportError(f"--optimize is for the encoders (Optimum's, and BGE-M3's), not the {family} graph")
+            if optimize and family not in (*families.FUSED_DECODERS, "bge-m3"):
+                raise ExportError(f"--optimize is for the encoders (Optimum's, and BGE-M3's) and the Qwen3 decoders, "
+                                  f"not the {family} graph")
             for f in KEEP:
                 if (src_path / f).is_file():
                     shutil.copy2(src_path / f, tmp_path / f)
+            decoder = bool(optimize) and family in families.FUSED_DECODERS
             try:
-                fields = families.export(src_path, tmp_path, family, st.get("dense", []), st.get("splade"))
+                fields = families.export(src_path, tmp_path, family, st.get("dense", []), st.get("splade"),
+                                         fused=decoder)
             except families.FamilyError as e:
                 raise ExportError(f"{src}: {e}") from e
-            if optimize:
+            if optimize and not decoder:
                 _fuse_encoder(tmp_path / "model.onnx")
         else:
             if st.get("dense"):

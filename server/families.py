@@ -14,6 +14,12 @@ unchanged. Three families need a graph Optimum does not give:
   sliding layers every token within the window), mean pooling and the sentence-transformers
   Dense projections, all in the graph; the output is the pooled, projected `sentence_embedding`.
 
+The two Qwen3 graphs are written with plain attention (softmax over a [heads, length, length]
+tensor) by default, and with `ember export --optimize` as one com.microsoft GroupQueryAttention
+node per layer: ONNX Runtime's fused kernel, which holds no length² tensor (one 8,192-token input
+in a third of the memory, 1.8x faster on the CPU; benchmarks/RESULTS.md). That graph reads each
+row's length, so it is padded on the right.
+
 What each family needs around the graph (prompts, prompt template, padding side, pooling) is
 returned as manifest fields.
 """
@@ -126,31 +132,89 @@ def _dense_layers(src: Path, dense_paths: list[str]):
     return torch.nn.Sequential(*layers)
 
 
+FUSED_DECODERS = ("qwen3-embedding", "qwen3-reranker")
+FUSED_ATTENTION = "ember_gqa"  # the transformers attention implementation that exports as GroupQueryAttention
+
+
+def _fused_attention():
+    """Register FUSED_ATTENTION with transformers: causal attention that the ONNX export writes as
+    one com.microsoft GroupQueryAttention node per layer (ONNX Runtime's fused kernel: no
+    [heads, length, length] tensor, key/value heads shared as the model shares them).
+
+    The node reads the real length of each row from `seqlens_k`, so the tokens must be padded on
+    the right: a causal token then never sees a pad, and a pad's own output is never read."""
+    import torch
+    from transformers import AttentionInterface
+
+    class GQA(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, seqlens_k, total, heads: int, kv_heads: int, scale: float):
+            # what the node computes, in torch (the trace needs a value; parity tests use the graph)
+            B, S = q.shape[:2]
+            q4, k4, v4 = (x.view(B, S, -1, q.shape[-1] // heads).transpose(1, 2) for x in (q, k, v))
+            rep = heads // kv_heads
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q4, k4.repeat_interleave(rep, 1), v4.repeat_interleave(rep, 1), is_causal=True, scale=scale)
+            return out.transpose(1, 2).reshape(B, S, -1)
+
+        @staticmethod
+        def symbolic(g, q, k, v, seqlens_k, total, heads, kv_heads, scale):
+            absent = g.op("prim::Constant")
+            absent.setType(torch._C.OptionalType.ofTensor())  # an empty input name: no past key/value
+            out, _, _ = g.op("com.microsoft::GroupQueryAttention", q, k, v, absent, absent, seqlens_k, total,
+                             num_heads_i=heads, kv_num_heads_i=kv_heads, scale_f=scale, outputs=3)
+            return out
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                  **kwargs):
+        if sliding_window:
+            raise FamilyError("fused attention: sliding-window layers are not supported")
+        cfg = module.config  # (not the tensors' shapes: the trace would make those graph values)
+        heads, kv_heads, dim = cfg.num_attention_heads, cfg.num_key_value_heads, module.head_dim
+        q, k, v = (x.transpose(1, 2).flatten(2) for x in (query, key, value))
+        out = GQA.apply(q, k, v, kwargs["ember_seqlens_k"], kwargs["ember_total"], heads, kv_heads,
+                        float(scaling if scaling is not None else dim ** -0.5))
+        return out.unflatten(2, (heads, dim)), None
+
+    AttentionInterface.register(FUSED_ATTENTION, attention)
+
+
+def _decoder_kwargs(attention_mask, fused: bool) -> dict:
+    """What a Qwen3 backbone is called with: the causal + padding mask (plain attention), or each
+    row's real length for GroupQueryAttention (fused; right padding)."""
+    import torch
+
+    if not fused:
+        full, _ = _masks(attention_mask, causal=True)
+        return {"attention_mask": {"full_attention": full}}
+    return {"attention_mask": {"full_attention": None},
+            "ember_seqlens_k": (attention_mask.sum(-1) - 1).to(torch.int32),
+            "ember_total": torch._shape_as_tensor(attention_mask)[1].to(torch.int32)}
+
+
 def _wrappers():
     import torch
 
     class Qwen3Hidden(torch.nn.Module):
-        def __init__(self, backbone):
+        def __init__(self, backbone, fused: bool = False):
             super().__init__()
-            self.backbone = backbone
+            self.backbone, self.fused = backbone, fused
 
         def forward(self, input_ids, attention_mask):
-            full, _ = _masks(attention_mask, causal=True)
-            out = self.backbone(input_ids=input_ids, attention_mask={"full_attention": full},
-                                position_ids=_positions(attention_mask), use_cache=False)
+            out = self.backbone(input_ids=input_ids, position_ids=_positions(attention_mask), use_cache=False,
+                                **_decoder_kwargs(attention_mask, self.fused))
             return out.last_hidden_state
 
     class Qwen3YesNo(torch.nn.Module):
-        def __init__(self, lm, yes: int, no: int):
+        def __init__(self, lm, yes: int, no: int, fused: bool = False):
             super().__init__()
-            self.backbone = lm.model
+            self.backbone, self.fused = lm.model, fused
             w = lm.lm_head.weight.detach()
             self.register_buffer("direction", (w[yes] - w[no]).clone().unsqueeze(1))  # [H, 1]
 
         def forward(self, input_ids, attention_mask):
-            full, _ = _masks(attention_mask, causal=True)
-            h = self.backbone(input_ids=input_ids, attention_mask={"full_attention": full},
-                              position_ids=_positions(attention_mask), use_cache=False).last_hidden_state
+            h = self.backbone(input_ids=input_ids, position_ids=_positions(attention_mask), use_cache=False,
+                              **_decoder_kwargs(attention_mask, self.fused)).last_hidden_state
             T = attention_mask.shape[1]
             # index of the last real token, whatever the padding side
             last = (attention_mask.to(torch.float32) * torch.arange(1, T + 1, dtype=torch.float32)).argmax(-1)
@@ -226,11 +290,19 @@ def _linear(path: Path, in_features: int):
     return layer
 
 
-def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade: dict | None = None) -> dict:
-    """Write `out_dir/model.onnx` for a custom family; return the manifest fields it implies."""
+def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade: dict | None = None,
+           fused: bool = False) -> dict:
+    """Write `out_dir/model.onnx` for a custom family; return the manifest fields it implies.
+    fused: the decoders' attention as GroupQueryAttention (Qwen3 families only)."""
     import torch
     from tokenizers import Tokenizer
 
+    attn = "eager"
+    if fused:
+        if family not in FUSED_DECODERS:
+            raise FamilyError(f"fused decoder attention is for the Qwen3 families, not {family}")
+        _fused_attention()
+        attn = FUSED_ATTENTION
     Qwen3Hidden, Qwen3YesNo, GemmaEmbedding, M3, Splade = _wrappers()
     fields: dict = {"family": family}
     inputs = ["input_ids", "attention_mask"]
@@ -238,7 +310,7 @@ def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade
     if family == "qwen3-embedding":
         from transformers import AutoModel
 
-        model = Qwen3Hidden(AutoModel.from_pretrained(src, attn_implementation="eager", dtype=torch.float32))
+        model = Qwen3Hidden(AutoModel.from_pretrained(src, attn_implementation=attn, dtype=torch.float32), fused)
         output, shape = "last_hidden_state", {0: "batch", 1: "sequence"}
     elif family == "qwen3-reranker":
         from transformers import AutoModelForCausalLM
@@ -247,8 +319,8 @@ def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade
         yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
         if yes is None or no is None:
             raise FamilyError(f"{src}: the tokenizer has no single 'yes'/'no' tokens to score with")
-        lm = AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager", dtype=torch.float32)
-        model = Qwen3YesNo(lm, yes, no)
+        lm = AutoModelForCausalLM.from_pretrained(src, attn_implementation=attn, dtype=torch.float32)
+        model = Qwen3YesNo(lm, yes, no, fused)
         output, shape = "logits", {0: "batch"}
         fields.update(rerank_template=dict(QWEN3_RERANK_TEMPLATE), padding_side="left")
     elif family == "embeddinggemma":
@@ -290,6 +362,8 @@ def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade
                       dimensions=int(mlm.config.vocab_size), normalize=False)
     else:
         raise FamilyError(f"no custom export for family {family!r}")
+    if fused:
+        fields["padding_side"] = "right"  # GroupQueryAttention reads each row's length from the left
     model.eval()
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
@@ -298,6 +372,7 @@ def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs} | {output: shape} | extra
     with torch.no_grad():
         torch.onnx.export(model, args, str(out_dir / "model.onnx"), input_names=inputs, output_names=names,
-                          opset_version=17, dynamo=False, dynamic_axes=axes)
+                          opset_version=17, dynamo=False, dynamic_axes=axes,
+                          custom_opsets={"com.microsoft": 1} if fused else None)
     fields["output"] = output
     return fields

@@ -25,6 +25,7 @@ from .engine import ORT_PROVIDER, Engine, accelerator_options
 from .errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .ext import BufferPool, cuda_error
 from .fallback import CircuitBreaker, FallbackEngine
+from .families import FUSED_DECODERS
 from .manifest import Manifest, read_manifest
 from .scheduler import ModelScheduler
 from .settings import KNOWN_PROVIDERS, ModelConfig, Settings, model_config
@@ -70,6 +71,10 @@ MEMORY_SHARE = 0.8
 WEIGHT_FACTOR = 1.25
 WEIGHT_FACTOR_BESIDE = 0.85
 ACT_HIDDEN, ACT_ATTENTION = 13, 2.25
+# The Qwen3 graphs (plain attention) hold more per head and length² than the encoders: their causal
+# mask and its padded copies. 3.25 is rounded up from one 8,192-token input of Qwen3-0.6B's shape
+# (13.2 GB); 4 × 2,048 needs less (benchmarks/memory.py arena on real_size.py's exports).
+ACT_ATTENTION_DECODER = 3.25
 _UNLIMITED = 1 << 60  # a cgroup v1 "no limit" is a number near 2**63
 
 
@@ -124,7 +129,15 @@ def token_bytes(path: Path, manifest: Manifest, length: int = 0) -> int:
     # A SPLADE graph holds [tokens, vocabulary] masked-LM logits before it pools them: counted as the
     # logits and two element-wise copies (masked, then relu/log1p), an estimate, not fitted.
     vocab = 3 * int(cfg.get("vocab_size") or manifest.dimensions) if manifest.sparse_kind == "vocab" else 0
-    return int(4 * (ACT_HIDDEN * hidden + ACT_ATTENTION * heads * (length or manifest.max_tokens) + vocab))
+    if manifest.family in FUSED_DECODERS and manifest.optimize:
+        # GroupQueryAttention: no length² tensor, but every layer's key and value heads (its
+        # present_key/value outputs, which its CPU kernel reads) stay in the arena to the end of the
+        # run: 2 × (1 + 5 %) per layer. 8,192-token batches of Qwen3-0.6B's shape took 0.95-0.97 of
+        # this estimate whatever their rows' length (fp32, int8).
+        kv = int(cfg.get("num_key_value_heads") or heads) * int(cfg.get("head_dim") or hidden // heads)
+        return int(4 * (ACT_HIDDEN * hidden + 2.1 * kv * int(cfg.get("num_hidden_layers") or 1) + vocab))
+    attention = ACT_ATTENTION_DECODER if manifest.family in FUSED_DECODERS else ACT_ATTENTION
+    return int(4 * (ACT_HIDDEN * hidden + attention * heads * (length or manifest.max_tokens) + vocab))
 
 
 def batch_bytes(path: Path, manifest: Manifest, budget: int) -> int:

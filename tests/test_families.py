@@ -37,6 +37,12 @@ def family_models(tmp_path_factory):
     }
     run_export(sources["qwen3-embedding"], out / "qwen3-embedding", "embed", "--max-tokens", "32768")
     run_export(sources["qwen3-reranker"], out / "qwen3-reranker", "rerank")
+    # --optimize: the decoders' attention as GroupQueryAttention (right padding)
+    run_export(sources["qwen3-embedding"], out / "qwen3-embedding-fused", "embed", "--max-tokens", "32768",
+               "--optimize", "O2")
+    run_export(sources["qwen3-reranker"], out / "qwen3-reranker-fused", "rerank", "--optimize", "O2")
+    run_export(sources["qwen3-embedding"], out / "qwen3-embedding-fused-int8", "embed", "--optimize", "O2",
+               "--dtype", "int8")
     run_export(sources["bge-m3"], out / "bge-m3", "embed")
     run_export(sources["bge-reranker"], out / "bge-reranker", "rerank")
     run_export(sources["embeddinggemma"], out / "embeddinggemma", "embed", "--matryoshka-dims", "32,16,8")
@@ -113,32 +119,65 @@ def test_qwen3_reranker_graph_never_holds_vocabulary_logits(family_models):
     assert len(big) <= 1, big  # the input embedding table
 
 
+def test_fused_decoder_graphs_have_one_group_query_attention_per_layer(family_models):
+    """--optimize on Qwen3: no [heads, length, length] scores tensor (no Softmax), one fused node per
+    layer, and right padding, which GroupQueryAttention reads each row's length by."""
+    import onnx
+
+    for name in ("qwen3-embedding-fused", "qwen3-reranker-fused", "qwen3-embedding-fused-int8"):
+        m = manifest(family_models, name)
+        layers = json.loads((family_models[0][name.split("-fused")[0]] / "config.json").read_text())[
+            "num_hidden_layers"]
+        ops = [n.op_type for n in onnx.load(str(family_models[1] / name / m["onnx_file"])).graph.node]
+        assert ops.count("GroupQueryAttention") == layers and "Softmax" not in ops, name
+        assert (m["padding_side"], m["optimize"]) == ("right", "O2"), name
+    ops = [n.op_type for n in onnx.load(str(family_models[1] / "qwen3-embedding" / "model.onnx")).graph.node]
+    assert "GroupQueryAttention" not in ops and "Softmax" in ops  # the default graph stays plain
+
+
+def test_optimize_names_the_families_it_is_for(family_models, tmp_path):
+    with pytest.raises(ExportError, match="--optimize is for the encoders .* and the Qwen3 decoders, not the "
+                                          "embeddinggemma graph"):
+        export_model(family_models[0]["embeddinggemma"], tmp_path / "g", "embed", optimize="O2")
+
+
 def test_embeddinggemma_refuses_float16_with_the_reason(family_models, tmp_path):
     with pytest.raises(ExportError, match="EmbeddingGemma cannot run in float16"):
         export_model(family_models[0]["embeddinggemma"], tmp_path / "g16", "embed", dtype="fp16")
 
 
 # ---- parity with the references ------------------------------------------------------------
-def test_qwen3_embedding_matches_sentence_transformers(family_models, family_server):
+@pytest.mark.parametrize("model", ["qwen3-embedding", "qwen3-embedding-fused"])
+def test_qwen3_embedding_matches_sentence_transformers(family_models, family_server, model):
+    """The plain graph and the fused one (--optimize: GroupQueryAttention, right padding) alike."""
     st = sentence_transformer(family_models[0]["qwen3-embedding"])
     texts = SHORT + [LONG]
     ref_q = st.encode(texts, prompt_name="query", batch_size=8)
     ref_d = st.encode(texts, prompt_name="document", batch_size=8)
-    got_q = embed(family_server, "qwen3-embedding", texts, input_type=pb.INPUT_TYPE_QUERY)
-    got_d = embed(family_server, "qwen3-embedding", texts, input_type=pb.INPUT_TYPE_DOCUMENT)
-    print(f"qwen3-embedding min cosine: query {min_cosine(got_q, ref_q):.7f}, document {min_cosine(got_d, ref_d):.7f}")
+    got_q = embed(family_server, model, texts, input_type=pb.INPUT_TYPE_QUERY)
+    got_d = embed(family_server, model, texts, input_type=pb.INPUT_TYPE_DOCUMENT)
+    print(f"{model} min cosine: query {min_cosine(got_q, ref_q):.7f}, document {min_cosine(got_d, ref_d):.7f}")
     assert min_cosine(got_q, ref_q) >= 0.9999 and min_cosine(got_d, ref_d) >= 0.9999
     assert min_cosine(got_q, got_d) < 0.9999  # the instruction really was applied to queries only
     # Matryoshka: any size up to the full one; same as truncating the reference and renormalizing
-    got16 = embed(family_server, "qwen3-embedding", texts, input_type=pb.INPUT_TYPE_QUERY, dimensions=16)
+    got16 = embed(family_server, model, texts, input_type=pb.INPUT_TYPE_QUERY, dimensions=16)
     assert got16.shape == (len(texts), 16) and min_cosine(got16, ref_q[:, :16]) >= 0.9999
 
 
-def test_qwen3_embedding_alone_and_in_a_batch_agree(family_server):
-    """Left padding: a text padded next to a long one gives the vector it gives alone."""
-    batch = embed(family_server, "qwen3-embedding", SHORT + [LONG])
-    alone = np.concatenate([embed(family_server, "qwen3-embedding", [t]) for t in SHORT])
+@pytest.mark.parametrize("model", ["qwen3-embedding", "qwen3-embedding-fused"])
+def test_qwen3_embedding_alone_and_in_a_batch_agree(family_server, model):
+    """Left padding (plain) or right (fused): a text padded next to a long one gives the vector it gives alone."""
+    batch = embed(family_server, model, SHORT + [LONG])
+    alone = np.concatenate([embed(family_server, model, [t]) for t in SHORT])
     assert min_cosine(batch[:len(SHORT)], alone) >= 0.9999
+
+
+def test_fused_int8_qwen3_embedding_agrees_with_fp32(family_server):
+    texts = SHORT + [LONG]
+    ref = embed(family_server, "qwen3-embedding", texts)
+    got = embed(family_server, "qwen3-embedding-fused-int8", texts)
+    print(f"fused int8 qwen3-embedding min cosine {min_cosine(got, ref):.5f}")
+    assert min_cosine(got, ref) >= 0.99
 
 
 def _qwen3_reranker_reference(src, query: str, docs: list[str], instruction: str | None = None) -> np.ndarray:
@@ -163,18 +202,19 @@ def _qwen3_reranker_reference(src, query: str, docs: list[str], instruction: str
     return scores.numpy().astype(np.float64)
 
 
-def test_qwen3_reranker_matches_the_model_cards_scoring(family_models, family_server):
+@pytest.mark.parametrize("model", ["qwen3-reranker", "qwen3-reranker-fused"])
+def test_qwen3_reranker_matches_the_model_cards_scoring(family_models, family_server, model):
     src = family_models[0]["qwen3-reranker"]
     query, docs = "Is it going to rain?", SHORT + [LONG[:3000]]
     ref = _qwen3_reranker_reference(src, query, docs)
-    got = rerank_scores(family_server, "qwen3-reranker", query, docs)
-    print(f"qwen3-reranker max |Δ| {np.abs(got - ref).max():.2e}")
+    got = rerank_scores(family_server, model, query, docs)
+    print(f"{model} max |Δ| {np.abs(got - ref).max():.2e}")
     assert np.abs(got - ref).max() <= 1e-4
     inst = "Judge whether the passage is about the weather"
     ref_i = _qwen3_reranker_reference(src, query, docs, inst)
-    got_i = rerank_scores(family_server, "qwen3-reranker", query, docs, instruction=inst)
+    got_i = rerank_scores(family_server, model, query, docs, instruction=inst)
     assert np.abs(got_i - ref_i).max() <= 1e-4 and np.abs(ref_i - ref).max() > 1e-4
-    raw = rerank_scores(family_server, "qwen3-reranker", query, docs, raw_scores=True)
+    raw = rerank_scores(family_server, model, query, docs, raw_scores=True)
     np.testing.assert_allclose(1 / (1 + np.exp(-raw)), got, atol=1e-6)  # raw = logit(yes) − logit(no)
 
 

@@ -3,6 +3,7 @@ lowered or left out where the memory available would not hold them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from ember import registry as reg_module
-from ember.manifest import read_manifest
+from ember.manifest import Manifest, read_manifest
 from ember.registry import (MEMORY_SHARE, WEIGHT_FACTOR, WEIGHT_FACTOR_BESIDE, Registry, arena_bytes, batch_bytes,
                             fit_budget, session_bytes, token_bytes, weights_bytes)
 from ember.scheduler import REALTIME
@@ -83,6 +84,24 @@ def test_token_bytes_grows_with_the_row_length_and_reads_the_model_config(tiny_m
     shutil.copytree(path, bare)
     (bare / "config.json").unlink()
     assert token_bytes(bare, m) == int(4 * (13 * m.dimensions + 2.25 * max(1, m.dimensions // 64) * m.max_tokens))
+
+
+def test_a_fused_decoder_graph_plans_its_key_value_heads_not_length_squared(tmp_path):
+    """Qwen3 exported with --optimize (GroupQueryAttention): what a token costs does not grow with its
+    row's length, but counts every layer's key and value heads; the plain Qwen3 graph's length² term
+    is larger than an encoder's (benchmarks/RESULTS.md, the memory plan at real size)."""
+    cfg = {"hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+           "num_hidden_layers": 28}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    plain = Manifest(name="q", task="embed", architecture="Qwen3Model", onnx_file="model.onnx",
+                     output="last_hidden_state", dimensions=1024, pooling="last", max_tokens=8192,
+                     family="qwen3-embedding")
+    fused = dataclasses.replace(plain, optimize="O2")
+    assert token_bytes(tmp_path, fused, 512) == token_bytes(tmp_path, fused, 8192) == \
+        int(4 * (13 * 1024 + 2.1 * 8 * 128 * 28))
+    assert token_bytes(tmp_path, plain, 8192) == int(4 * (13 * 1024 + 3.25 * 16 * 8192))
+    encoder = dataclasses.replace(plain, family="bert", optimize="O2")  # an encoder's fusion keeps length²
+    assert token_bytes(tmp_path, encoder, 8192) == int(4 * (13 * 1024 + 2.25 * 16 * 8192))
 
 
 def test_the_batch_budget_is_lowered_to_what_the_memory_holds(tiny_models_dir, caplog):
