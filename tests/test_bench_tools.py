@@ -84,3 +84,20 @@ def test_overhead_split_times_each_function_of_a_real_embed_call_and_puts_them_b
 
 
 # perf sched timehist -w lines as perf 6.x prints them (from a recording of ember and the Go client)
+
+
+def test_attention_kernels_builds_each_kernel_and_they_agree_with_the_plain_graph():
+    """attention_kernels.py's graphs are what its table says: each fused kernel gives the plain
+    layer's output (the flash path, which takes no mask, must not for a windowed one)."""
+    import numpy as np
+
+    import attention_kernels as ak
+
+    for shape, kernels in ak.KERNELS.items():
+        length = 512  # longer than EmbeddingGemma's window, which the flash path cannot apply
+        for kernel in kernels:
+            ak.one(shape, kernel, length, 1)
+        ref = np.load(ak.OUT / f"attention-{shape}-{length}-plain.npy")
+        for kernel in kernels:
+            got = np.load(ak.OUT / f"attention-{shape}-{length}-{kernel}.npy")
+            assert np.allclose(got, ref, atol=1e-5) == (kernel != "mha_flash"), (shape, kernel)
