@@ -134,3 +134,70 @@ def test_three_shards_run_apart_one_killed_and_resumed_merge_to_the_unsharded_ou
     np.testing.assert_allclose(np.load(out), np.load(whole), atol=1e-6)
     ids = [json.loads((tmp_path / f"{n}.ids.json").read_text()) for n in ("parts", "whole")]
     assert ids[0] == ids[1]
+
+
+def _reference(address: str, texts: list[str], batch_size: int) -> np.ndarray:
+    from ember_client import Client
+
+    with Client(address) as c:
+        return np.concatenate(list(c.embed_stream(texts, batch_size=batch_size)))
+
+
+def test_async_client_streams_over_both_replicas_in_order(replicas):
+    """AsyncClient.embed_stream(streams=4) over two replicas: every batch once, in order, the same
+    vectors as one stream to one replica, and both replicas answered a share."""
+    import asyncio
+
+    from ember_client import AsyncClient
+
+    (_, a, ma), (_, b, mb) = replicas
+    texts = [f"async text number {i}" for i in range(3000)]
+    ref = _reference(a, texts, 32)
+    before = _embeds_answered(ma), _embeds_answered(mb)
+
+    async def run():
+        async def source():  # an async iterable, as an asyncio pipeline would feed it
+            for t in texts:
+                yield t
+
+        async with AsyncClient([a, b], timeout=60) as c:
+            return [arr async for arr in c.embed_stream(source(), batch_size=32, streams=4, window=4)]
+
+    parts = asyncio.run(run())
+    shares = [_embeds_answered(ma) - before[0], _embeds_answered(mb) - before[1]]
+    print(f"\nasync streams=4 over two replicas: messages answered {shares[0]:.0f} / {shares[1]:.0f}")
+    assert [len(p) for p in parts] == [32] * 93 + [24]
+    np.testing.assert_allclose(np.concatenate(parts), ref, atol=1e-6)
+    assert sum(shares) == 94 and min(shares) >= 0.2 * sum(shares)
+
+
+def test_async_client_streams_survive_a_replica_killed_mid_stream(tiny_models_dir):
+    """One of two replicas SIGKILLed while an AsyncClient streams over both: its unanswered batches
+    go to the other, and the caller still gets every batch once, in order."""
+    import asyncio
+
+    from ember_client import AsyncClient
+
+    first, second = _replica(tiny_models_dir, 0), _replica(tiny_models_dir, 1)
+    texts = [f"kill test text {i}" for i in range(6000)]
+    try:
+        ref = _reference(second[1], texts, 32)
+
+        async def run():
+            got = []
+            async with AsyncClient([first[1], second[1]], timeout=60) as c:
+                async for arr in c.embed_stream(texts, batch_size=32, streams=2, window=4):
+                    got.append(arr)
+                    if len(got) == 20:
+                        first[0].send_signal(signal.SIGKILL)  # mid-stream, without a drain
+                return got, c.stream_resumes
+
+        parts, resumes = asyncio.run(run())
+        print(f"\nasync streams after a kill: {len(parts)} batches, {resumes} stream resumes")
+        assert len(parts) == 188 and resumes >= 1
+        np.testing.assert_allclose(np.concatenate(parts), ref, atol=1e-6)
+    finally:
+        for proc, _, _ in (first, second):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)

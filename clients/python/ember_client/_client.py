@@ -370,6 +370,170 @@ class StreamPool:
                 t.join(10)
 
 
+async def _achunks(texts: Iterable[str] | AsyncIterable[str], size: int) -> AsyncIterator[tuple[int, list[str]]]:
+    """(number, batch) of `size` texts from a plain or an async iterable."""
+    if isinstance(texts, AsyncIterable):
+        chunk, i = [], 0
+        async for t in texts:
+            chunk.append(t)
+            if len(chunk) == size:
+                yield i, chunk
+                chunk, i = [], i + 1
+        if chunk:
+            yield i, chunk
+    else:
+        for item in enumerate(_chunks(texts, size)):
+            yield item
+
+
+class AsyncStreamPool:
+    """StreamPool for asyncio: several EmbedStreams at once on one event loop, fed from one queue of
+    batches, each stream on a replica of its own (dealt in turn), `window` messages in flight each.
+    A stream that ends with a retryable status puts its unanswered batches back in the queue, lowest
+    first, for any stream, and tries its replica again with backoff (`retries` tries in a row without
+    an answer, and it gives up; the others carry on). Answers come out in order, each once; at most
+    `streams × window × 4` batches are read ahead of the one the caller waits for."""
+
+    def __init__(self, client: "AsyncClient", streams: int, window: int):
+        self.client, self.streams, self.window = client, streams, window
+        self.addresses = replicas(client.target)
+        self.cond = asyncio.Condition()
+        self.results: dict[int, np.ndarray] = {}
+        self.requeued: list[tuple[int, list[str]]] = []  # a heap: the lowest index first
+        self.next_out = self.taken = 0
+        self.exhausted = False
+        self.error: BaseException | None = None
+        self.last_error: BaseException | None = None
+        self.alive = 0
+        self.answers_by_replica: dict[str, int] = {}
+
+    def _finished(self) -> bool:
+        return self.exhausted and not self.requeued and self.next_out + len(self.results) >= self.taken
+
+    async def _take(self, source, done: asyncio.Event):
+        """The next batch for a stream (a requeued one first), or None: none now, or the stream is done."""
+        async with self.cond:
+            await self.cond.wait_for(lambda: done.is_set() or self.error is not None or bool(self.requeued)
+                                     or self.exhausted
+                                     or self.taken - self.next_out < self.streams * self.window * 4)
+            if done.is_set() or self.error is not None:
+                return None
+            if self.requeued:
+                return heapq.heappop(self.requeued)
+            if self.exhausted:
+                return None
+        item = await anext(source, None)  # the caller's iterable (one reader at a time: `pulling`)
+        async with self.cond:
+            if item is None:
+                self.exhausted = True
+            else:
+                self.taken = max(self.taken, item[0] + 1)
+                if done.is_set():
+                    heapq.heappush(self.requeued, item)
+                    item = None
+            self.cond.notify_all()
+            return item
+
+    async def _work(self, k: int, source, pulling: asyncio.Lock, options: dict) -> None:
+        address = self.addresses[k % len(self.addresses)]
+        channel, own = self.client.replica_channel(address)
+        stub = pb_grpc.EmbedderStub(channel)
+        client, failures = self.client, 0
+        try:
+            while True:
+                async with self.cond:
+                    await self.cond.wait_for(lambda: bool(self.requeued) or not self.exhausted or self._finished()
+                                             or self.error is not None)
+                    if self._finished() or self.error is not None:
+                        return
+                slots, done = asyncio.Semaphore(self.window), asyncio.Event()
+                mine: collections.deque[tuple[int, list[str]]] = collections.deque()
+
+                async def requests(slots=slots, done=done, mine=mine):
+                    while True:
+                        await slots.acquire()
+                        async with pulling:
+                            item = await self._take(source, done)
+                        if item is None:
+                            return
+                        mine.append(item)
+                        yield _stream_request(item[1], item[0], options)
+
+                call = stub.EmbedStream(requests(), metadata=client.metadata)
+                try:
+                    async for resp in call:
+                        slots.release()
+                        i, _ = mine.popleft()
+                        if resp.request_id != str(i):
+                            raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
+                        failures = 0
+                        async with self.cond:
+                            if i >= self.next_out and i not in self.results:
+                                self.results[i] = embeddings_array(resp, options.get("encoding", "float32"))
+                                self.answers_by_replica[address] = self.answers_by_replica.get(address, 0) + 1
+                            self.cond.notify_all()
+                    continue  # half-closed with everything answered: look for more
+                except grpc.RpcError as e:
+                    if e.code() not in STREAM_RETRYABLE:
+                        raise
+                    failures += 1
+                    client.stream_resumes += 1
+                    if failures > client.retries:
+                        raise
+                    delay = retry_delay(e, failures - 1, client.backoff)
+                finally:
+                    call.cancel()
+                    async with self.cond:
+                        done.set()
+                        for item in mine:  # unanswered: back to the queue for any stream
+                            heapq.heappush(self.requeued, item)
+                        mine.clear()
+                        self.cond.notify_all()
+                await asyncio.sleep(delay)
+                try:  # this replica, back: within a few seconds, or the next failure counts
+                    await asyncio.wait_for(channel.channel_ready(), min(5.0, client.timeout or 5.0))
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # this stream is done for; the others carry on without it
+            async with self.cond:
+                self.last_error = e
+                if not isinstance(e, grpc.RpcError) or e.code() not in STREAM_RETRYABLE:
+                    self.error = e
+        finally:
+            async with self.cond:
+                self.alive -= 1
+                self.cond.notify_all()
+            if own:
+                await channel.close()
+
+    async def run(self, source, options: dict) -> AsyncIterator[np.ndarray]:
+        pulling = asyncio.Lock()
+        tasks = [asyncio.create_task(self._work(k, source, pulling, options), name=f"ember-stream-{k}")
+                 for k in range(self.streams)]
+        self.alive = len(tasks)
+        try:
+            while True:
+                async with self.cond:
+                    await self.cond.wait_for(lambda: self.next_out in self.results or self.error is not None
+                                             or self._finished() or self.alive == 0)
+                    if self.next_out not in self.results:
+                        if self.error is not None:
+                            raise self.error
+                        if self._finished():
+                            return
+                        raise self.last_error or RuntimeError("every EmbedStream ended with batches unanswered")
+                    arr = self.results.pop(self.next_out)
+                    self.next_out += 1
+                    self.cond.notify_all()
+                yield arr
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass(frozen=True)
 class RerankHit:
     index: int
@@ -564,6 +728,20 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _replica_channel(client, module, address: str):
+    """A channel to one replica for a pool of streams, and whether the caller is to close it: one of
+    its own with the client's credentials and options (TLS checks the target's host name, not the
+    replica's address), or the client's channel where the caller made that one."""
+    if not client.own_channel:
+        return client.channel, False
+    options = client.options
+    host = _authority_host(client.target)
+    if client.credentials is not None and host and \
+            not any(k == "grpc.ssl_target_name_override" for k, _ in options):
+        options = [*options, ("grpc.ssl_target_name_override", host)]
+    return _channel(module, address, client.credentials, options), True
+
+
 def _attach(client, channel, api_key: str | None, timeout: float | None, retries: int = 4,
             backoff: float = 0.05) -> None:
     """The channel, call options and stubs that Client and AsyncClient share."""
@@ -606,17 +784,9 @@ class Client:
         self.chunk_size = chunk_size
 
     def replica_channel(self, address: str) -> tuple[grpc.Channel, bool]:
-        """A channel to one replica for StreamPool, and whether the caller is to close it: one of its
-        own with this client's credentials and options (TLS checks the target's host name, not the
-        replica's address), or this client's channel where the caller made that one."""
-        if not self.own_channel:
-            return self.channel, False
-        options = self.options
-        host = _authority_host(self.target)
-        if self.credentials is not None and host and \
-                not any(k == "grpc.ssl_target_name_override" for k, _ in options):
-            options = [*options, ("grpc.ssl_target_name_override", host)]
-        return _channel(grpc, address, self.credentials, options), True
+        """A channel to one replica for StreamPool, and whether the caller is to close it (see
+        `_replica_channel`)."""
+        return _replica_channel(self, grpc, address)
 
     def __enter__(self) -> "Client":
         return self
@@ -767,9 +937,16 @@ class AsyncClient:
     def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
                  api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
                  credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, object]] = ()):
+        self.target = target
+        self.credentials, self.options = credentials, [*_OPTIONS, *options]
+        self.own_channel = channel is None
         if channel is None:
-            channel = _channel(grpc.aio, channel_target(target), credentials, [*_OPTIONS, *options])
+            channel = _channel(grpc.aio, channel_target(target), credentials, self.options)
         _attach(self, channel, api_key, timeout, retries, backoff)
+
+    def replica_channel(self, address: str) -> tuple[grpc.aio.Channel, bool]:
+        """As `Client.replica_channel`, an asyncio channel."""
+        return _replica_channel(self, grpc.aio, address)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -800,24 +977,15 @@ class AsyncClient:
         return encoded(await _acall_with_retries(self, self._embedder.Embed, req), outputs, encoding)
 
     async def embed_stream(self, texts: Iterable[str] | AsyncIterable[str], *, batch_size: int = 64,
-                           **options) -> AsyncIterator[np.ndarray]:
+                           window: int = 32, streams: int = 1, **options) -> AsyncIterator[np.ndarray]:
         """As `Client.embed_stream`: one array per batch, in order, the unanswered messages sent again
-        on a new stream after UNAVAILABLE or RESOURCE_EXHAUSTED."""
-        async def chunks():
-            if isinstance(texts, AsyncIterable):
-                chunk, i = [], 0
-                async for t in texts:
-                    chunk.append(t)
-                    if len(chunk) == batch_size:
-                        yield i, chunk
-                        chunk, i = [], i + 1
-                if chunk:
-                    yield i, chunk
-            else:
-                for item in enumerate(_chunks(texts, batch_size)):
-                    yield item
-
-        source = chunks()
+        on a new stream after UNAVAILABLE or RESOURCE_EXHAUSTED; with `streams` > 1, that many
+        streams at once over the target's replicas (`AsyncStreamPool`), `window` messages ahead each."""
+        source = _achunks(texts, batch_size)
+        if streams > 1:
+            async for arr in AsyncStreamPool(self, streams, window).run(source, options):
+                yield arr
+            return
         sent: collections.deque[tuple[int, list[str]]] = collections.deque()
         state = {"exhausted": False}
         failures = 0
