@@ -204,7 +204,72 @@ class _Resend:
             return self.exhausted and not self.sent and not self.carried
 
 
-class StreamPool:
+class _PoolState:
+    """What StreamPool (threads) and AsyncStreamPool (asyncio) share: the queue of batches, the
+    answers waiting for their turn, and what a stream does with an answer, an end and an error.
+    Every method here is called with the pool's lock (its `cond`) held."""
+
+    def __init__(self, client, streams: int, window: int):
+        self.client, self.streams, self.window = client, streams, window
+        self.addresses = replicas(client.target)
+        self.results: dict[int, np.ndarray] = {}
+        self.requeued: list[tuple[int, list[str]]] = []  # a heap: the lowest index first
+        self.next_out = 0  # the batch the caller waits for
+        self.taken = 0  # batches taken from the source so far
+        self.exhausted = False
+        self.error: BaseException | None = None
+        self.last_error: BaseException | None = None
+        self.alive = 0
+        self.answers_by_replica: dict[str, int] = {}
+
+    def _finished(self) -> bool:
+        return self.exhausted and not self.requeued and self.next_out + len(self.results) >= self.taken
+
+    def _ahead(self) -> bool:
+        """Whether the source may be read further: the caller is not too far behind."""
+        return self.taken - self.next_out < self.streams * self.window * 4
+
+    def _answered(self, i: int, resp, address: str, options: dict) -> None:
+        if i >= self.next_out and i not in self.results:
+            self.results[i] = embeddings_array(resp, options.get("encoding", "float32"))
+            self.answers_by_replica[address] = self.answers_by_replica.get(address, 0) + 1
+
+    def _give_back(self, mine: collections.deque) -> None:
+        """A stream's unanswered batches, back to the queue for any stream."""
+        for item in mine:
+            heapq.heappush(self.requeued, item)
+        mine.clear()
+
+    def _stream_failed(self, err: grpc.RpcError, failures: int) -> float:
+        """A stream ended with `err` after `failures` tries in a row without an answer: the delay
+        before its replica is tried again; raises it where it is not retryable or tried too often."""
+        if err.code() not in STREAM_RETRYABLE or failures > self.client.retries:
+            raise err
+        self.client.stream_resumes += 1
+        return retry_delay(err, failures - 1, self.client.backoff)
+
+    def _stream_gave_up(self, err: BaseException) -> None:
+        """A stream is done for; the others carry on without it unless the error is not retryable."""
+        self.last_error = err
+        if not isinstance(err, grpc.RpcError) or err.code() not in STREAM_RETRYABLE:
+            self.error = err
+
+    def _next_answer(self):
+        """The caller's next array (None: not answered yet); raises when none will come."""
+        if self.next_out in self.results:
+            arr = self.results.pop(self.next_out)
+            self.next_out += 1
+            return arr
+        if self.error is not None:
+            raise self.error
+        if self._finished():
+            raise StopIteration
+        if self.alive == 0:
+            raise self.last_error or RuntimeError("every EmbedStream ended with batches unanswered")
+        return None
+
+
+class StreamPool(_PoolState):
     """Several EmbedStreams at once, one queue of batches: the parallel path of `embed_stream`.
 
     Each worker thread holds a stream to one replica (workers are dealt to the replicas in turn,
@@ -218,17 +283,8 @@ class StreamPool:
     """
 
     def __init__(self, client: "Client", streams: int, window: int):
-        self.client, self.streams, self.window = client, streams, window
-        self.addresses = replicas(client.target)
+        super().__init__(client, streams, window)
         self.cond = threading.Condition()
-        self.results: dict[int, np.ndarray] = {}
-        self.requeued: list[tuple[int, list[str]]] = []  # a heap: the lowest index first
-        self.next_out = 0  # the batch the caller waits for
-        self.taken = 0  # batches taken from the source so far
-        self.exhausted = False
-        self.error: BaseException | None = None
-        self.alive = 0
-        self.answers_by_replica: dict[str, int] = {}
 
     # ---- the queue ----------------------------------------------------------------------
     def _take(self, source, done: threading.Event) -> tuple[int, list[str]] | None:
@@ -242,7 +298,7 @@ class StreamPool:
                     return heapq.heappop(self.requeued)
                 if self.exhausted:
                     return None
-                if self.taken - self.next_out < self.streams * self.window * 4:
+                if self._ahead():
                     break
                 self.cond.wait(0.1)  # the caller is behind: do not read further ahead
         item = next(source, None)  # the caller's iterator, outside the lock (it may block)
@@ -257,9 +313,6 @@ class StreamPool:
                 self.cond.notify_all()
                 return None
             return item
-
-    def _finished(self) -> bool:
-        return self.exhausted and not self.requeued and self.next_out + len(self.results) >= self.taken
 
     # ---- a worker -------------------------------------------------------------------------
     def _work(self, k: int, source, pulling: threading.Lock, options: dict) -> None:
@@ -298,25 +351,16 @@ class StreamPool:
                             raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
                         failures = 0
                         with self.cond:
-                            if i >= self.next_out and i not in self.results:
-                                self.results[i] = embeddings_array(resp, options.get("encoding", "float32"))
-                                self.answers_by_replica[address] = self.answers_by_replica.get(address, 0) + 1
+                            self._answered(i, resp, address, options)
                             self.cond.notify_all()
                     continue  # half-closed with everything answered: look for more
                 except grpc.RpcError as e:
-                    if e.code() not in STREAM_RETRYABLE:
-                        raise
                     failures += 1
-                    client.stream_resumes += 1
-                    delay = retry_delay(e, failures - 1, client.backoff)
-                    if failures > client.retries:
-                        raise
+                    delay = self._stream_failed(e, failures)
                 finally:
                     with self.cond:
                         done.set()
-                        for item in mine:  # unanswered: back to the queue for any stream
-                            heapq.heappush(self.requeued, item)
-                        mine.clear()
+                        self._give_back(mine)
                         self.cond.notify_all()
                     call.cancel()
                 time.sleep(delay)
@@ -326,9 +370,7 @@ class StreamPool:
                     pass
         except BaseException as e:  # this worker is done for; the others carry on without it
             with self.cond:
-                self.last_error = e
-                if not isinstance(e, grpc.RpcError) or e.code() not in STREAM_RETRYABLE:
-                    self.error = e
+                self._stream_gave_up(e)
         finally:
             with self.cond:
                 self.alive -= 1
@@ -340,7 +382,6 @@ class StreamPool:
     def run(self, texts: Iterable[str], batch_size: int, options: dict) -> Iterator[np.ndarray]:
         source = enumerate(_chunks(texts, batch_size))
         pulling = threading.Lock()
-        self.last_error = None
         threads = [threading.Thread(target=self._work, args=(k, source, pulling, options), daemon=True,
                                     name=f"ember-stream-{k}") for k in range(self.streams)]
         self.alive = len(threads)
@@ -349,16 +390,11 @@ class StreamPool:
         try:
             while True:
                 with self.cond:
-                    while self.next_out not in self.results:
-                        if self.error is not None:
-                            raise self.error
-                        if self._finished():
-                            return
-                        if self.alive == 0:
-                            raise self.last_error or RuntimeError("every EmbedStream ended with batches unanswered")
-                        self.cond.wait(0.1)
-                    arr = self.results.pop(self.next_out)
-                    self.next_out += 1
+                    try:
+                        while (arr := self._next_answer()) is None:
+                            self.cond.wait(0.1)
+                    except StopIteration:
+                        return
                     self.cond.notify_all()
                 yield arr
         finally:
@@ -386,7 +422,7 @@ async def _achunks(texts: Iterable[str] | AsyncIterable[str], size: int) -> Asyn
             yield item
 
 
-class AsyncStreamPool:
+class AsyncStreamPool(_PoolState):
     """StreamPool for asyncio: several EmbedStreams at once on one event loop, fed from one queue of
     batches, each stream on a replica of its own (dealt in turn), `window` messages in flight each.
     A stream that ends with a retryable status puts its unanswered batches back in the queue, lowest
@@ -395,27 +431,14 @@ class AsyncStreamPool:
     `streams × window × 4` batches are read ahead of the one the caller waits for."""
 
     def __init__(self, client: "AsyncClient", streams: int, window: int):
-        self.client, self.streams, self.window = client, streams, window
-        self.addresses = replicas(client.target)
+        super().__init__(client, streams, window)
         self.cond = asyncio.Condition()
-        self.results: dict[int, np.ndarray] = {}
-        self.requeued: list[tuple[int, list[str]]] = []  # a heap: the lowest index first
-        self.next_out = self.taken = 0
-        self.exhausted = False
-        self.error: BaseException | None = None
-        self.last_error: BaseException | None = None
-        self.alive = 0
-        self.answers_by_replica: dict[str, int] = {}
-
-    def _finished(self) -> bool:
-        return self.exhausted and not self.requeued and self.next_out + len(self.results) >= self.taken
 
     async def _take(self, source, done: asyncio.Event):
         """The next batch for a stream (a requeued one first), or None: none now, or the stream is done."""
         async with self.cond:
             await self.cond.wait_for(lambda: done.is_set() or self.error is not None or bool(self.requeued)
-                                     or self.exhausted
-                                     or self.taken - self.next_out < self.streams * self.window * 4)
+                                     or self.exhausted or self._ahead())
             if done.is_set() or self.error is not None:
                 return None
             if self.requeued:
@@ -468,26 +491,17 @@ class AsyncStreamPool:
                             raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
                         failures = 0
                         async with self.cond:
-                            if i >= self.next_out and i not in self.results:
-                                self.results[i] = embeddings_array(resp, options.get("encoding", "float32"))
-                                self.answers_by_replica[address] = self.answers_by_replica.get(address, 0) + 1
+                            self._answered(i, resp, address, options)
                             self.cond.notify_all()
                     continue  # half-closed with everything answered: look for more
                 except grpc.RpcError as e:
-                    if e.code() not in STREAM_RETRYABLE:
-                        raise
                     failures += 1
-                    client.stream_resumes += 1
-                    if failures > client.retries:
-                        raise
-                    delay = retry_delay(e, failures - 1, client.backoff)
+                    delay = self._stream_failed(e, failures)
                 finally:
                     call.cancel()
                     async with self.cond:
                         done.set()
-                        for item in mine:  # unanswered: back to the queue for any stream
-                            heapq.heappush(self.requeued, item)
-                        mine.clear()
+                        self._give_back(mine)
                         self.cond.notify_all()
                 await asyncio.sleep(delay)
                 try:  # this replica, back: within a few seconds, or the next failure counts
@@ -498,9 +512,7 @@ class AsyncStreamPool:
             raise
         except BaseException as e:  # this stream is done for; the others carry on without it
             async with self.cond:
-                self.last_error = e
-                if not isinstance(e, grpc.RpcError) or e.code() not in STREAM_RETRYABLE:
-                    self.error = e
+                self._stream_gave_up(e)
         finally:
             async with self.cond:
                 self.alive -= 1
@@ -516,16 +528,11 @@ class AsyncStreamPool:
         try:
             while True:
                 async with self.cond:
-                    await self.cond.wait_for(lambda: self.next_out in self.results or self.error is not None
-                                             or self._finished() or self.alive == 0)
-                    if self.next_out not in self.results:
-                        if self.error is not None:
-                            raise self.error
-                        if self._finished():
-                            return
-                        raise self.last_error or RuntimeError("every EmbedStream ended with batches unanswered")
-                    arr = self.results.pop(self.next_out)
-                    self.next_out += 1
+                    try:
+                        while (arr := self._next_answer()) is None:
+                            await self.cond.wait()
+                    except StopIteration:
+                        return
                     self.cond.notify_all()
                 yield arr
         finally:
