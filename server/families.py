@@ -188,7 +188,8 @@ def _decoder_kwargs(attention_mask, fused: bool) -> dict:
         full, _ = _masks(attention_mask, causal=True)
         return {"attention_mask": {"full_attention": full}}
     return {"attention_mask": {"full_attention": None},
-            "ember_seqlens_k": (attention_mask.sum(-1) - 1).to(torch.int32),
+            # (a row with no real token would be −1, which the node refuses)
+            "ember_seqlens_k": (attention_mask.sum(-1) - 1).clamp(min=0).to(torch.int32),
             "ember_total": torch._shape_as_tensor(attention_mask)[1].to(torch.int32)}
 
 

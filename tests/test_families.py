@@ -133,6 +133,13 @@ def test_fused_decoder_graphs_have_one_group_query_attention_per_layer(family_mo
         assert (m["padding_side"], m["optimize"]) == ("right", "O2"), name
     ops = [n.op_type for n in onnx.load(str(family_models[1] / "qwen3-embedding" / "model.onnx")).graph.node]
     assert "GroupQueryAttention" not in ops and "Softmax" in ops  # the default graph stays plain
+    # a row with no real token (an empty text where the tokenizer adds none) runs, as in the plain graph
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(family_models[1] / "qwen3-embedding-fused" / "model.onnx"))
+    out = sess.run(None, {"input_ids": np.array([[5, 6, 7], [0, 0, 0]]),
+                          "attention_mask": np.array([[1, 1, 1], [0, 0, 0]])})[0]
+    assert out.shape[:2] == (2, 3) and np.isfinite(out).all()
 
 
 def test_optimize_names_the_families_it_is_for(family_models, tmp_path):
