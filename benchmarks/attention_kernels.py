@@ -135,6 +135,7 @@ def one(shape: str, kernel: str, length: int, threads: int) -> dict:
         out = sess.run(None, feeds)[0]
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    OUT.mkdir(exist_ok=True)  # (a fresh clone has no benchmarks/out yet)
     np.save(OUT / f"attention-{shape}-{length}-{kernel}.npy", out[0, -16:])
     return {"rows": rows, "ms": round(1000 * sorted(times)[1], 1), "peak_added_mb": round((peak - before) / 1024)}
 
