@@ -144,12 +144,18 @@ def test_fp16_export_graph_checked_and_run_on_the_cpu(hf_sources, tiny_models_di
 def providers_of(graph, op_type: str, providers: list[str], feeds: dict) -> set[str]:
     """The execution providers ONNX Runtime ran a graph's `op_type` nodes on (from its profile)."""
     import json
+    import os
+    import tempfile
 
     opts = ort.SessionOptions()
     opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), "ember-test-profile")  # not in the checkout
     sess = ort.InferenceSession(str(graph), opts, providers=providers)
     sess.run(None, feeds)
-    events = json.loads(open(sess.end_profiling()).read())
+    path = sess.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.unlink(path)
     return {e["args"]["provider"] for e in events
             if e.get("cat") == "Node" and e.get("args", {}).get("op_name") == op_type and "provider" in e["args"]}
 
