@@ -156,6 +156,15 @@ def _resume_delay(client, err: grpc.RpcError, failures: int) -> float:
     return retry_delay(err, failures, client.backoff)
 
 
+def _answered_in_order(sent: collections.deque, request_id: str) -> int:
+    """Pop the oldest message a stream is waiting on and return its number; an answer to any other
+    message is an error (a stream answers in the order it was sent)."""
+    i, _ = sent.popleft()
+    if request_id != str(i):
+        raise RuntimeError(f"EmbedStream answered message {request_id!r} where {i} was due")
+    return i
+
+
 class _Resend:
     """The chunks of one embed_stream: those sent and not yet answered, to send again on a new
     stream after a retryable end, and the iterator of those not sent yet, shared by every stream
@@ -195,9 +204,7 @@ class _Resend:
 
     def answered(self, request_id: str) -> None:
         with self.lock:
-            i, _ = self.sent.popleft()
-        if request_id != str(i):
-            raise RuntimeError(f"EmbedStream answered message {request_id!r} where {i} was due")
+            _answered_in_order(self.sent, request_id)
 
     def finished(self) -> bool:
         with self.lock:
@@ -346,9 +353,7 @@ class StreamPool(_PoolState):
                 try:
                     for resp in call:
                         slots.release()
-                        i, _ = mine.popleft()
-                        if resp.request_id != str(i):
-                            raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
+                        i = _answered_in_order(mine, resp.request_id)
                         failures = 0
                         with self.cond:
                             self._answered(i, resp, address, options)
@@ -486,9 +491,7 @@ class AsyncStreamPool(_PoolState):
                 try:
                     async for resp in call:
                         slots.release()
-                        i, _ = mine.popleft()
-                        if resp.request_id != str(i):
-                            raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
+                        i = _answered_in_order(mine, resp.request_id)
                         failures = 0
                         async with self.cond:
                             self._answered(i, resp, address, options)
@@ -735,6 +738,15 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _connect(client, module, target, channel, credentials, options):
+    """The channel a client (sync: module grpc; asyncio: grpc.aio) calls through: the caller's, or one
+    of its own to `target`; keeps what its replicas' channels are made with (`_replica_channel`)."""
+    client.target = target
+    client.credentials, client.options = credentials, [*_OPTIONS, *options]
+    client.own_channel = channel is None
+    return channel if channel is not None else _channel(module, channel_target(target), credentials, client.options)
+
+
 def _replica_channel(client, module, address: str):
     """A channel to one replica for a pool of streams, and whether the caller is to close it: one of
     its own with the client's credentials and options (TLS checks the target's host name, not the
@@ -782,12 +794,7 @@ class Client:
         each replica's channel of `embed_stream(streams=N)`; options: more channel options (e.g.
         ("grpc.ssl_target_name_override", "ember.example")). A `channel` made by the caller is used as it
         is, and then the streams of `embed_stream(streams=N)` share it."""
-        self.target = target
-        self.credentials, self.options = credentials, [*_OPTIONS, *options]
-        self.own_channel = channel is None
-        if channel is None:
-            channel = _channel(grpc, channel_target(target), credentials, self.options)
-        _attach(self, channel, api_key, timeout, retries, backoff)
+        _attach(self, _connect(self, grpc, target, channel, credentials, options), api_key, timeout, retries, backoff)
         self.chunk_size = chunk_size
 
     def replica_channel(self, address: str) -> tuple[grpc.Channel, bool]:
@@ -944,12 +951,8 @@ class AsyncClient:
     def __init__(self, target: str | Sequence[str] = "localhost:50051", *, channel: grpc.aio.Channel | None = None,
                  api_key: str | None = None, timeout: float | None = 60.0, retries: int = 4, backoff: float = 0.05,
                  credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, object]] = ()):
-        self.target = target
-        self.credentials, self.options = credentials, [*_OPTIONS, *options]
-        self.own_channel = channel is None
-        if channel is None:
-            channel = _channel(grpc.aio, channel_target(target), credentials, self.options)
-        _attach(self, channel, api_key, timeout, retries, backoff)
+        _attach(self, _connect(self, grpc.aio, target, channel, credentials, options), api_key, timeout, retries,
+                backoff)
 
     def replica_channel(self, address: str) -> tuple[grpc.aio.Channel, bool]:
         """As `Client.replica_channel`, an asyncio channel."""
@@ -1008,9 +1011,7 @@ class AsyncClient:
             call = self._embedder.EmbedStream(requests(list(sent)), metadata=self.metadata)
             try:
                 async for resp in call:
-                    i, _ = sent.popleft()
-                    if resp.request_id != str(i):
-                        raise RuntimeError(f"EmbedStream answered message {resp.request_id!r} where {i} was due")
+                    _answered_in_order(sent, resp.request_id)
                     failures = 0
                     yield embeddings_array(resp, options.get("encoding", "float32"))
                 if state["exhausted"] and not sent:
