@@ -294,16 +294,14 @@ def _linear(path: Path, in_features: int):
 def export(src: Path, out_dir: Path, family: str, dense_paths: list[str], splade: dict | None = None,
            fused: bool = False) -> dict:
     """Write `out_dir/model.onnx` for a custom family; return the manifest fields it implies.
-    fused: the decoders' attention as GroupQueryAttention (Qwen3 families only)."""
+    fused: the decoders' attention as GroupQueryAttention (FUSED_DECODERS only: export_model says so
+    to whoever asks for it elsewhere)."""
     import torch
     from tokenizers import Tokenizer
 
-    attn = "eager"
     if fused:
-        if family not in FUSED_DECODERS:
-            raise FamilyError(f"fused decoder attention is for the Qwen3 families, not {family}")
         _fused_attention()
-        attn = FUSED_ATTENTION
+    attn = FUSED_ATTENTION if fused else "eager"
     Qwen3Hidden, Qwen3YesNo, GemmaEmbedding, M3, Splade = _wrappers()
     fields: dict = {"family": family}
     inputs = ["input_ids", "attention_mask"]
